@@ -1,0 +1,45 @@
+# `make test` and `make demo` bootstrap everything on a fresh machine, then run.
+SHELL   := /bin/bash
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.ddpipe-installed
+FMNIST  := /usr/share/datasets/fashion-mnist
+# torch builds pinned to the ones this project is tested with (they lie on the CI machines' disk).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install data test test-fast demo bench-store bench-loader clean
+
+install: $(STAMP) data
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[torch,dali,fast,dev]'
+	touch $@
+
+# Fashion-MNIST's IDX files from Debian's package, where apt is available and we are root.
+data:
+	@if [ -d $(FMNIST) ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "note: $(FMNIST) missing and apt-get unavailable; Fashion-MNIST tests will be skipped"; fi
+
+test: install
+	$(PY) -m pytest -q -ra
+
+test-fast: install
+	$(PY) -m pytest -q -ra -m "not slow"
+
+demo: install
+	$(VENV)/bin/ddpipe demo
+
+bench-store: install
+	$(VENV)/bin/ddpipe bench store --preset all
+
+bench-loader: install
+	$(VENV)/bin/ddpipe bench loader
+
+clean:
+	rm -rf $(VENV) demo_out bench/work .pytest_cache .hypothesis

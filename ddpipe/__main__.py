@@ -1,0 +1,3 @@
+from ddpipe.cli import main
+
+raise SystemExit(main())

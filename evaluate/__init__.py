@@ -1,0 +1,1 @@
+"""ddpipe.evaluate: datasets, models, squeeze, relabel, train and validate (issue: evaluate)."""

@@ -1,0 +1,203 @@
+"""The store spec: what a label store holds, validated from untrusted input.
+
+A :class:`StoreSpec` is written into the group attributes of every store (``docs/format.md``) and
+read back with :meth:`StoreSpec.from_dict`. Each field is checked by a small ``parse_*`` function
+that says what it expected and what it found.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from ddpipe.labelstore.errors import SpecError
+
+FORMAT_VERSION = 1
+"""The on-disk format this code writes; readers refuse any other (``docs/format.md``)."""
+
+MIX_KINDS = ("none", "cutmix", "mixup")
+"""Stored as ``unit_mix_kind`` = the position in this tuple."""
+
+PRUNE_GRANULARITIES = ("batch", "epoch")
+
+
+def parse_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) <= 0:
+        raise SpecError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def parse_nonnegative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 0:
+        raise SpecError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def parse_temperature(value: Any) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"temperature must be a positive number, got {value!r}") from None
+    if not math.isfinite(t) or t <= 0:
+        raise SpecError(f"temperature must be a positive number, got {value!r}")
+    return t
+
+
+def parse_json_mapping(name: str, value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{name} must be a mapping of JSON values, got {type(value).__name__}")
+    try:
+        return json.loads(json.dumps(dict(value), sort_keys=True))
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"{name} must hold only JSON values: {e}") from None
+
+
+def parse_hash(name: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise SpecError(f"{name} must be a string (a content hash), got {value!r}")
+    return value
+
+
+def parse_pruning(value: Any) -> dict | None:
+    """``None`` for an unpruned store, else ``{"keep", "granularity", "seed", "source_units"}``."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise SpecError(f"pruning must be null or a mapping, got {value!r}")
+    keep = float(value.get("keep", -1))
+    if not 0 < keep <= 1:
+        raise SpecError(f"pruning.keep must be in (0, 1], got {value.get('keep')!r}")
+    gran = value.get("granularity")
+    if gran not in PRUNE_GRANULARITIES:
+        raise SpecError(f"pruning.granularity must be one of {PRUNE_GRANULARITIES}, got {gran!r}")
+    return {
+        "keep": keep,
+        "granularity": gran,
+        "seed": parse_nonnegative_int("pruning.seed", value.get("seed", 0)),
+        "source_units": parse_positive_int("pruning.source_units", value.get("source_units", 1)),
+    }
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Everything that fixes a store's shape and meaning. Written once, at creation."""
+
+    num_samples: int  # images in the synthetic set (sample ids are 0 .. num_samples-1)
+    num_classes: int  # width of the teacher's output
+    epochs: int  # student training epochs the labels cover
+    batch_size: int  # relabel batch = replay batch; the last batch of an epoch may be short
+    k: int  # soft-label entries kept per sample (k = num_classes keeps everything)
+    value_codec: str = "fp16"  # how top-k probabilities are stored: fp32 | fp16 | uint8
+    temperature: float = 1.0  # stored values are softmax(logits / temperature)
+    seed: int = 0  # seed of the replay schedule (order, crops, flips, mixes)
+    augmentation: dict = field(default_factory=dict)  # crop scale/ratio, flip, mix, output size …
+    image_set_hash: str = ""  # content hash of the image set the crops refer to
+    teacher_hash: str = ""  # hash of the teacher weights that produced the labels
+    units_per_shard: int = 0  # units per writer shard; 0 = one epoch's batches (the default)
+    pruning: dict | None = None  # None, or how the units were chosen (see parse_pruning)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "num_samples", parse_positive_int("num_samples", self.num_samples))
+        set_(self, "num_classes", parse_positive_int("num_classes", self.num_classes))
+        set_(self, "epochs", parse_positive_int("epochs", self.epochs))
+        set_(self, "batch_size", parse_positive_int("batch_size", self.batch_size))
+        set_(self, "k", parse_positive_int("k", self.k))
+        if self.k > self.num_classes:
+            raise SpecError(f"k must be at most num_classes ({self.num_classes}), got k={self.k}")
+        if self.num_classes > 2**32 - 1:
+            raise SpecError(f"num_classes must be below 2**32, got {self.num_classes}")
+        if self.num_samples > 2**32 - 2:
+            raise SpecError(f"num_samples must be below 2**32 - 1, got {self.num_samples}")
+        from ddpipe.labelstore.codecs import get_codec  # codecs import spec's errors only
+
+        get_codec(self.value_codec)
+        set_(self, "temperature", parse_temperature(self.temperature))
+        set_(self, "seed", parse_nonnegative_int("seed", self.seed))
+        set_(self, "augmentation", parse_json_mapping("augmentation", self.augmentation))
+        set_(self, "image_set_hash", parse_hash("image_set_hash", self.image_set_hash))
+        set_(self, "teacher_hash", parse_hash("teacher_hash", self.teacher_hash))
+        ups = parse_nonnegative_int("units_per_shard", self.units_per_shard)
+        set_(self, "units_per_shard", ups or self.batches_per_epoch)
+        set_(self, "pruning", parse_pruning(self.pruning))
+
+    # --- derived shape -------------------------------------------------------------------
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    @property
+    def last_batch_size(self) -> int:
+        return self.num_samples - (self.batches_per_epoch - 1) * self.batch_size
+
+    @property
+    def full_units(self) -> int:
+        """Units of the unpruned schedule: epochs x batches_per_epoch."""
+        return self.epochs * self.batches_per_epoch
+
+    @property
+    def index_dtype(self) -> np.dtype:
+        """uint16 up to 65,535 classes, uint32 above."""
+        return np.dtype("<u2") if self.num_classes <= 65535 else np.dtype("<u4")
+
+    @property
+    def slot_dtype(self) -> np.dtype:
+        """dtype of in-batch positions (the mix permutation)."""
+        return np.dtype("<u2") if self.batch_size <= 65536 else np.dtype("<u4")
+
+    def batch_count(self, batch: int) -> int:
+        """Valid samples in batch ``batch`` of an epoch (the last one may be short)."""
+        return self.last_batch_size if batch == self.batches_per_epoch - 1 else self.batch_size
+
+    # --- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "StoreSpec":
+        if not isinstance(data, Mapping):
+            raise SpecError(f"a store spec must be a mapping, got {type(data).__name__}")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"unknown spec fields {unknown}; known fields are {sorted(known)}")
+        missing = [f for f in ("num_samples", "num_classes", "epochs", "batch_size", "k") if f not in data]
+        if missing:
+            raise SpecError(f"store spec is missing required fields {missing}")
+        return cls(**dict(data))
+
+    def replace(self, **changes: Any) -> "StoreSpec":
+        return StoreSpec.from_dict({**self.to_dict(), **changes})
+
+
+def full_plan(spec: StoreSpec) -> np.ndarray:
+    """Every (epoch, batch) of the schedule in training order: int64 ``[epochs*batches, 2]``."""
+    e, b = np.divmod(np.arange(spec.full_units, dtype=np.int64), spec.batches_per_epoch)
+    return np.stack([e, b], axis=1)
+
+
+def parse_plan(spec: StoreSpec, plan: Any) -> np.ndarray:
+    """Check a unit plan: (epoch, batch) rows, in range, strictly increasing (training order)."""
+    if plan is None:
+        return full_plan(spec)
+    arr = np.asarray(plan)
+    if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise SpecError(f"a unit plan must be a non-empty integer array [units, 2] of (epoch, batch), got shape {arr.shape}")
+    arr = arr.astype(np.int64)
+    e, b = arr[:, 0], arr[:, 1]
+    if e.min() < 0 or e.max() >= spec.epochs or b.min() < 0 or b.max() >= spec.batches_per_epoch:
+        raise SpecError(
+            f"unit plan holds (epoch, batch) outside [0, {spec.epochs}) x [0, {spec.batches_per_epoch})"
+        )
+    flat = e * spec.batches_per_epoch + b
+    if np.any(np.diff(flat) <= 0):
+        raise SpecError("unit plan must list each (epoch, batch) once, in training order")
+    return arr

@@ -1,0 +1,1 @@
+"""ddpipe.synth: recover methods and selection baselines (issue: synth)."""
