@@ -12,11 +12,14 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 install: $(STAMP) data
 
+# pip's notes about local package folders that this machine does not have are noise: filtered.
+PIP_QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
+
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[torch,dali,fast,dev]'
+	set -o pipefail; $(PY) -m pip install -q --upgrade pip setuptools wheel $(PIP_QUIET)
+	set -o pipefail; $(PY) -m pip install -q $(TORCH_PINS) $(PIP_QUIET)
+	set -o pipefail; $(PY) -m pip install -q -e '.[torch,dali,fast,dev]' $(PIP_QUIET)
 	touch $@
 
 # Fashion-MNIST's IDX files from Debian's package, where apt is available and we are root.
