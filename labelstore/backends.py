@@ -13,6 +13,7 @@ from typing import Iterable
 import numpy as np
 
 BACKENDS = ("auto", "tensorstore", "zarr")
+DEFAULT_CACHE_BYTES = 32 << 20
 
 
 def have_tensorstore() -> bool:
@@ -39,11 +40,12 @@ class ZarrBackend:
 class TensorstoreBackend:
     name = "tensorstore"
 
-    def __init__(self, path: str, names: Iterable[str]):
+    def __init__(self, path: str, names: Iterable[str], cache_bytes: int = DEFAULT_CACHE_BYTES):
         import tensorstore as ts
 
-        # No chunk cache: the reader streams each slab once; concurrency defaults to the cores.
-        self._ctx = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+        # A small cache keeps shard indexes (one per array and shard) and recent chunks, so a
+        # random unit read costs one chunk read per array instead of an index read plus a chunk.
+        self._ctx = ts.Context({"cache_pool": {"total_bytes_limit": int(cache_bytes)}})
         futures = {
             n: ts.open(
                 {"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.join(path, n)}},
@@ -66,7 +68,8 @@ class TensorstoreBackend:
         return out
 
 
-def make_backend(kind: str, group, path: str, local: bool, names: Iterable[str]):
+def make_backend(kind: str, group, path: str, local: bool, names: Iterable[str],
+                 cache_bytes: int = DEFAULT_CACHE_BYTES):
     if kind not in BACKENDS:
         raise ValueError(f"unknown read backend {kind!r}; choose one of {BACKENDS}")
     if kind == "auto":
@@ -74,5 +77,5 @@ def make_backend(kind: str, group, path: str, local: bool, names: Iterable[str])
     if kind == "tensorstore":
         if not local:
             raise ValueError("the tensorstore backend reads local stores only; use backend='zarr' for URLs")
-        return TensorstoreBackend(path, names)
+        return TensorstoreBackend(path, names, cache_bytes)
     return ZarrBackend(group, names)

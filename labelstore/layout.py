@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ddpipe.labelstore.codecs import get_codec
-from ddpipe.labelstore.spec import StoreSpec
+from ddpipe.labelstore.spec import CHUNK_SAMPLES, StoreSpec
 
 PAD_SAMPLE_ID = 2**32 - 1
 """``sample_id`` of the padding slots of a short last batch."""
@@ -64,12 +64,12 @@ def array_defs(spec: StoreSpec) -> list[ArrayDef]:
     return defs
 
 
-def inner_chunk_units(spec: StoreSpec, target_samples: int = 4096) -> int:
+def inner_chunk_units(spec: StoreSpec) -> int:
     """Units per inner chunk of the per-slot arrays: the largest divisor of ``units_per_shard``
-    holding at most ``target_samples`` samples (at least one unit), so a random unit read
-    decompresses little more than the unit itself."""
+    holding at most ``CHUNK_SAMPLES`` samples (at least one unit): chunks big enough to compress
+    and stream, small enough that a random unit read decompresses little besides the unit."""
     ups = spec.units_per_shard
-    want = max(1, target_samples // spec.batch_size)
+    want = max(1, CHUNK_SAMPLES // spec.batch_size)
     return max(d for d in range(1, min(ups, want) + 1) if ups % d == 0)
 
 

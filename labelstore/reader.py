@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ddpipe.labelstore.backends import make_backend
+from ddpipe.labelstore.backends import DEFAULT_CACHE_BYTES, make_backend
 from ddpipe.labelstore.codecs import get_codec
 from ddpipe.labelstore.errors import (
     ChunkCorruptError,
@@ -94,7 +94,8 @@ class Slab:
 class StoreReader:
     """Read-only view of a store. Use :func:`open_store`."""
 
-    def __init__(self, path: str, group, meta: StoreMeta, backend: str = "auto", storage_options=None):
+    def __init__(self, path: str, group, meta: StoreMeta, backend: str = "auto", storage_options=None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.path = path
         self.meta = meta
         self.spec: StoreSpec = meta.spec
@@ -108,7 +109,7 @@ class StoreReader:
         for name in [*self.array_names, COMMIT_ARRAY]:
             if name not in group:
                 raise ChunkCorruptError(f"{path}: array {name!r} is missing; the store is damaged or incomplete")
-        self._backend = make_backend(backend, group, path, self._local, [*self.array_names, COMMIT_ARRAY])
+        self._backend = make_backend(backend, group, path, self._local, [*self.array_names, COMMIT_ARRAY], cache_bytes)
         self.backend = self._backend.name
         self._checked: set[int] = set()
         self._lock = threading.Lock()
@@ -273,11 +274,13 @@ def open_store(
     backend: str = "auto",
     image_set_hash: str | None = None,
     storage_options: dict | None = None,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> StoreReader:
     """Open a store read-only.
 
     ``backend``: ``auto`` (tensorstore when installed and the store is local), ``tensorstore``
     or ``zarr``. ``image_set_hash``: when given, the store must have been built for that image set.
+    ``cache_bytes``: the tensorstore backend's cache (shard indexes and recent chunks; default 32 MiB).
     """
     path = os.fspath(path)
     group, meta = read_meta(path, storage_options)
@@ -287,6 +290,6 @@ def open_store(
             "relabel the images you train on (crops and labels refer to specific images)"
         )
     try:
-        return StoreReader(path, group, meta, backend, storage_options)
+        return StoreReader(path, group, meta, backend, storage_options, cache_bytes)
     except ValueError as e:
         raise StoreError(f"{path}: {e}") from None

@@ -86,6 +86,19 @@ def parse_pruning(value: Any) -> dict | None:
     }
 
 
+CHUNK_SAMPLES = 2048
+"""Target samples per inner chunk of the per-slot arrays (``layout.inner_chunk_units``)."""
+
+
+def default_units_per_shard(batches_per_epoch: int, batch_size: int) -> int:
+    """One epoch's batches, rounded up to a whole number of inner chunks of about
+    :data:`CHUNK_SAMPLES` samples, so small batches still get compressible chunks (Tiny-ImageNet's
+    157 batches of 64 make shards of 160 units in chunks of 32; ImageNet's 49 batches of 1024
+    make shards of 50 in chunks of 2)."""
+    per_chunk = max(1, min(CHUNK_SAMPLES // batch_size, batches_per_epoch))
+    return -(-batches_per_epoch // per_chunk) * per_chunk
+
+
 @dataclass(frozen=True)
 class StoreSpec:
     """Everything that fixes a store's shape and meaning. Written once, at creation."""
@@ -101,7 +114,7 @@ class StoreSpec:
     augmentation: dict = field(default_factory=dict)  # crop scale/ratio, flip, mix, output size …
     image_set_hash: str = ""  # content hash of the image set the crops refer to
     teacher_hash: str = ""  # hash of the teacher weights that produced the labels
-    units_per_shard: int = 0  # units per writer shard; 0 = one epoch's batches (the default)
+    units_per_shard: int = 0  # units per writer shard; 0 = about one epoch (default_units_per_shard)
     pruning: dict | None = None  # None, or how the units were chosen (see parse_pruning)
 
     def __post_init__(self) -> None:
@@ -126,7 +139,7 @@ class StoreSpec:
         set_(self, "image_set_hash", parse_hash("image_set_hash", self.image_set_hash))
         set_(self, "teacher_hash", parse_hash("teacher_hash", self.teacher_hash))
         ups = parse_nonnegative_int("units_per_shard", self.units_per_shard)
-        set_(self, "units_per_shard", ups or self.batches_per_epoch)
+        set_(self, "units_per_shard", ups or default_units_per_shard(self.batches_per_epoch, self.batch_size))
         set_(self, "pruning", parse_pruning(self.pruning))
 
     # --- derived shape -------------------------------------------------------------------

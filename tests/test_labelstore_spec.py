@@ -148,3 +148,21 @@ def test_create_refuses_to_clobber(tmp_path):
     assert (tmp_path / "busy" / "keep.me").exists()
     create_store(tmp_path / "s", spec.replace(k=2), overwrite=True)
     assert open_store(tmp_path / "s").spec.k == 2
+
+
+@pytest.mark.parametrize(
+    "samples, batch, expected_units, expected_chunk",
+    [
+        (50_000, 1024, 50, 2),  # ImageNet-1K IPC50: 49 batches -> 25 chunks of 2
+        (209_000, 1024, 206, 2),  # ImageNet-21K IPC20: 205 batches
+        (10_000, 64, 160, 32),  # Tiny IPC50 (LPLD's batch 64): 157 batches, a prime
+        (40, 8, 5, 5),  # a small store: one epoch in one chunk
+    ],
+)
+def test_default_shards_are_about_an_epoch_in_whole_chunks(samples, batch, expected_units, expected_chunk):
+    from ddpipe.labelstore.layout import inner_chunk_units
+
+    spec = StoreSpec(num_samples=samples, num_classes=10, epochs=3, batch_size=batch, k=2)
+    assert spec.units_per_shard == expected_units >= spec.batches_per_epoch
+    assert inner_chunk_units(spec) == expected_chunk
+    assert spec.units_per_shard % expected_chunk == 0
