@@ -1,0 +1,200 @@
+"""Shared helpers of the benchmarks: tables, results JSON, median timers, core pinning, memory.
+
+Benchmarks print a fixed-width table (on stderr under ``--json``, so stdout stays one JSON
+object), write their rows under ``bench/results/``, time with the median of repeats, and take
+"one core" numbers with the whole process (every thread) pinned to one CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable, Iterator, Sequence, TextIO
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+WORK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work")
+
+
+# --- output ---------------------------------------------------------------------------------------
+def table_stream(json_mode: bool) -> TextIO:
+    """Where human output goes: stderr when stdout carries the JSON object."""
+    return sys.stderr if json_mode else sys.stdout
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """Fixed-width table; ``columns`` are ``(key, header, format spec)``; missing values print '-'."""
+
+    def cell(row: dict, key: str, fmt: str) -> str:
+        v = row.get(key)
+        if v is None:
+            return "-"
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        try:
+            return format(v, fmt)
+        except (TypeError, ValueError):
+            return str(v)
+
+    body = [[cell(r, k, f) for k, _h, f in columns] for r in rows]
+    heads = [h for _k, h, _f in columns]
+    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(heads)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    out = [line(heads), line(["-" * w for w in widths])]
+    out += [line(b) for b in body]
+    return "\n".join(out)
+
+
+def json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_results(name: str, payload: dict, directory: str | None = None) -> str:
+    """Write ``payload`` as ``<directory>/<name>-<UTC time>.json`` (default ``bench/results``)."""
+    directory = directory or RESULTS_DIR
+    os.makedirs(directory, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = os.path.join(directory, f"{name}-{stamp}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1, default=json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+# --- timing ---------------------------------------------------------------------------------------
+def median_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 0) -> tuple[float, list[float], Any]:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; return (median s, all s, last result)."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times, result
+
+
+def median_rate(fn: Callable[[], tuple[int, float]], repeats: int = 3) -> tuple[float, list[float]]:
+    """``fn`` returns (items, seconds) it measured itself; return the median items/s and all rates."""
+    rates = []
+    for _ in range(max(1, repeats)):
+        items, seconds = fn()
+        rates.append(items / seconds if seconds > 0 else float("inf"))
+    return statistics.median(rates), rates
+
+
+def median_rates(fn: Callable[[], tuple[int, float, float]], repeats: int = 3) -> tuple[float, list[float], float]:
+    """``fn`` returns (items, wall s, CPU s); return median items per wall second, all of them, and
+    the median items per CPU second (unaffected by other processes sharing the core)."""
+    wall, cpu = [], []
+    for _ in range(max(1, repeats)):
+        items, w, c = fn()
+        wall.append(items / w if w > 0 else float("inf"))
+        cpu.append(items / c if c > 0 else float("inf"))
+    return statistics.median(wall), wall, statistics.median(cpu)
+
+
+# --- one core ------------------------------------------------------------------------------------
+def _thread_ids() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
+@contextlib.contextmanager
+def pinned(core: int | None = 0) -> Iterator[int | None]:
+    """Pin every thread of this process (and threads started meanwhile) to one CPU, then restore.
+
+    ``sched_setaffinity(0, …)`` alone moves only the calling thread; existing helper threads
+    (prefetchers, thread pools) would keep running elsewhere, so each task is pinned.
+    """
+    if core is None or not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    allowed = os.sched_getaffinity(0)
+    if core not in allowed:
+        core = min(allowed)
+    before = {}
+    for tid in _thread_ids():
+        try:
+            before[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, {core})
+        except OSError:  # a thread that just ended
+            pass
+    try:
+        yield core
+    finally:
+        for tid in _thread_ids():
+            try:
+                os.sched_setaffinity(tid, before.get(tid, allowed))
+            except OSError:
+                pass
+
+
+# --- memory and machine --------------------------------------------------------------------------
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def rss_bytes() -> int:
+    """Current resident set size (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = None
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_bytes": mem,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def disk_free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize

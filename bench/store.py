@@ -1,0 +1,553 @@
+"""``ddpipe bench store``: label-store bytes and read throughput at real shapes, against SRe2L.
+
+For each preset it runs a relabel pass the way a user would (the schedule and the teacher's
+top-k for every unit, written into one store per value codec; a pruned store is planned before
+relabel so only kept units are computed), measures the bytes on disk, the sequential and random
+read rates on one core, and, in the same run, SRe2L's layout: the same labels as per-batch
+``torch.save`` files (full fp16 logits), read back with ``torch.load``. Labels come from the
+seeded teacher-logit model in :mod:`ddpipe.bench.teacher_model`; there is no real teacher here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ddpipe.bench import common
+from ddpipe.errors import DDPipeError
+
+DESCRIPTION = (
+    "Label-store bytes and one-core read throughput at real dataset shapes (teacher-logit model), "
+    "against SRe2L's per-batch torch.save files."
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    num_classes: int
+    ipc: int
+    epochs: int
+    batch_size: int
+    image_size: int  # source images (crops are on this pixel grid) and network input
+    mix: str  # cutmix | none
+    source: str  # where the relabel configuration comes from
+
+    @property
+    def num_samples(self) -> int:
+        return self.num_classes * self.ipc
+
+
+PRESETS = {
+    p.name: p
+    for p in [
+        Preset("imagenet1k-ipc10", 1000, 10, 300, 1024, 224, "cutmix", "SRe2L relabel.sh: batch 1024, 300 epochs, cutmix"),
+        Preset("imagenet1k-ipc50", 1000, 50, 300, 1024, 224, "cutmix", "SRe2L relabel.sh: batch 1024, 300 epochs, cutmix"),
+        Preset("imagenet1k-ipc200", 1000, 200, 300, 1024, 224, "cutmix", "SRe2L relabel.sh: batch 1024, 300 epochs, cutmix"),
+        Preset(
+            "imagenet21k-ipc20", 10450, 20, 300, 1024, 224, "cutmix",
+            "CDA/LPLD IN-21K-P shape (10,450 classes, 209,000 images, 300 epochs); batch 1024 and cutmix "
+            "as SRe2L's IN-1K relabel (LPLD's own IN-21K config uses batch 32, no mix)",
+        ),
+        Preset("tiny-ipc50", 200, 50, 100, 64, 64, "none", "LPLD Tiny relabel config: batch 64, 100 epochs, 64 px, no mix"),
+    ]
+}
+
+# Targets of the issue (benchmark, not a test). Bytes in decimal GB/MB, stricter than LPLD's GiB.
+BYTES_TARGETS = {
+    ("imagenet1k-ipc50", 1.0): 1.0e9,
+    ("imagenet1k-ipc50", 1 / 40): 30e6,
+    ("imagenet21k-ipc20", 1.0): 5.0e9,
+    ("imagenet21k-ipc20", 1 / 40): 130e6,
+}
+SRE2L_MAX_FILES = 2000  # small batches: a few thousand files are plenty to time torch.load
+SEQ_TARGET = 2_000_000
+RANDOM_TARGET = 300_000
+
+ONE_CORE_NOTE = (
+    "one core = every thread of the process (reader prefetch, tensorstore pool, torch) pinned to "
+    "one CPU with sched_setaffinity; files are in the page cache (just written), so reads measure "
+    "decode + assembly, not the disk"
+)
+
+
+# --- arguments -------------------------------------------------------------------------------------
+def _keep(text: str) -> float:
+    t = text.strip().lower()
+    try:
+        if t.endswith("x"):
+            v = 1.0 / float(t[:-1])
+        elif "/" in t:
+            a, b = t.split("/", 1)
+            v = float(a) / float(b)
+        else:
+            v = float(t)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 1, 0.025, 1/40 or 40x, got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"keep must be in (0, 1], got {text!r}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preset", action="append", metavar="NAME",
+        help=f"preset to run, repeatable, or 'all' (default all): {', '.join(PRESETS)}",
+    )
+    p.add_argument("--codec", action="append", choices=["fp16", "uint8", "fp32"], help="value codec, repeatable (default fp16 and uint8)")
+    p.add_argument("--keep", action="append", type=_keep, help="kept fraction of units, repeatable: 1, 1/40, 40x (default 1 and 1/40)")
+    p.add_argument("--k", type=int, default=10, help="top-k entries per sample (default 10)")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (quick runs, tests)")
+    p.add_argument("--workdir", default=None, help="where stores are written (default a temp dir under bench/work, else /tmp)")
+    p.add_argument("--keep-stores", action="store_true", help="do not delete the stores after measuring")
+    p.add_argument("--backend", choices=["tensorstore", "zarr"], default="tensorstore", help="read backend (default tensorstore)")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="relabel processes writing disjoint shards (default min(2, cores))")
+    p.add_argument("--core", type=int, default=0, help="CPU the one-core measurements are pinned to (default 0)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per read measurement; the median is reported (default 3)")
+    p.add_argument("--seq-samples", type=int, default=4_000_000, help="samples read per sequential repeat, at most the store (default 4,000,000)")
+    p.add_argument("--random-units", type=int, default=300, help="random units read per repeat (default 300)")
+    p.add_argument("--sre2l-mb", type=float, default=300.0, help="MB of SRe2L-format batch files written for the baseline, at most 2,000 files (default 300)")
+    p.add_argument("--results-dir", default=None, help="where the results JSON goes (default bench/results)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the schedule, teacher model and pruning (default 0)")
+
+
+def _resolve(args) -> tuple[list[Preset], list[str], list[float]]:
+    names = args.preset or ["all"]
+    if "all" in names:
+        names = list(PRESETS)
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        raise DDPipeError(f"unknown store preset {unknown[0]!r}; choose from {', '.join(PRESETS)} or all")
+    presets = [PRESETS[n] for n in dict.fromkeys(names)]
+    if args.epochs is not None:
+        if args.epochs <= 0:
+            raise DDPipeError(f"--epochs must be positive, got {args.epochs}")
+        presets = [Preset(**{**asdict(p), "epochs": args.epochs}) for p in presets]
+    if args.k <= 0 or any(args.k > p.num_classes for p in presets):
+        raise DDPipeError(f"--k must be in [1, num_classes], got {args.k}")
+    for flag in ("repeats", "seq_samples", "random_units", "workers"):
+        if getattr(args, flag) <= 0:
+            raise DDPipeError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if not args.sre2l_mb > 0:
+        raise DDPipeError(f"--sre2l-mb must be positive, got {args.sre2l_mb}")
+    codecs = list(dict.fromkeys(args.codec or ["fp16", "uint8"]))
+    keeps = list(dict.fromkeys(args.keep or [1.0, 1 / 40]))
+    return presets, codecs, keeps
+
+
+# --- relabel: teacher model -> stores ------------------------------------------------------------
+_CACHE: dict = {}  # per worker process: the preset's schedule, teacher model and open writers
+
+
+def _models(preset: Preset, seed: int):
+    from ddpipe.bench.teacher_model import RelabelSchedule, TeacherModel
+
+    key = ("models", preset, seed)
+    if key not in _CACHE:
+        _CACHE.clear()
+        sched = RelabelSchedule(preset.num_samples, preset.batch_size, seed, preset.image_size, preset.image_size, preset.mix)
+        _CACHE[key] = (sched, TeacherModel(preset.num_classes, preset.ipc, seed))
+    return _CACHE[key]
+
+
+def _writer(path: str):
+    from ddpipe.labelstore import open_writer
+
+    key = ("writer", path)
+    if key not in _CACHE:
+        _CACHE[key] = open_writer(path)
+    return _CACHE[key]
+
+
+def _relabel_shard(task) -> tuple[int, int, float, dict]:
+    """Compute and write the units of one writer shard into every store; returns (units, samples, timings)."""
+    from ddpipe.labelstore import Unit
+
+    preset, seed, k, paths, rows = task
+    sched, teacher = _models(preset, seed)
+    writers = {codec: _writer(p) for codec, p in paths.items()}
+    t_teacher, t_write, samples = 0.0, dict.fromkeys(paths, 0.0), 0
+    for e, b in rows:
+        t0 = time.perf_counter()
+        su = sched.unit(int(e), int(b))
+        idx, val = teacher.topk(su, k)
+        t_teacher += time.perf_counter() - t0
+        samples += len(su.sample_ids)
+        for codec, w in writers.items():
+            t0 = time.perf_counter()
+            w.write(
+                Unit(su.epoch, su.batch, su.sample_ids, su.crops, su.flips, su.mix_kind, su.mix_perm,
+                     su.mix_lambda, su.mix_box, topk=(idx, val))
+            )
+            t_write[codec] += time.perf_counter() - t0
+    return len(rows), samples, t_teacher, t_write
+
+
+def relabel(preset: Preset, specs: dict, plan, workdir: str, tag: str, args, progress: bool) -> dict:
+    """Create one store per codec for ``plan`` (None = every unit) and fill it; return timings."""
+    from tqdm import tqdm
+
+    from ddpipe.labelstore import create_store
+    from ddpipe.labelstore.spec import parse_plan
+
+    paths = {}
+    for codec, spec in specs.items():
+        paths[codec] = os.path.join(workdir, f"{preset.name}-{tag}-{codec}.zarr")
+        create_store(paths[codec], spec, plan, overwrite=True, provenance={"bench": "store", "labels": "bench.teacher_model"}).close()
+    spec0 = next(iter(specs.values()))
+    units = parse_plan(spec0, plan)
+    ups = spec0.units_per_shard
+    tasks = [(preset, args.seed, args.k, paths, units[s : s + ups].tolist()) for s in range(0, len(units), ups)]
+    workers = max(1, min(args.workers, len(tasks)))
+    t_teacher, t_write, samples = 0.0, dict.fromkeys(paths, 0.0), 0
+    bar = tqdm(total=int(len(units)), desc=f"relabel {preset.name} {tag}", unit="unit", disable=not progress, file=sys.stderr)
+    t0 = time.perf_counter()
+    if workers == 1:
+        results = map(_relabel_shard, tasks)
+        pool = None
+    else:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(workers)
+        results = pool.imap_unordered(_relabel_shard, tasks)
+    try:
+        for nu, n, tt, tw in results:
+            samples += n
+            t_teacher += tt
+            for c in tw:
+                t_write[c] += tw[c]
+            bar.update(nu)
+        if pool is not None:
+            pool.close()
+            pool.join()
+    finally:
+        if pool is not None:
+            pool.terminate()
+        _CACHE.clear()
+        bar.close()
+    wall = time.perf_counter() - t0
+    return {"paths": paths, "samples": samples, "wall_s": wall, "teacher_s": t_teacher, "write_s": t_write, "workers": workers}
+
+
+# --- reads ------------------------------------------------------------------------------------------
+def measure_reads(path: str, args) -> dict:
+    """Sequential (``iter_units``) and random (``read_unit``) samples/s, whole process on one core."""
+    from ddpipe.labelstore import open_store
+
+    with common.pinned(args.core):
+        reader = open_store(path, backend=args.backend)
+        n_units = reader.num_units
+
+        ups = reader.spec.units_per_shard
+
+        def seq() -> tuple[int, float, float]:
+            # Whole slabs only (a slab is decoded at once), and the clock stops before the
+            # prefetched next slab is drained: every decoded sample is counted, nothing more.
+            got = 0
+            t0, c0 = time.perf_counter(), time.process_time()
+            it = reader.iter_units()
+            for u in it:
+                got += u.count
+                if got >= args.seq_samples and (u.unit + 1) % ups == 0:
+                    break
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            it.close()
+            return got, dt, dc
+
+        rng = np.random.default_rng(args.seed)
+
+        def rand() -> tuple[int, float, float]:
+            picks = rng.integers(0, n_units, args.random_units)
+            got = 0
+            t0, c0 = time.perf_counter(), time.process_time()
+            for u in picks:
+                got += reader.read_unit(int(u)).count
+            return got, time.perf_counter() - t0, time.process_time() - c0
+
+        rand()  # warm-up: first touch of each shard checks its objects once
+        load = os.getloadavg()[0]
+        seq_rate, seq_all, seq_cpu = common.median_rates(seq, args.repeats)
+        rnd_rate, rnd_all, rnd_cpu = common.median_rates(rand, args.repeats)
+        backend = reader.backend
+    return {
+        "seq": seq_rate, "seq_all": seq_all, "seq_cpu": seq_cpu, "random": rnd_rate, "random_all": rnd_all,
+        "random_cpu": rnd_cpu, "backend": backend, "loadavg": load,
+    }
+
+
+# --- SRe2L's layout ---------------------------------------------------------------------------------
+def sre2l_baseline(preset: Preset, spec, workdir: str, args, progress: bool) -> dict:
+    """Write the first units of the schedule as SRe2L files and time ``torch.load`` of them on one core."""
+    import torch
+    from tqdm import tqdm
+
+    from ddpipe.bench.teacher_model import RelabelSchedule, TeacherModel
+
+    sched = RelabelSchedule(preset.num_samples, preset.batch_size, args.seed, preset.image_size, preset.image_size, preset.mix)
+    teacher = TeacherModel(preset.num_classes, preset.ipc, args.seed)
+    file_bytes = preset.batch_size * (2 * preset.num_classes + 25)
+    n_files = int(max(2, min(spec.full_units, SRE2L_MAX_FILES, args.sre2l_mb * 1e6 // file_bytes)))
+    root = os.path.join(workdir, f"{preset.name}-sre2l")
+    files, samples, t_write = [], 0, 0.0
+    for i in tqdm(range(n_files), desc=f"sre2l files {preset.name}", unit="file", disable=not progress, file=sys.stderr):
+        e, b = divmod(i, spec.batches_per_epoch)
+        su = sched.unit(e, b)
+        logits = teacher.dense_logits(su, args.k)
+        obj = [
+            torch.from_numpy(su.crops.astype(np.float32)),
+            torch.from_numpy(su.flips.copy()),
+            torch.from_numpy(su.mix_perm.astype(np.int64)) if su.mix_kind != "none" else None,
+            float(su.mix_lambda) if su.mix_kind != "none" else None,
+            [int(v) for v in su.mix_box] if su.mix_kind != "none" else None,
+            torch.from_numpy(logits).half(),
+        ]
+        d = os.path.join(root, f"epoch_{e}")
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, f"batch_{b}.tar")
+        t0 = time.perf_counter()
+        torch.save(obj, path)
+        t_write += time.perf_counter() - t0
+        files.append(path)
+        samples += len(su.sample_ids)
+    on_disk = sum(os.path.getsize(f) for f in files)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with common.pinned(args.core):
+
+            def load_all() -> tuple[int, float, float]:
+                got = 0
+                t0, c0 = time.perf_counter(), time.process_time()
+                for f in files:
+                    got += torch.load(f)[5].shape[0]
+                return got, time.perf_counter() - t0, time.process_time() - c0
+
+            load_all()  # warm-up
+            rate, rates, cpu_rate = common.median_rates(load_all, args.repeats)
+    finally:
+        torch.set_num_threads(threads)
+        if not args.keep_stores:
+            shutil.rmtree(root, ignore_errors=True)
+    return {
+        "files": n_files,
+        "samples": samples,
+        "bytes": on_disk,
+        "bytes_per_sample_epoch": on_disk / samples,
+        "write_samples_per_s": samples / t_write if t_write else None,
+        "load_samples_per_s": rate,
+        "load_cpu_samples_per_s": cpu_rate,
+        "load_all": rates,
+    }
+
+
+# --- one preset -------------------------------------------------------------------------------------
+def run_preset(preset: Preset, codecs: list[str], keeps: list[float], workdir: str, args, out, progress: bool) -> tuple[list[dict], dict]:
+    from ddpipe.labelstore import StoreSpec, plan_units, store_info
+    from ddpipe.labelstore.prune import pruned_spec
+
+    aug = {
+        "crop": "RandomResizedCrop", "scale": [0.08, 1.0], "ratio": [0.75, 4 / 3], "image_size": preset.image_size,
+        "flip": 0.5, "mix": preset.mix, "mix_alpha": 1.0 if preset.mix != "none" else None,
+    }
+    base = StoreSpec(
+        num_samples=preset.num_samples, num_classes=preset.num_classes, epochs=preset.epochs,
+        batch_size=preset.batch_size, k=args.k, value_codec=codecs[0], temperature=1.0, seed=args.seed,
+        augmentation=aug, teacher_hash="bench.teacher_model", image_set_hash="",
+    )
+    info = {
+        "preset": asdict(preset), "num_samples": preset.num_samples, "full_units": base.full_units,
+        "batches_per_epoch": base.batches_per_epoch, "sample_epochs": preset.num_samples * preset.epochs, "relabel": {},
+    }
+    rows = []
+    for keep in keeps:
+        tag = "full" if keep == 1.0 else f"keep{keep:.4g}"
+        if keep == 1.0:
+            plan, specs = None, {c: base.replace(value_codec=c) for c in codecs}
+        else:  # planned before relabel: the teacher only computes kept units
+            plan = plan_units(base, keep, "batch", args.seed)
+            specs = {c: pruned_spec(base.replace(value_codec=c), keep, "batch", args.seed) for c in codecs}
+        rel = relabel(preset, specs, plan, workdir, tag, args, progress)
+        info["relabel"][tag] = {k: v for k, v in rel.items() if k != "paths"}
+        print(
+            f"[{preset.name} keep={keep:.4g}] relabel wrote {rel['samples']:,} sample-epochs into {len(codecs)} store(s) "
+            f"in {rel['wall_s']:.1f} s wall ({rel['workers']} process(es); teacher model {rel['teacher_s']:.1f} s, "
+            + ", ".join(f"{c} writer {t:.1f} s" for c, t in rel["write_s"].items()) + ")",
+            file=out, flush=True,
+        )
+        for codec, path in rel["paths"].items():
+            si = store_info(path)
+            reads = measure_reads(path, args)
+            wt = rel["write_s"][codec]
+            row = {
+                "preset": preset.name,
+                "k": args.k,
+                "codec": codec,
+                "keep": keep,
+                "units": si["units"],
+                "samples": rel["samples"],
+                "bytes": si["bytes_on_disk"],
+                "sre2l_bytes": si["sre2l_equivalent_bytes"],
+                "ratio": si["sre2l_equivalent_bytes"] / si["bytes_on_disk"],
+                "seq_samples_per_s": reads["seq"],
+                "random_samples_per_s": reads["random"],
+                "sre2l_samples_per_s": None,
+                "write_samples_per_s": rel["samples"] / wt if wt else None,
+                "relabel_wall_s": rel["wall_s"],
+                "bytes_per_sample_epoch": si["bytes_per_sample_epoch"],
+                "gib": si["bytes_on_disk"] / 2**30,
+                "sre2l_gib": si["sre2l_equivalent_bytes"] / 2**30,
+                "bytes_by_array": si["bytes_by_array"],
+                "backend": reads["backend"],
+                "seq_all": reads["seq_all"],
+                "random_all": reads["random_all"],
+                "seq_cpu_samples_per_s": reads["seq_cpu"],
+                "random_cpu_samples_per_s": reads["random_cpu"],
+                "loadavg_1min": reads["loadavg"],
+                "epochs": preset.epochs,
+            }
+            rows.append(row)
+            if not args.keep_stores:
+                shutil.rmtree(path, ignore_errors=True)
+    sre = sre2l_baseline(preset, base, workdir, args, progress)
+    info["sre2l"] = sre
+    for row in rows:
+        row["sre2l_samples_per_s"] = sre["load_samples_per_s"]
+        row["sre2l_cpu_samples_per_s"] = sre["load_cpu_samples_per_s"]
+        _targets(row, preset)
+    return rows, info
+
+
+def _targets(row: dict, preset: Preset) -> None:
+    """Attach the issue's targets and whether this row meets them (None: no target / not full shape)."""
+    full_shape = row["epochs"] == PRESETS[preset.name].epochs
+    t_bytes = None
+    for (name, keep), limit in BYTES_TARGETS.items():
+        if name == preset.name and math.isclose(keep, row["keep"]) and full_shape:
+            t_bytes = limit
+    row["target_bytes"] = t_bytes
+    row["bytes_ok"] = None if t_bytes is None else row["bytes"] <= t_bytes
+    row["seq_ok"] = row["seq_samples_per_s"] >= SEQ_TARGET
+    row["random_ok"] = row["random_samples_per_s"] >= RANDOM_TARGET
+
+
+COLUMNS = [
+    ("preset", "preset", ""),
+    ("codec", "codec", ""),
+    ("keep", "keep", ".4g"),
+    ("units", "units", ",d"),
+    ("bytes", "bytes", ",d"),
+    ("sre2l_bytes", "sre2l_bytes", ",d"),
+    ("ratio", "ratio", ".1f"),
+    ("bytes_per_sample_epoch", "B/sample-ep", ".1f"),
+    ("bytes_ok", "size ok", ""),
+    ("seq_samples_per_s", "seq/s", ",.0f"),
+    ("random_samples_per_s", "random/s", ",.0f"),
+    ("sre2l_samples_per_s", "sre2l load/s", ",.0f"),
+    ("seq_cpu_samples_per_s", "seq/cpu-s", ",.0f"),
+    ("random_cpu_samples_per_s", "random/cpu-s", ",.0f"),
+    ("write_samples_per_s", "write/s", ",.0f"),
+    ("seq_ok", "seq ok", ""),
+    ("random_ok", "rand ok", ""),
+]
+
+
+def _workdir(args) -> tuple[str, bool]:
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
+        return tempfile.mkdtemp(prefix="store-", dir=args.workdir), True
+    for parent in (common.WORK_DIR, None):
+        try:
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            return tempfile.mkdtemp(prefix="store-", dir=parent), True
+        except OSError:
+            continue
+    raise DDPipeError("cannot create a work directory for the stores; pass --workdir")
+
+
+def _payload(rows: list, infos: dict, t_start: float, args, complete: bool) -> dict:
+    from ddpipe.bench.teacher_model import MODEL_NOTE
+
+    return {
+        "benchmark": "store",
+        "complete": complete,
+        "labels": MODEL_NOTE,
+        "one_core": ONE_CORE_NOTE,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "elapsed_s": time.time() - t_start,
+        "machine": common.machine_info(),
+        "args": {k: v for k, v in vars(args).items() if k not in ("func", "bench_run")},
+        "targets": {
+            "bytes": {f"{n} keep={k:.4g}": v for (n, k), v in BYTES_TARGETS.items()},
+            "seq_samples_per_s": SEQ_TARGET,
+            "random_samples_per_s": RANDOM_TARGET,
+        },
+        "presets": infos,
+        "rows": rows,
+    }
+
+
+def run(args) -> int:
+    import json
+
+    from ddpipe.bench.teacher_model import MODEL_NOTE
+
+    presets, codecs, keeps = _resolve(args)
+    out = common.table_stream(args.json)
+    progress = sys.stderr.isatty()
+    workdir, _ = _workdir(args)
+    print(f"ddpipe bench store: {MODEL_NOTE}", file=out)
+    print(f"  work dir {workdir} ({common.human_bytes(common.disk_free_bytes(workdir))} free)", file=out, flush=True)
+    rows, infos = [], {}
+    t_start = time.time()
+    try:
+        for p in presets:
+            r, info = run_preset(p, codecs, keeps, workdir, args, out, progress)
+            rows += r
+            infos[p.name] = info
+            print(
+                f"[{p.name}] SRe2L layout: {info['sre2l']['files']} batch files, "
+                f"{info['sre2l']['bytes_per_sample_epoch']:.0f} B/sample-epoch on disk, torch.load "
+                f"{info['sre2l']['load_samples_per_s']:,.0f} samples/s on one core",
+                file=out,
+            )
+            print(common.format_table(r, COLUMNS), file=out, flush=True)
+    except BaseException:
+        if rows:  # keep what was measured before the failure or interrupt
+            path = common.write_results("store-partial", _payload(rows, infos, t_start, args, False), args.results_dir)
+            print(f"wrote the rows measured so far to {path}", file=sys.stderr)
+        raise
+    finally:
+        if not args.keep_stores:
+            shutil.rmtree(workdir, ignore_errors=True)
+    presets_table = [
+        {"preset": p.name, "classes": p.num_classes, "images": p.num_samples, "epochs": p.epochs, "batch": p.batch_size,
+         "mix": p.mix, "source": p.source}
+        for p in presets
+    ]
+    print("\npresets:", file=out)
+    print(common.format_table(presets_table, [(c, c, ",d" if c == "images" else "") for c in presets_table[0]]), file=out)
+    print("\nresults:", file=out)
+    print(common.format_table(rows, COLUMNS), file=out)
+    print(
+        f"\nnote: {MODEL_NOTE}.\nnote: {ONE_CORE_NOTE}.\nnote: sre2l_bytes = SRe2L's per-batch full fp16 logits "
+        "for the same units (for keep < 1 that is LPLD's pruned label size); ratio = sre2l_bytes / bytes. "
+        "write/s = store-side write rate per writer (teacher model excluded). seq/s, random/s, sre2l load/s are "
+        "wall-clock rates; /cpu-s columns divide by the process's CPU time instead, which stays meaningful when "
+        "other processes share the core (loadavg is recorded per row). Byte targets apply at the full preset shape only.",
+        file=out,
+    )
+    payload = _payload(rows, infos, t_start, args, True)
+    path = common.write_results("store", payload, args.results_dir)
+    print(f"wrote {path}", file=out)
+    if args.json:
+        sys.stdout.write(json.dumps(payload, default=common.json_default) + "\n")
+    return 0

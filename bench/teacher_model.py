@@ -1,0 +1,295 @@
+"""A seeded model of teacher logits, standing in for an ImageNet teacher the bench machine lacks.
+
+Benchmarks of the label store need labels whose statistics resemble a real teacher's (compression
+depends on them), for tens of millions of sample-epochs. This module generates them directly.
+Every number the store benchmark reports was produced from this model, not from a real network.
+
+The model, for sample ``s`` of a synthetic set with ``ipc`` images per class, seen in one
+(epoch, batch) of a relabel run:
+
+- **Class.** ``y = s // ipc`` (the ImageFolder order SRe2L's recover writes).
+- **Confusion sets.** Classes are shuffled (seeded) into groups of ``group_size`` (a stand-in for
+  WordNet neighbourhoods such as the dog breeds); each class has a fixed list of ``confusion``
+  similar classes from its group, with affinities ``a_j = affinity * exp(-j / affinity_decay)``
+  times a per-class factor in [0.6, 1.4]. Groups too small are filled from random classes.
+- **Evidence of one crop.** Own class: margin ``M = margin + margin_per_log_area * log(area)
+  + margin_noise * N(0, 1)``, so small RandomResizedCrops are less confident; the confusion
+  classes get their affinities. This is the "heavy head".
+- **CutMix.** ResNets end in global average pooling and a linear layer, so the logits of a
+  pasted image are close to the area-weighted mean of its parts: the evidence of the own crop is
+  scaled by the own area fraction ``lam`` and the partner's by ``1 - lam``.
+- **Crop noise / long tail.** Every class, evidence or not, gets ``tail_sigma * N(0, 1)`` fresh
+  per (sample, epoch). The ~C other classes form the long low tail.
+- **Labels.** ``softmax(logits / T)`` at the store temperature, top-k in descending order.
+
+Fast top-k path (:meth:`TeacherModel.topk`): it never materialises ``C`` logits. It draws the
+evidence classes' logits, then the ``r = k + 4`` largest of the ``n`` remaining tail logits
+exactly (top order statistics of ``n`` normals: exponential spacings, a Gamma remainder and the
+inverse normal CDF) at distinct random tail classes (rejection sampling; below 500 classes the
+``r`` smallest of uniform keys over the free classes), and adds the remaining ``n - r`` tail terms
+to the softmax denominator by their conditional expectation ``E[exp(Z/T) | Z < t]`` (closed form).
+:meth:`TeacherModel.dense_logits` draws the very same values and fills the remaining classes with
+real draws below ``t``; its softmax has exactly the same top-k classes, and values that differ
+from the fast path only by the tail-sum fluctuation (a few percent of the tail mass).
+
+:class:`RelabelSchedule` generates what a relabel run records per unit (order, crops, flips,
+CutMix), with numpy from one seed, shaped like SRe2L's ``RandomResizedCrop(scale=(0.08, 1))`` on
+pixel-grid source images, a flip with p = 0.5, and CutMix with ``lam ~ Beta(1, 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["TeacherModel", "RelabelSchedule", "ScheduledUnit", "MODEL_NOTE"]
+
+MODEL_NOTE = (
+    "labels come from bench/teacher_model.py, a seeded model of teacher logits (class = id // ipc, "
+    "fixed confusion sets of similar classes, crop-area dependent margin, CutMix as area-weighted "
+    "logits, N(0,1) per-(sample, epoch) noise over all classes), not from a real ImageNet teacher"
+)
+
+
+@dataclass(frozen=True)
+class ScheduledUnit:
+    """What the relabel schedule fixes for one (epoch, batch): the teacher's inputs."""
+
+    epoch: int
+    batch: int
+    sample_ids: np.ndarray  # int64 [b]
+    crops: np.ndarray  # float64 [b, 4] (top, left, height, width) fractions of the source image
+    flips: np.ndarray  # bool [b]
+    mix_kind: str  # none | cutmix
+    mix_perm: np.ndarray  # int64 [b]
+    mix_lambda: float  # SRe2L's Beta draw (not re-adjusted to the box)
+    mix_box: np.ndarray  # int64 [4] (y0, x0, y1, x1) output pixels
+    own_area: float  # fraction of the output image that still shows the slot's own crop
+
+
+@dataclass
+class RelabelSchedule:
+    """Per-epoch order, crops, flips and CutMix parameters, a pure function of (seed, epoch, batch)."""
+
+    num_samples: int
+    batch_size: int
+    seed: int = 0
+    image_size: int = 224  # source images are square, crops land on its pixel grid
+    output_size: int = 224  # network input (CutMix box coordinates)
+    mix: str = "cutmix"  # cutmix | none
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    _order: tuple[int, np.ndarray] | None = field(default=None, repr=False)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The sample order of one epoch (cached: consecutive batches share it)."""
+        if self._order is None or self._order[0] != epoch:
+            perm = np.random.default_rng([self.seed, 7, epoch]).permutation(self.num_samples)
+            self._order = (epoch, perm)
+        return self._order[1]
+
+    def unit(self, epoch: int, batch: int) -> ScheduledUnit:
+        ids = self.order(epoch)[batch * self.batch_size : (batch + 1) * self.batch_size].astype(np.int64)
+        b = len(ids)
+        rng = np.random.default_rng([self.seed, 11, epoch, batch])
+        crops = self._crops(rng, b)
+        flips = rng.random(b) < 0.5
+        if self.mix == "cutmix":
+            perm = rng.permutation(b)
+            lam = float(rng.beta(1.0, 1.0))
+            box = self._box(rng, lam)
+            own = 1.0 - (box[2] - box[0]) * (box[3] - box[1]) / float(self.output_size**2)
+            return ScheduledUnit(epoch, batch, ids, crops, flips, "cutmix", perm, lam, box, own)
+        return ScheduledUnit(epoch, batch, ids, crops, flips, "none", np.arange(b), 1.0, np.zeros(4, np.int64), 1.0)
+
+    def _crops(self, rng: np.random.Generator, b: int) -> np.ndarray:
+        """torchvision RandomResizedCrop's draw (10 tries, then the whole image), vectorised."""
+        size = self.image_size
+        h = np.full(b, size, np.int64)
+        w = np.full(b, size, np.int64)
+        todo = np.ones(b, bool)
+        log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            n = int(todo.sum())
+            if not n:
+                break
+            area = size * size * rng.uniform(self.scale[0], self.scale[1], n)
+            ar = np.exp(rng.uniform(log_r[0], log_r[1], n))
+            ww = np.rint(np.sqrt(area * ar)).astype(np.int64)
+            hh = np.rint(np.sqrt(area / ar)).astype(np.int64)
+            ok = (ww > 0) & (ww <= size) & (hh > 0) & (hh <= size)
+            idx = np.flatnonzero(todo)[ok]
+            h[idx], w[idx] = hh[ok], ww[ok]
+            todo[idx] = False
+        top = rng.integers(0, size - h + 1)
+        left = rng.integers(0, size - w + 1)
+        return np.stack([top, left, h, w], axis=1).astype(np.float64) / size
+
+    def _box(self, rng: np.random.Generator, lam: float) -> np.ndarray:
+        """SRe2L's ``rand_bbox``: a box of side ``sqrt(1 - lam)`` around a uniform centre, clipped."""
+        s = self.output_size
+        cut = int(s * math.sqrt(1.0 - lam))
+        cy, cx = rng.integers(0, s, 2)
+        y0, y1 = np.clip([cy - cut // 2, cy + cut // 2], 0, s)
+        x0, x1 = np.clip([cx - cut // 2, cx + cut // 2], 0, s)
+        return np.array([y0, x0, y1, x1], np.int64)
+
+
+@dataclass
+class TeacherModel:
+    """Seeded teacher-logit model (see the module docstring). Deterministic per (seed, epoch, batch)."""
+
+    num_classes: int
+    ipc: int  # images per class: class of sample s is s // ipc
+    seed: int = 0
+    temperature: float = 1.0
+    confusion: int = 12  # similar classes per class
+    group_size: int = 40  # classes per similarity group
+    affinity: float = 5.0  # logit of the most similar class
+    affinity_decay: float = 4.0
+    margin: float = 11.0  # own-class logit for a whole-image crop
+    margin_per_log_area: float = 1.5  # smaller crops, smaller margin
+    margin_noise: float = 1.5
+    tail_sigma: float = 1.0
+    extra_tail: int = 4  # exact tail order statistics beyond k
+
+    def __post_init__(self) -> None:
+        c = self.num_classes
+        self.confusion = max(0, min(self.confusion, c - 1))
+        rng = np.random.default_rng([self.seed, 3])
+        shuffled = rng.permutation(c)
+        group_of = np.empty(c, np.int64)
+        group_of[shuffled] = np.arange(c) // self.group_size
+        starts = np.arange(0, c, self.group_size)
+        conf = np.empty((c, self.confusion), np.int64)
+        for cls in range(c):
+            g = group_of[cls]
+            members = shuffled[starts[g] : starts[g] + self.group_size]
+            members = members[members != cls]
+            pick = rng.permutation(members)[: self.confusion]
+            if len(pick) < self.confusion:  # a small last group: fill from other classes
+                others = np.setdiff1d(np.arange(c), np.concatenate([pick, [cls]]))
+                pick = np.concatenate([pick, rng.choice(others, self.confusion - len(pick), replace=False)])
+            conf[cls] = pick
+        self.confusion_sets = conf  # [C, confusion] most similar first
+        decay = self.affinity * np.exp(-np.arange(self.confusion) / self.affinity_decay)
+        self.affinities = decay[None, :] * rng.uniform(0.6, 1.4, (c, 1))  # [C, confusion]
+
+    # --- evidence ---------------------------------------------------------------------------
+    def _evidence(self, unit: ScheduledUnit, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate classes ``[b, m]`` (duplicates marked negative) and their noiseless logits."""
+        ids = np.asarray(unit.sample_ids, np.int64)
+        y = np.minimum(ids // self.ipc, self.num_classes - 1)
+        area = np.clip(unit.crops[:, 2] * unit.crops[:, 3], 1e-4, 1.0)
+        margin = self.margin + self.margin_per_log_area * np.log(area) + self.margin_noise * rng.standard_normal(len(ids))
+        cls = np.concatenate([y[:, None], self.confusion_sets[y]], axis=1)
+        val = np.concatenate([margin[:, None], self.affinities[y]], axis=1)
+        if unit.mix_kind == "none" or unit.own_area >= 1.0:
+            return cls, val
+        lam = float(unit.own_area)
+        perm = np.asarray(unit.mix_perm, np.int64)
+        m = cls.shape[1]
+        cls = np.concatenate([cls, cls[perm]], axis=1)
+        val = np.concatenate([lam * val, (1.0 - lam) * val[perm]], axis=1)
+        # The same class may carry evidence from both images: add the partner's into the own slot
+        # and mark the partner's slot with a unique negative number (not a class).
+        same = cls[:, :m, None] == cls[:, None, m:]  # [b, own, partner]
+        rows, own, part = np.nonzero(same)
+        val[rows, own] += val[rows, m + part]
+        val[rows, m + part] = 0.0
+        cls[rows, m + part] = -1 - part
+        return cls, val
+
+    def _draw(self, unit: ScheduledUnit, k: int):
+        """Everything both paths share: candidate classes/logits and the top tail order statistics."""
+        c = self.num_classes
+        rng = np.random.default_rng([self.seed, 5, unit.epoch, unit.batch])
+        cls, val = self._evidence(unit, rng)
+        b, m = cls.shape
+        valid = cls >= 0
+        logits = val + self.tail_sigma * rng.standard_normal((b, m), dtype=np.float32)
+        logits[~valid] = -np.inf
+        n = c - valid.sum(axis=1)  # tail classes per row
+        r = int(min(k + self.extra_tail, n.min()))
+        tail_cls = np.zeros((b, 0), np.int64)
+        tail_val = np.zeros((b, 0))
+        thresh = np.full(b, np.inf)
+        if r > 0:
+            # The r largest of n iid N(0, s): survival probs G_i / (G_r + Gamma(n + 1 - r)).
+            g = np.cumsum(rng.standard_exponential((b, r)), axis=1)
+            total = g[:, -1] + rng.standard_gamma((n + 1 - r).astype(np.float64))
+            from scipy.special import ndtri
+
+            tail_val = -self.tail_sigma * ndtri(g / total[:, None])
+            thresh = tail_val[:, -1]
+            tail_cls = self._distinct_tail(rng, cls, r)
+        return cls, logits, tail_cls, tail_val, thresh, n, r
+
+    def _distinct_tail(self, rng: np.random.Generator, cls: np.ndarray, r: int) -> np.ndarray:
+        """``r`` distinct random classes per row outside the row's candidates."""
+        b = cls.shape[0]
+        if self.num_classes < 500:  # few classes: the r smallest of uniform keys over the free classes
+            keys = rng.random((b, self.num_classes))
+            rows, cols = np.nonzero(cls >= 0)
+            keys[rows, cls[rows, cols]] = 2.0
+            return np.argpartition(keys, r - 1, axis=1)[:, :r].astype(np.int64)
+        out = rng.integers(0, self.num_classes, (b, r))
+        bad = np.arange(b)
+        upper = np.triu(np.ones((r, r), bool), 1)
+        for _ in range(50):  # redraw clashing rows; cheap while the candidates are a small share of C
+            t = out[bad]
+            clash = (t[:, :, None] == cls[bad][:, None, :]).any(axis=(1, 2))
+            clash |= ((t[:, :, None] == t[:, None, :]) & upper).any(axis=(1, 2))
+            bad = bad[clash]
+            if not len(bad):
+                return out
+            out[bad] = rng.integers(0, self.num_classes, (len(bad), r))
+        everything = np.arange(self.num_classes)
+        for i in bad:  # few classes: draw without replacement from the row's free classes
+            out[i] = rng.choice(np.setdiff1d(everything, cls[i]), r, replace=False)
+        return out
+
+    # --- outputs ----------------------------------------------------------------------------
+    def topk(self, unit: ScheduledUnit, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ``(indices int64 [b, k], probabilities float32 [b, k])``, descending."""
+        from scipy.special import ndtr
+
+        cls, logits, tail_cls, tail_val, thresh, n, r = self._draw(unit, k)
+        t = self.temperature
+        allc = np.concatenate([cls, tail_cls], axis=1)
+        allz = np.concatenate([logits, tail_val], axis=1) / t
+        top = allz.max(axis=1, keepdims=True)
+        ex = np.exp(allz - top)
+        s = self.tail_sigma
+        if np.isfinite(thresh).all():
+            # E[exp(Z/T) | Z < t] for Z ~ N(0, s^2), times the n - r tail classes not drawn.
+            cond = np.exp(0.5 * (s / t) ** 2) * ndtr(thresh / s - s / t) / np.maximum(ndtr(thresh / s), 1e-300)
+        else:
+            cond = np.zeros(len(n))
+        denom = ex.sum(axis=1) + (n - r) * cond * np.exp(-top[:, 0])
+        pos = np.argpartition(-allz, k - 1, axis=1)[:, :k]
+        z = np.take_along_axis(allz, pos, axis=1)
+        c = np.take_along_axis(allc, pos, axis=1)
+        order = np.lexsort((c, -z), axis=1)  # descending value, lower class first on ties
+        idx = np.take_along_axis(c, order, axis=1)
+        probs = np.exp(np.take_along_axis(z, order, axis=1) - top) / denom[:, None]
+        return idx.astype(np.int64), probs.astype(np.float32)
+
+    def dense_logits(self, unit: ScheduledUnit, k: int) -> np.ndarray:
+        """All ``C`` logits ``float32 [b, C]`` (for SRe2L-format baselines); same top-k as :meth:`topk`."""
+        cls, logits, tail_cls, tail_val, thresh, _n, _r = self._draw(unit, k)
+        b = cls.shape[0]
+        rng = np.random.default_rng([self.seed, 9, unit.epoch, unit.batch])
+        out = self.tail_sigma * rng.standard_normal((b, self.num_classes))
+        for _ in range(1000):  # the untouched tail lies below the r-th order statistic
+            over = out >= thresh[:, None]
+            if not over.any():
+                break
+            out[over] = self.tail_sigma * rng.standard_normal(int(over.sum()))
+        rows = np.arange(b)[:, None]
+        valid = cls >= 0
+        out[np.broadcast_to(rows, cls.shape)[valid], cls[valid]] = logits[valid]
+        out[np.broadcast_to(rows, tail_cls.shape), tail_cls] = tail_val
+        return out.astype(np.float32)
