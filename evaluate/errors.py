@@ -1,0 +1,35 @@
+"""Errors raised by ``ddpipe.evaluate``: each message says what was expected, what was found and the fix."""
+
+from ddpipe.errors import DDPipeError
+
+
+class EvaluateError(DDPipeError):
+    """Raised for any user-fixable problem in datasets, models, checkpoints or a phase's flags."""
+
+
+class DatasetNotFoundError(EvaluateError, FileNotFoundError):
+    """Raised when a dataset's files are not where we looked; the message says how to get them."""
+
+
+class UnknownDatasetError(EvaluateError, ValueError):
+    """Raised when a dataset name is neither registered nor ``imagefolder:<path>`` nor a directory."""
+
+
+class UnknownModelError(EvaluateError, ValueError):
+    """Raised when a model name is not registered (the message lists close names)."""
+
+
+class ModelConfigError(EvaluateError, ValueError):
+    """Raised when a model cannot be built with the given arguments (e.g. too deep for the input size)."""
+
+
+class ClassCountMismatchError(EvaluateError, ValueError):
+    """Raised when a checkpoint's classifier and the dataset disagree on the number of classes."""
+
+
+class CheckpointError(EvaluateError):
+    """Raised when a checkpoint or state dict cannot be read or does not fit the model."""
+
+
+class RunStateError(EvaluateError):
+    """Raised when an output directory's state conflicts with the flags (existing run, changed config)."""
