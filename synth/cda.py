@@ -1,0 +1,39 @@
+"""CDA: Curriculum Data Augmentation (Yin & Shen, TMLR 2024), SRe2L with an easy-to-hard crop schedule.
+
+Origin: VILA-Lab/SRe2L, ``CDA/recover_cda_*.py`` and ``CDA/README.md``. Identical to SRe2L except the
+RandomResizedCrop scale: ``(min_crop, 1)`` with ``min_crop`` cosine-decayed from 1.0 to 0.08 over
+``milestone * iterations`` (``--easy2hard-mode cosine --milestone 1``). ImageNet-21K runs without
+normalisation (pass mean 0 and std 1; images are clamped to [0, 1]).
+"""
+
+from ddpipe.synth._registry import register_method
+from ddpipe.synth.sre2l import sre2l_cfg
+
+__all__ = ["cda_cfg"]
+
+
+def cda_cfg(**kwargs):
+    return sre2l_cfg(method="cda", crop_curriculum="cosine", milestone=1.0, min_scale=0.08, **kwargs)
+
+
+@register_method("cda.in1k")
+def cda_in1k():
+    """ImageNet-1K (CDA/README.md): bs 100, lr 0.25, r_bn 0.01, 4K iterations."""
+    return cda_cfg(r_bn=0.01, lr=0.25, iterations=4000, batch_size=100, jitter=32)
+
+
+@register_method("cda.in21k")
+def cda_in21k():
+    """ImageNet-21K-P (CDA/README.md): bs 100, lr 0.05, r_bn 0.25, 2K iterations, no normalisation."""
+    return cda_cfg(r_bn=0.25, lr=0.05, iterations=2000, batch_size=100, jitter=32)
+
+
+@register_method("cda.tiny")
+def cda_tiny():
+    """Tiny-ImageNet (CDA/README.md): lr 0.4, r_bn 0.05; 4K iterations and two-sided jitter 4 as SRe2L's Tiny script."""
+    return cda_cfg(r_bn=0.05, lr=0.4, iterations=4000, batch_size=100, jitter=4, jitter_two_sided=True)
+
+
+@register_method("cda.test")
+def cda_test():
+    return cda_cfg(r_bn=0.01, lr=0.25, iterations=2, batch_size=10, jitter=1)

@@ -1,0 +1,35 @@
+"""DM: Dataset Condensation with Distribution Matching (Zhao & Bilen, WACV 2023).
+
+Origin: VICO-UoE/DatasetCondensation, ``main_DM.py``, ``utils.py`` (DSA), ``networks.py``. No
+teacher: every iteration draws a freshly initialised network (frozen, train mode) and, for each
+class, matches the mean embedding of ``batch_real`` random real images to that of the class's
+synthetic images, both passed through the *same* DSA draw; the summed squared distances take one
+SGD step (momentum 0.5) on the pixels. Initialised from random real images, no clamping.
+The network comes from ``model_fn`` (``ddpipe recover`` passes DM's ConvNet from
+``ddpipe.evaluate.models``); without one the engine's :class:`~ddpipe.synth.engine.EmbedConvNet`
+(the same ConvNet trunk: width 128, depth 3, instance norm, average pooling) is used.
+"""
+
+from ddpipe.synth._registry import register_method
+from ddpipe.synth.config import RecoverConfig
+
+__all__ = ["dm_cfg", "DSA_STRATEGY"]
+
+DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"  # main_DM.py --dsa_strategy default
+
+
+def dm_cfg(**kwargs) -> RecoverConfig:
+    kwargs.setdefault("dsa", DSA_STRATEGY)
+    return RecoverConfig(method="dm", loss={"dm_mean": 1.0}, optimizer="sgd", momentum=0.5, lr_schedule="constant",
+                         batching="all", init="real", clamp=False, random_crop=False, flip=False, jitter=0, **kwargs)
+
+
+@register_method("dm.cifar10")
+def dm_cifar10():
+    """main_DM.py defaults: 20000 iterations, lr_img 1.0 (README: 10 for IPC >= 100), batch_real 256, real init."""
+    return dm_cfg(lr=1.0, iterations=20000, batch_real=256)
+
+
+@register_method("dm.test")
+def dm_test():
+    return dm_cfg(lr=1.0, iterations=2, batch_real=32)
