@@ -16,6 +16,7 @@ from ddpipe.errors import DDPipeError
 # name -> (module, one-line description shown by `ddpipe bench --help`)
 _BENCHMARKS = {
     "store": ("ddpipe.bench.store", "label-store size and read throughput at real ImageNet shapes vs SRe2L's files"),
+    "loader": ("ddpipe.bench.loader", "loader images/s: SRe2L's loader vs ddpipe torch and DALI-CPU, with decode-only ceilings"),
 }
 
 

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
+from ddpipe.cli import json_default  # one serialiser for the CLI and the benchmarks
+
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 WORK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work")
 
@@ -48,16 +50,6 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) 
     out = [line(heads), line(["-" * w for w in widths])]
     out += [line(b) for b in body]
     return "\n".join(out)
-
-
-def json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def write_results(name: str, payload: dict, directory: str | None = None) -> str:

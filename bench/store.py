@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ddpipe.bench import common
+from ddpipe.cli import keep_fraction
 from ddpipe.errors import DDPipeError
 
 DESCRIPTION = (
@@ -80,30 +81,13 @@ ONE_CORE_NOTE = (
 
 
 # --- arguments -------------------------------------------------------------------------------------
-def _keep(text: str) -> float:
-    t = text.strip().lower()
-    try:
-        if t.endswith("x"):
-            v = 1.0 / float(t[:-1])
-        elif "/" in t:
-            a, b = t.split("/", 1)
-            v = float(a) / float(b)
-        else:
-            v = float(t)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a fraction such as 1, 0.025, 1/40 or 40x, got {text!r}") from None
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"keep must be in (0, 1], got {text!r}")
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset", action="append", metavar="NAME",
         help=f"preset to run, repeatable, or 'all' (default all): {', '.join(PRESETS)}",
     )
     p.add_argument("--codec", action="append", choices=["fp16", "uint8", "fp32"], help="value codec, repeatable (default fp16 and uint8)")
-    p.add_argument("--keep", action="append", type=_keep, help="kept fraction of units, repeatable: 1, 1/40, 40x (default 1 and 1/40)")
+    p.add_argument("--keep", action="append", type=keep_fraction, help="kept fraction of units, repeatable: 1, 1/40, 40x (default 1 and 1/40)")
     p.add_argument("--k", type=int, default=10, help="top-k entries per sample (default 10)")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (quick runs, tests)")
     p.add_argument("--workdir", default=None, help="where stores are written (default a temp dir under bench/work, else /tmp)")

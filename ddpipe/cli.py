@@ -17,12 +17,12 @@ from ddpipe.errors import DDPipeError
 
 def _emit(args: argparse.Namespace, result: Any, text: Callable[[Any], str]) -> None:
     if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(result, default=_json_default) + "\n")
+        sys.stdout.write(json.dumps(result, default=json_default) + "\n")
     else:
         sys.stdout.write(text(result) + "\n")
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
     import numpy as np
 
     if isinstance(o, np.generic):
@@ -103,6 +103,33 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_squeeze(args: argparse.Namespace) -> int:
+    from ddpipe.evaluate.distributed import is_main_process
+    from ddpipe.evaluate.squeeze import run, summary_text
+
+    result = run(args)
+    if is_main_process():  # under torchrun only rank 0 prints
+        _emit(args, result, summary_text)
+    return 0
+
+
+def _phase(module: str):
+    """A subcommand running ``ddpipe.evaluate.<module>.run`` and printing its result (rank 0 only)."""
+
+    def cmd(args: argparse.Namespace) -> int:
+        import importlib
+
+        from ddpipe.evaluate.distributed import is_main_process
+
+        mod = importlib.import_module(f"ddpipe.evaluate.{module}")
+        result = mod.run(args)
+        if is_main_process():
+            _emit(args, result, mod.summary_text)
+        return 0
+
+    return cmd
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from ddpipe.bench import run_benchmark
 
@@ -110,13 +137,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ddpipe.demo import run_demo
+    if args.demo_kind == "store":
+        from ddpipe.demo import run_demo
 
-    return run_demo(args)
+        return run_demo(args)
+    from ddpipe.evaluate import demo
+
+    if args.demo_kind is None:  # bare `ddpipe demo`: the chain with its defaults
+        args = demo.add_arguments(argparse.ArgumentParser()).parse_args([])
+    _emit(args, demo.run(args), demo.summary_text)
+    return 0
 
 
 # --- parser -----------------------------------------------------------------------------------------
-def _keep_fraction(text: str) -> float:
+def keep_fraction(text: str) -> float:
     """Accept 0.025, 1/40 or 40x for 'keep one in forty'."""
     t = text.strip().lower()
     try:
@@ -162,12 +196,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = store_cmd("prune", "Write a standalone store holding a random subset of a store's units (LPLD).", cmd_prune)
     sp.add_argument("src", help="path of the source store")
-    sp.add_argument("--keep", type=_keep_fraction, required=True, help="fraction of units to keep: 0.025, 1/40 or 40x")
+    sp.add_argument("--keep", type=keep_fraction, required=True, help="fraction of units to keep: 0.025, 1/40 or 40x")
     sp.add_argument("--granularity", choices=["batch", "epoch"], default="batch", help="keep random batches (default) or whole epochs")
     sp.add_argument("--seed", type=int, default=0, help="seed of the random choice (default 0)")
     sp.add_argument("--out", required=True, help="path of the new store")
     sp.add_argument("--overwrite", action="store_true", help="replace whatever is at --out")
     sp.add_argument("--dry-run", action="store_true", help="only report how many units would be kept")
+
+    from ddpipe.evaluate.squeeze import add_arguments as squeeze_arguments
+
+    help_ = "Train a teacher on real data, or wrap local torchvision / timm weights as one (--init)."
+    sp = sub.add_parser("squeeze", help=help_, description=help_)
+    squeeze_arguments(sp).set_defaults(func=cmd_squeeze)
+
+    from ddpipe.evaluate import recover, relabel, show, student
+
+    help_ = ("Synthesise an image set from teacher(s) (sre2l, cda, lpld, gvbsm, delt, dm) or select real images "
+             "(random, herding).")
+    sp = sub.add_parser("recover", help=help_, description=help_)
+    recover.add_arguments(sp).set_defaults(func=_phase("recover"))
+
+    help_ = "Draw a grid of an image set (one row per class) into a PNG."
+    sp = sub.add_parser("show", help=help_, description=help_)
+    show.add_arguments(sp).set_defaults(func=_phase("show"))
+
+    help_ = "Run the teacher(s) over the replay schedule and write the soft-label store (--keep: prune first)."
+    sp = sub.add_parser("relabel", help=help_, description=help_)
+    relabel.add_arguments(sp).set_defaults(func=_phase("relabel"))
+
+    help_ = "Train a student on distilled images: replay a store, label live (--online-teacher) or --hard-labels."
+    sp = sub.add_parser("train", help=help_, description=help_)
+    student.add_arguments(sp).set_defaults(func=_phase("student"))
 
     from ddpipe.bench import list_benchmarks
 
@@ -182,10 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("bench_args", nargs=argparse.REMAINDER, help="the benchmark's own flags")
     sp.set_defaults(func=cmd_bench)
 
-    sp = sub.add_parser("demo", help="Write a small store, prune it, show info, corrupt a copy and catch it with verify.")
-    sp.add_argument("--out", default="demo_out", help="working directory (default ./demo_out)")
-    sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    sp.set_defaults(func=cmd_demo)
+    from ddpipe.evaluate import demo as chain_demo
+
+    sp = sub.add_parser(
+        "demo", help="The whole chain on Fashion-MNIST (default), or `demo store`: the label store in seconds.",
+        description="`ddpipe demo` (= `ddpipe demo chain`): teacher -> images -> relabel -> prune -> train -> "
+        "validate on Fashion-MNIST, about 15 minutes on 2 cores. `ddpipe demo store`: write a store, prune it, "
+        "corrupt a copy and catch it with verify, in seconds.",
+    )
+    dsub = sp.add_subparsers(dest="demo_kind", metavar="{chain,store}")
+    chain_demo.add_arguments(dsub.add_parser("chain", help="the whole chain (the default)"))
+    st = dsub.add_parser("store", help="the label store: write, prune, info, corrupt, verify")
+    st.add_argument("--out", default="demo_out/store", help="working directory (default ./demo_out/store)")
+    st.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    sp.set_defaults(func=cmd_demo, demo_kind=None)
     return p
 
 

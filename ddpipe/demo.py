@@ -1,4 +1,4 @@
-"""``ddpipe demo``: the label store end to end in a few seconds, on labels from the teacher model.
+"""``ddpipe demo store``: the label store end to end in a few seconds, on labels from the teacher model.
 
 Writes a small store (2,000 images, 100 classes, 40 epochs, batch 128, top-10 fp16, CutMix)
 from the seeded teacher-logit model in :mod:`ddpipe.bench.teacher_model`, prunes it to 1/40,

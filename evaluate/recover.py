@@ -68,12 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def make_args(out: str, **overrides) -> argparse.Namespace:
     """The parsed defaults with ``overrides`` applied: the library entry point (``run(make_args(...))``)."""
-    ns = add_arguments(argparse.ArgumentParser()).parse_args(["--out", os.fspath(out)])
-    for k, v in overrides.items():
-        if not hasattr(ns, k):
-            raise TypeError(f"recover has no option {k!r}")
-        setattr(ns, k, v)
-    return ns
+    from ddpipe.evaluate._phase import parse_with_overrides
+
+    return parse_with_overrides(add_arguments, ["--out", os.fspath(out)], overrides, "recover")
 
 
 def _real_data(split, input_size: int, in_chans: int):

@@ -27,12 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def make_args(src: str, **overrides) -> argparse.Namespace:
-    ns = add_arguments(argparse.ArgumentParser()).parse_args([os.fspath(src)])
-    for k, v in overrides.items():
-        if not hasattr(ns, k):
-            raise TypeError(f"show has no option {k!r}")
-        setattr(ns, k, v)
-    return ns
+    from ddpipe.evaluate._phase import parse_with_overrides
+
+    return parse_with_overrides(add_arguments, [os.fspath(src)], overrides, "show")
 
 
 def make_grid(rows: list[list], pad: int = 2, min_cell: int = 64):

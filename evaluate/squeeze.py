@@ -88,12 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def make_args(out: str, **overrides) -> argparse.Namespace:
     """The parsed defaults with ``overrides`` applied: the library entry point (``run(make_args(...))``)."""
-    ns = add_arguments(argparse.ArgumentParser()).parse_args(["--out", os.fspath(out)])
-    for k, v in overrides.items():
-        if not hasattr(ns, k):
-            raise TypeError(f"squeeze has no option {k!r}")
-        setattr(ns, k, v)
-    return ns
+    from ddpipe.evaluate._phase import parse_with_overrides
+
+    return parse_with_overrides(add_arguments, ["--out", os.fspath(out)], overrides, "squeeze")
 
 
 def _parse_model_args(items: list[str]) -> dict:
@@ -249,15 +246,10 @@ def write_teacher(model, path: str, dataset, metrics: dict | None, config: dict 
 # --- the run --------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict:
     """Train (or resume) a teacher as the flags say; returns the results dict also written to results.json."""
-    import torch
+    from ddpipe.evaluate._phase import torch_threads
 
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args: argparse.Namespace) -> dict:

@@ -17,3 +17,14 @@ def subprocess_env():
 @pytest.fixture
 def python():
     return sys.executable
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine, spinning OpenMP threads slow tiny models 5-10x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,7 +6,7 @@ from ddpipe.cli import main
 
 
 def test_demo_catches_corruption(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--json"]) == 0
+    assert main(["demo", "store", "--out", str(tmp_path / "demo"), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     c = r["corruption"]
     assert c["caught"] is True and c["verify_ok"] is False

@@ -15,13 +15,7 @@ from ddpipe.evaluate.datasets import (
 from ddpipe.evaluate.errors import DatasetNotFoundError, EvaluateError, UnknownDatasetError
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning OpenMP threads slow tiny models 5-10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 HAVE_FMNIST = os.path.isdir(FASHION_MNIST_DIR) and any(f.startswith("train-images") for f in os.listdir(FASHION_MNIST_DIR))

@@ -15,13 +15,7 @@ from ddpipe.evaluate.train import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning OpenMP threads slow tiny models 5-10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_weight_decay_only_on_kernels():

@@ -1,0 +1,148 @@
+"""The chain from the library entry points on digits: squeeze -> relabel -> prune -> train -> validate,
+with resume, pruning at relabel time, online-teacher equivalence and the wrong-input errors."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from ddpipe.evaluate import relabel, student
+from ddpipe.evaluate.datasets import load_dataset, real_subset
+from ddpipe.evaluate.errors import ClassCountMismatchError, EvaluateError
+from ddpipe.evaluate import squeeze
+from ddpipe.errors import DDPipeError
+from ddpipe.labelstore import open_store, prune_store, verify_store
+
+SCHED = dict(epochs=8, batch_size=25, min_scale=0.5)
+Q = dict(progress=False, workers=0)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chain")
+    res = squeeze.run(squeeze.make_args(str(root / "teacher"), dataset="digits", epochs=4, progress=False, threads=1))
+    assert res["final"]["top1"] > 80
+    ds = load_dataset("digits")
+    sub = real_subset(ds, 10, seed=0)
+    np.savez(root / "images.npz", images=sub.images, labels=sub.labels)
+    other = real_subset(ds, 10, seed=1)
+    np.savez(root / "other.npz", images=other.images, labels=other.labels)
+    teacher = str(root / "teacher" / "teacher.pt")
+    store = str(root / "labels.zarr")
+    rl = relabel.run(relabel.make_args(store, root / "images.npz", [teacher], topk=10, codec="fp32", temperature=4.0,
+                                       **SCHED, **Q))
+    return {"root": root, "teacher": teacher, "images": str(root / "images.npz"), "other": str(root / "other.npz"),
+            "store": store, "relabel": rl}
+
+
+def test_relabel_writes_a_complete_verified_store(chain):
+    rl = chain["relabel"]
+    assert rl["units"] == rl["units_written"] == 8 * 4 == rl["teacher_forward_calls"]
+    assert rl["images_labelled"] == 8 * 100
+    r = open_store(chain["store"])
+    assert r.complete and r.spec.num_classes == 10 and r.spec.temperature == 4.0
+    assert verify_store(chain["store"])["ok"]
+    assert os.path.exists(chain["store"] + ".results.json")
+
+
+def test_relabel_with_keep_runs_the_teacher_only_on_kept_units(chain, tmp_path):
+    rl = relabel.run(relabel.make_args(str(tmp_path / "kept.zarr"), chain["images"], [chain["teacher"]],
+                                       keep=0.25, **SCHED, **Q))
+    assert rl["units"] == 8 and rl["teacher_forward_calls"] == 8 and rl["images_labelled"] == 200
+    r = open_store(tmp_path / "kept.zarr")
+    assert r.spec.pruning["keep"] == 0.25 and r.complete
+
+
+@pytest.mark.parametrize("mode", ["store", "pruned", "hard"])
+def test_students_train_and_validate(chain, tmp_path, mode):
+    kw = {"store": dict(labels=chain["store"]), "hard": dict(hard_labels=True, **SCHED)}.get(mode)
+    if mode == "pruned":
+        prune_store(chain["store"], str(tmp_path / "p.zarr"), 0.5)
+        kw = dict(labels=str(tmp_path / "p.zarr"))
+    res = student.run(student.make_args(str(tmp_path / "s"), chain["images"], dataset="digits", threads=1, lr=5e-3,
+                                        **kw, **Q))
+    assert res["status"] == "complete" and res["epochs_done"] == 8
+    assert res["final"]["count"] == 359 and res["final"]["top1"] > 15  # above chance (10%) after 32 steps
+    assert os.path.exists(tmp_path / "s" / "results.json") and os.path.exists(tmp_path / "s" / "student.pt")
+    assert (res["label_bytes"] > 0) == (mode != "hard")
+
+
+def test_online_teacher_sees_the_stored_targets(chain):
+    """k = C with fp32 values: replaying the store and labelling live give the same targets, batch by batch."""
+    ds = load_dataset("digits")
+    from ddpipe.evaluate.distributed import init_distributed
+    from ddpipe.evaluate.student import _Batches
+
+    dist = init_distributed("cpu", announce=False)
+    base = dict(dataset="digits", temperature=4.0, **Q)
+    stored = _Batches(student.make_args("x", chain["images"], labels=chain["store"], **base), ds, dist, "cpu")
+    online = _Batches(student.make_args("x", chain["images"], online_teacher=[chain["teacher"]], **SCHED, **base),
+                      ds, dist, "cpu")
+    try:
+        for epoch in (0, 7):
+            a, b = list(stored.epoch(epoch)), list(online.epoch(epoch))
+            assert len(a) == len(b) == 4
+            for (ia, ta, ma), (ib, tb, mb) in zip(a, b):
+                assert torch.equal(ma.sample_ids, mb.sample_ids)
+                assert torch.equal(ia, ib)
+                assert torch.equal(ta, tb)
+    finally:
+        stored.close()
+
+
+def test_killed_train_run_resumes_to_the_same_weights(chain, tmp_path):
+    common = dict(dataset="digits", labels=chain["store"], threads=1, **Q)
+    student.run(student.make_args(str(tmp_path / "a"), chain["images"], **common))
+    stopped = student.run(student.make_args(str(tmp_path / "b"), chain["images"], stop_after_epoch=1, **common))
+    assert stopped["status"] == "stopped" and stopped["epochs_done"] == 2 and stopped["epochs"] == 8
+    with pytest.raises(DDPipeError, match="pass --resume"):
+        student.run(student.make_args(str(tmp_path / "b"), chain["images"], **common))
+    student.run(student.make_args(str(tmp_path / "b"), chain["images"], resume=True, **common))
+    wa = torch.load(tmp_path / "a" / "student.pt")["model"]
+    wb = torch.load(tmp_path / "b" / "student.pt")["model"]
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_store_built_for_other_images_is_refused(chain, tmp_path):
+    with pytest.raises(DDPipeError, match="image set"):
+        student.run(student.make_args(str(tmp_path / "s"), chain["other"], dataset="digits", labels=chain["store"], **Q))
+
+
+def test_teacher_with_another_class_count_is_refused(chain, tmp_path):
+    sub = real_subset(load_dataset("digits"), 2, seed=0)
+    np.savez(tmp_path / "twelve.npz", images=sub.images, labels=np.arange(len(sub.labels)) % 12)
+    with pytest.raises(ClassCountMismatchError, match="teacher predicts 10 classes"):
+        relabel.run(relabel.make_args(str(tmp_path / "x.zarr"), tmp_path / "twelve.npz", [chain["teacher"]], **SCHED, **Q))
+
+
+def test_unknown_model_name(chain, tmp_path):
+    with pytest.raises(DDPipeError, match="resnet1"):
+        student.run(student.make_args(str(tmp_path / "s"), chain["images"], dataset="digits", labels=chain["store"],
+                                      model="resnet1", **Q))
+
+
+def test_existing_store_needs_resume(chain):
+    with pytest.raises(EvaluateError, match="--resume"):
+        relabel.run(relabel.make_args(chain["store"], chain["images"], [chain["teacher"]], **SCHED, **Q))
+
+
+@pytest.mark.slow
+def test_demo_chain_cli_on_digits(tmp_path, capsys):
+    """`ddpipe demo chain` end to end (tiny settings): one JSON object with the table's rows."""
+    import json
+
+    from ddpipe.cli import main
+
+    argv = ["demo", "chain", "--dataset", "digits", "--out", str(tmp_path / "d"), "--teacher-epochs", "2",
+            "--epochs", "4", "--batch-size", "25", "--keep", "0.25", "--workers", "0", "--no-progress", "--json"]
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    runs = [r["run"] for r in res["rows"]]
+    assert runs[0].startswith("teacher") and any("pruned" in r for r in runs) and any("hard" in r for r in runs)
+    pruned = next(r for r in res["rows"] if "pruned" in r["run"])
+    full = next(r for r in res["rows"] if "full soft" in r["run"])
+    assert 0 < pruned["label_bytes"] < full["label_bytes"]
+    assert os.path.exists(tmp_path / "d" / "results.json")
+    assert main(argv) == 0, "a second run resumes every step"

@@ -1,0 +1,262 @@
+"""The torch loader (reference) and the relabel step: replay exactness, targets, mix, resume, pruning, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dist_pipeline_data import ToyTeacher, class_sorted, digits, fashion_mnist, pattern_images, write_image_folder
+from ddpipe.labelstore import open_store
+from ddpipe.pipeline import (
+    ArraySource,
+    ImageSetMismatchError,
+    LoaderSpecError,
+    ScheduleConfig,
+    crop_pixels,
+    open_source,
+    recipe,
+)
+from ddpipe.pipeline.loader import LoaderConfig, make_loader, make_relabel_loader
+from ddpipe.pipeline.relabel import relabel, relabel_spec
+
+RAW = dict(mean=None, std=None)  # images come out as pixel / 255
+
+
+@pytest.fixture(scope="module")
+def patterned(tmp_path_factory):
+    """200 RGB 48x64 images whose pixels encode (x, y, id), relabelled with flips and no mix."""
+    root = tmp_path_factory.mktemp("pat")
+    src = ArraySource(pattern_images(200), np.arange(200) % 10)
+    cfg = ScheduleConfig(output_size=(24, 32), scale=(0.1, 1.0), flip=0.5, mix="none")
+    relabel(str(root / "s"), src, ToyTeacher(10), schedule=cfg, epochs=3, batch_size=32, num_classes=10, k=4,
+            seed=11, loader=LoaderConfig(num_workers=0, **RAW), teacher_input="numpy")
+    return src, str(root / "s")
+
+
+@pytest.fixture(scope="module")
+def digits_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dig")
+    images, labels = digits()
+    src = ArraySource(images[:300], labels[:300])
+    relabel(str(root / "s"), src, ToyTeacher(10), schedule=recipe("sre2l", output_size=(8, 8)), epochs=4,
+            batch_size=40, num_classes=10, k=3, loader=LoaderConfig(num_workers=0, channels=1, mean=(0.5,), std=(0.5,)),
+            teacher_input="numpy")
+    return src, str(root / "s")
+
+
+def test_replayed_crops_and_flips_are_the_stored_ones(patterned):
+    src, path = patterned
+    ld = make_loader(src, path, LoaderConfig(num_workers=2, **RAW))
+    r = open_store(path)
+    seen = 0
+    for e in range(3):
+        for images, targets, meta in ld.epoch(e):
+            u = r.read_unit(meta.unit)
+            np.testing.assert_array_equal(meta.sample_ids.numpy(), u.sample_ids)
+            boxes = crop_pixels(u.crops, src.sizes[u.sample_ids])
+            px = images.numpy() * 255
+            for i, (y, x, h, w) in enumerate(boxes):
+                R, G, B = px[i]
+                assert np.all(np.abs(B - u.sample_ids[i]) < 0.01)  # the right image
+                # a bilinear resize keeps a ramp's mean: the crop's mean x and y, times 4
+                assert abs(R.mean() / 4 - (x + (w - 1) / 2)) < 0.3, (e, i, "x")
+                assert abs(G.mean() / 4 - (y + (h - 1) / 2)) < 0.3, (e, i, "y")
+                if w > 1:
+                    assert (R[:, 0].mean() > R[:, -1].mean()) == bool(u.flips[i])  # flipped ramps run backwards
+            seen += len(boxes)
+    assert seen == 3 * 200
+
+
+def test_teacher_saw_what_the_student_sees(digits_store):
+    src, path = digits_store
+    r = open_store(path)
+    cfg = LoaderConfig(num_workers=0, channels=1, mean=(0.5,), std=(0.5,))
+    sched, _ = relabel_spec(src, ScheduleConfig.from_dict(r.spec.augmentation), epochs=4, batch_size=40,
+                            num_classes=10, k=3)
+    rel = list(make_relabel_loader(src, sched, r.plan[:12], cfg).epoch(0))
+    train = [b for e in range(2) for b in make_loader(src, path, cfg).epoch(e)][:12]
+    for (xr, tr, mr), (xt, tt, mt) in zip(rel, train):
+        assert tr is None
+        torch.testing.assert_close(xr, xt, rtol=0, atol=0)
+        np.testing.assert_array_equal(mr.sample_ids, mt.sample_ids)
+        # the stored labels are the teacher's top-k of exactly these images
+        u = r.read_unit(mt.unit)
+        np.testing.assert_array_equal(tt.argmax(1).numpy(), u.indices[:, 0])
+
+
+def test_targets_are_the_stores_dense_labels(digits_store):
+    src, path = digits_store
+    r = open_store(path)
+    ld = make_loader(src, path, channels=1, mean=(0.5,), std=(0.5,), num_workers=0)
+    for images, targets, meta in ld.epoch(1):
+        u = r.read_unit(meta.unit)
+        np.testing.assert_array_equal(targets.numpy(), u.dense(10))
+        assert images.shape == (u.count, 1, 8, 8)
+    topk = make_loader(src, path, channels=1, mean=(0.5,), std=(0.5,), num_workers=0, targets="topk")
+    (idx, val), meta = next(iter(topk.epoch(0)))[1:]
+    np.testing.assert_array_equal(idx.numpy(), r.read_unit(meta.unit).indices)
+
+
+def test_stored_cutmix_is_applied_from_the_store(digits_store):
+    src, path = digits_store
+    raw = make_loader(src, path, channels=1, mean=(0.5,), std=(0.5,), num_workers=0, mix=False)
+    mixed = make_loader(src, path, channels=1, mean=(0.5,), std=(0.5,), num_workers=0)
+    for (x0, _, m), (x1, _, _) in zip(raw.epoch(2), mixed.epoch(2)):
+        assert m.mix_kind == "cutmix"
+        y0, xa, y1, xb = m.mix_box.tolist()
+        want = x0.clone()
+        want[:, :, y0:y1, xa:xb] = x0[m.mix_perm][:, :, y0:y1, xa:xb]
+        torch.testing.assert_close(x1, want, rtol=0, atol=0)
+        assert m.mix_lambda == pytest.approx(1 - (y1 - y0) * (xb - xa) / 64, abs=1e-6)
+
+
+def test_cutout_recipe_paints_the_fill_without_normalisation(tmp_path):
+    images, labels = fashion_mnist(64)
+    src = ArraySource(images, labels)
+    cfg = recipe("lpld-in21k", output_size=(28, 28), fill=(200,))
+    relabel(str(tmp_path / "s"), src, ToyTeacher(10), schedule=cfg, epochs=1, batch_size=16, num_classes=10,
+            k=2, loader=LoaderConfig(num_workers=0, channels=1, **RAW), teacher_input="numpy")
+    for x, _, m in make_loader(src, str(tmp_path / "s"), channels=1, num_workers=0, **RAW).epoch(0):
+        assert not m.flips.any() and m.mix_kind == "none"
+        for i, (y0, x0, y1, x1) in enumerate(m.cutout.tolist()):
+            assert y1 > y0 and x1 > x0
+            assert torch.all(x[i, 0, y0:y1, x0:x1] == 200 / 255)
+
+
+def test_resume_mid_epoch_gives_the_same_remaining_batches(digits_store):
+    src, path = digits_store
+    kw = dict(channels=1, mean=(0.5,), std=(0.5,), num_workers=2)
+    full = list(make_loader(src, path, **kw).epoch(1))
+    a = make_loader(src, path, **kw)
+    it = a.epoch(1)
+    for _ in range(3):
+        next(it)
+    state = a.state_dict()
+    assert state["epoch"] == 1 and state["position"] == 3
+    b = make_loader(src, path, **kw)
+    b.load_state_dict(state)
+    rest = list(b.epoch(1))
+    assert len(rest) == len(full) - 3
+    for (x0, t0, m0), (x1, t1, m1) in zip(full[3:], rest):
+        torch.testing.assert_close(x0, x1, rtol=0, atol=0)
+        torch.testing.assert_close(t0, t1, rtol=0, atol=0)
+        assert m0.unit == m1.unit and m1.position == m0.position
+
+
+def test_relabel_resume_writes_the_same_bytes(tmp_path):
+    images, labels = digits()
+    src = ArraySource(images[:200], labels[:200])
+    kw = dict(schedule=recipe("sre2l", output_size=(8, 8)), epochs=3, batch_size=50, num_classes=10, k=3,
+              loader=LoaderConfig(num_workers=0, channels=1, **RAW), teacher_input="numpy")
+    relabel(str(tmp_path / "ref"), src, ToyTeacher(10), **kw)
+
+    class Dies(ToyTeacher):
+        calls = 0
+
+        def __call__(self, x):
+            Dies.calls += 1
+            if Dies.calls == 7:
+                raise KeyboardInterrupt
+            return super().__call__(x)
+
+    with pytest.raises(KeyboardInterrupt):
+        relabel(str(tmp_path / "cut"), src, Dies(10), **kw)
+    assert open_store(str(tmp_path / "cut")).complete_units == 4  # one whole epoch committed
+    counted = []
+    out = relabel(str(tmp_path / "cut"), src, lambda x: counted.append(1) or ToyTeacher(10)(x), **kw)
+    assert out["units_written"] == 8 and len(counted) == 8 and out["units_skipped"] == 4
+    a, b = open_store(str(tmp_path / "ref")), open_store(str(tmp_path / "cut"))
+    sa, sb = a.read_slab(0, a.num_units), b.read_slab(0, b.num_units)
+    for name in sa.arrays:
+        np.testing.assert_array_equal(sa.arrays[name], sb.arrays[name], err_msg=name)
+
+
+def test_pruned_relabel_never_computes_pruned_units_and_replays_lpld_style(tmp_path):
+    images, labels = digits()
+    src = ArraySource(images[:256], labels[:256])
+    calls = []
+
+    def teacher(x):
+        calls.append(len(x))
+        return ToyTeacher(10)(x)
+
+    out = relabel(str(tmp_path / "p"), src, teacher, schedule=recipe("sre2l", output_size=(8, 8)), epochs=10,
+                  batch_size=32, num_classes=10, k=3, keep=0.25, loader=LoaderConfig(num_workers=0, channels=1, **RAW),
+                  teacher_input="numpy")
+    assert out["units"] == 20 and len(calls) == 20  # 25 % of 80 units, and nothing else
+    r = open_store(str(tmp_path / "p"))
+    assert r.spec.pruning["keep"] == 0.25
+    ld = make_loader(src, str(tmp_path / "p"), channels=1, num_workers=0, **RAW)
+    units = [m.unit for e in range(10) for _, _, m in ld.epoch(e)]
+    assert len(units) == 80 and set(units) <= set(range(20)) and len(set(units)) > 15
+
+
+def test_bad_input_gives_one_clear_error(tmp_path, digits_store):
+    src, path = digits_store
+    images, labels = digits()
+    other = ArraySource(images[300:600], labels[300:600])
+    with pytest.raises(ImageSetMismatchError, match="relabel the images you train on"):
+        make_loader(other, path)
+    with pytest.raises(LoaderSpecError, match="covers 300 images but the source has 290 .missing images"):
+        make_loader(ArraySource(images[:290], labels[:290]), path)
+    with pytest.raises(LoaderSpecError, match="batch size 64 does not match the store's 40"):
+        make_loader(src, path, batch_size=64)
+    with pytest.raises(LoaderSpecError, match="unknown loader backend"):
+        make_loader(src, path, backend="ffcv")
+    with pytest.raises(LoaderSpecError, match="mean/std need 1 values"):
+        make_loader(src, path, channels=1, mean=(0.1, 0.2))
+    with pytest.raises(LoaderSpecError, match="has no labels"):
+        next(iter(make_loader(src, path, channels=1, mean=(0.5,), std=(0.5,)).epoch(4)))
+    for bad in (dict(source=other), dict(batch_size=1), dict(source=ArraySource(images[:10], labels[:10]))):
+        with pytest.raises((ImageSetMismatchError, LoaderSpecError)) as info:
+            make_loader(bad.pop("source", src), path, **bad)
+        assert "\n" not in str(info.value)  # one line, as the CLI prints it
+
+
+def test_image_folder_relabel_and_train_with_workers(tmp_path):
+    images, labels = class_sorted(*fashion_mnist(96))
+    root = write_image_folder(str(tmp_path / "imgs"), images, labels, "jpg")
+    relabel(str(tmp_path / "s"), root, ToyTeacher(10), schedule=recipe("sre2l", output_size=(28, 28)), epochs=2,
+            batch_size=32, num_classes=10, k=5, loader=LoaderConfig(num_workers=2, channels=1, mean=(0.3,), std=(0.3,)),
+            teacher_input="numpy")
+    src = open_source(root)
+    ld = make_loader(src, str(tmp_path / "s"), channels=1, mean=(0.3,), std=(0.3,), num_workers=2)
+    ids = np.concatenate([m.sample_ids.numpy() for _, _, m in ld.epoch(1)])
+    np.testing.assert_array_equal(np.sort(ids), np.arange(96))
+    labels_seen = np.concatenate([m.labels.numpy() for _, _, m in ld.epoch(0)])
+    assert set(labels_seen) == set(labels.tolist())
+
+
+def test_webdataset_source_relabels_and_replays(tmp_path):
+    import webdataset as wds
+
+    images, labels = fashion_mnist(70)
+    with wds.ShardWriter(str(tmp_path / "shard-%03d.tar"), maxcount=30) as sink:
+        for i in range(70):
+            sink.write({"__key__": f"s{i:04d}", "png": images[i], "cls": int(labels[i])})
+    src = open_source(str(tmp_path / "shard-{000..002}.tar"))
+    assert len(src) == 70
+    relabel(str(tmp_path / "s"), src, ToyTeacher(10), schedule=recipe("sre2l", output_size=(20, 20)), epochs=1,
+            batch_size=16, num_classes=10, k=2, loader=LoaderConfig(num_workers=0, channels=1, **RAW),
+            teacher_input="numpy")
+    r = open_store(str(tmp_path / "s"))
+    assert r.spec.image_set_hash == src.content_hash()
+    got = [m.sample_ids for _, _, m in make_loader(src, str(tmp_path / "s"), channels=1, num_workers=2, **RAW).epoch(0)]
+    assert sorted(np.concatenate(got).tolist()) == list(range(70))
+
+
+def test_relabel_into_a_store_created_beforehand_for_a_plan(tmp_path):
+    from ddpipe.labelstore import create_store, plan_units
+    from ddpipe.labelstore.prune import pruned_spec
+
+    images, labels = digits()
+    src = ArraySource(images[:100], labels[:100])
+    kw = dict(epochs=7, batch_size=32, num_classes=10, k=3)
+    sched, spec = relabel_spec(src, recipe("sre2l", output_size=(8, 8)), **kw)
+    plan = plan_units(spec, 0.3, "batch", 5)  # 0.3 * 28 units rounds to 8: len(plan) / 28 != 0.3
+    spec = pruned_spec(spec, 0.3, "batch", 5)
+    create_store(str(tmp_path / "s"), spec, plan).close()
+    out = relabel(str(tmp_path / "s"), src, ToyTeacher(10), schedule=recipe("sre2l", output_size=(8, 8)), plan=plan,
+                  prune_seed=5, loader=LoaderConfig(num_workers=0, channels=1, **RAW), teacher_input="numpy", **kw)
+    assert out["units_written"] == len(plan) == 8 and open_store(str(tmp_path / "s")).complete
