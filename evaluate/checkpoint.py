@@ -7,45 +7,28 @@ the RNG states, so ``--resume`` continues at ``epoch + 1`` exactly where the run
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
-import tempfile
 
 import numpy as np
 import torch
 
+from ddpipe._files import replace_atomically
 from ddpipe.evaluate.errors import CheckpointError
+from ddpipe.synth.stats import state_dict_hash  # noqa: F401  (re-exported: teacher files use it)
 
-__all__ = ["save_atomic", "write_json_atomic", "load_checkpoint", "unwrap_model", "rng_state", "set_rng_state",
+__all__ = ["resume_checkpoint", "save_atomic", "write_json_atomic", "load_checkpoint", "unwrap_model", "rng_state", "set_rng_state",
            "state_dict_hash", "extract_state_dict"]
-
-
-def _replace_atomically(path: str, write) -> None:
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_atomic(obj, path: str) -> None:
     """``torch.save(obj, path)`` so that ``path`` is either the old file or the complete new one."""
-    _replace_atomically(path, lambda f: torch.save(obj, f))
+    replace_atomically(path, lambda f: torch.save(obj, f))
 
 
 def write_json_atomic(obj, path: str) -> None:
-    _replace_atomically(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()))
+    replace_atomically(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()))
 
 
 def load_checkpoint(path: str, trusted: bool = False) -> dict:
@@ -97,19 +80,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def state_dict_hash(state_dict: dict) -> str:
-    """sha256 over names, dtypes, shapes and bytes of a state dict's tensors, in sorted name order."""
-    h = hashlib.sha256(b"ddpipe-state-dict-v1\0")
-    for name in sorted(state_dict):
-        t = state_dict[name]
-        if not isinstance(t, torch.Tensor):
-            continue
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def extract_state_dict(obj, path: str = "checkpoint") -> dict:
     """The model weights inside a torchvision / timm / ddpipe file, with ``module.`` prefixes removed.
 
@@ -131,3 +101,24 @@ def extract_state_dict(obj, path: str = "checkpoint") -> dict:
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return dict(sd)
+
+
+def resume_checkpoint(ckpt_path: str, config: dict, keys, *, resume: bool, overwrite: bool, phase: str) -> dict | None:
+    """The checkpoint a run continues from, or ``None`` to start afresh.
+
+    A checkpoint left by an earlier run needs ``resume`` (or ``overwrite``, which ignores it), and
+    every setting in ``keys`` must equal the one it was made with: one clear error otherwise.
+    """
+    from ddpipe.evaluate.errors import RunStateError
+
+    if overwrite or not os.path.exists(ckpt_path):
+        return None
+    if not resume:
+        raise RunStateError(f"{os.path.dirname(ckpt_path)} already holds a {phase} run; pass --resume to continue it "
+                            "or --overwrite to start afresh")
+    ckpt = load_checkpoint(ckpt_path)
+    changed = [f"{k}: {ckpt['config'].get(k)!r} -> {config.get(k)!r}" for k in keys if ckpt["config"].get(k) != config.get(k)]
+    if changed:
+        raise RunStateError(f"{ckpt_path} was made with other settings ({'; '.join(changed)}); "
+                            "rerun with the original flags or pass --overwrite")
+    return ckpt

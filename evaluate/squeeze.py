@@ -256,10 +256,11 @@ def _run(args: argparse.Namespace) -> dict:
     import torch
 
     from ddpipe import __version__
-    from ddpipe.evaluate.checkpoint import load_checkpoint, rng_state, set_rng_state, unwrap_model, write_json_atomic
+    from ddpipe.evaluate.checkpoint import (resume_checkpoint, rng_state, set_rng_state, unwrap_model,
+                                            write_json_atomic)
     from ddpipe.evaluate.datasets import load_dataset
     from ddpipe.evaluate.distributed import barrier, init_distributed, is_main_process, save_on_main
-    from ddpipe.evaluate.errors import EvaluateError, RunStateError
+    from ddpipe.evaluate.errors import EvaluateError
     from ddpipe.evaluate.models import create_model
     from ddpipe.evaluate.train import (build_loaders, build_optimizer, build_scheduler, deterministic, seed_epoch,
                                        seed_everything, train_one_epoch, validate)
@@ -274,19 +275,9 @@ def _run(args: argparse.Namespace) -> dict:
     ckpt_path, results_path, teacher_path = (os.path.join(out, f) for f in ("checkpoint.pth", "results.json", "teacher.pt"))
     if args.epochs < 0 or args.batch_size < 1 or args.val_every < 1:
         raise EvaluateError("--epochs must be >= 0, --batch-size and --val-every >= 1")
-    ckpt = None
-    if os.path.exists(ckpt_path) and not args.overwrite:
-        if not args.resume:
-            raise RunStateError(
-                f"{out} already holds a squeeze run; pass --resume to continue it or --overwrite to start afresh"
-            )
-        ckpt = load_checkpoint(ckpt_path)
-        changed = [f"{k}: {ckpt['config'].get(k)!r} -> {cfg.get(k)!r}" for k in _RESUME_KEYS
-                   if ckpt["config"].get(k) != cfg.get(k)]
-        if changed:
-            raise RunStateError(f"{ckpt_path} was made with other settings ({'; '.join(changed)}); "
-                                "rerun with the original flags or pass --overwrite")
-    elif args.resume:
+    ckpt = resume_checkpoint(ckpt_path, cfg, _RESUME_KEYS, resume=args.resume, overwrite=args.overwrite,
+                             phase="squeeze")
+    if ckpt is None and args.resume:
         _log(say, f"squeeze: no checkpoint in {out}, starting afresh")
     if main:
         os.makedirs(out, exist_ok=True)

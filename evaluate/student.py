@@ -221,10 +221,11 @@ def _run(args: argparse.Namespace) -> dict:
     import torch
 
     from ddpipe import __version__
-    from ddpipe.evaluate.checkpoint import load_checkpoint, rng_state, set_rng_state, unwrap_model, write_json_atomic
+    from ddpipe.evaluate.checkpoint import (resume_checkpoint, rng_state, set_rng_state, unwrap_model,
+                                            write_json_atomic)
     from ddpipe.evaluate.datasets import load_dataset
     from ddpipe.evaluate.distributed import barrier, init_distributed, is_main_process, save_on_main
-    from ddpipe.evaluate.errors import EvaluateError, RunStateError
+    from ddpipe.evaluate.errors import EvaluateError
     from ddpipe.evaluate.models import create_model
     from ddpipe.evaluate.squeeze import _parse_model_args
     from ddpipe.evaluate.train import (build_loaders, build_optimizer, build_scheduler, deterministic,
@@ -239,15 +240,7 @@ def _run(args: argparse.Namespace) -> dict:
     ckpt_path, results_path, student_path = (os.path.join(out, f) for f in ("checkpoint.pth", "results.json", "student.pt"))
     cfg = {k: v for k, v in vars(args).items() if not callable(v)}
     cfg["model_args"] = _parse_model_args(args.model_args)
-    ckpt = None
-    if os.path.exists(ckpt_path) and not args.overwrite:
-        if not args.resume:
-            raise RunStateError(f"{out} already holds a train run; pass --resume to continue it or --overwrite")
-        ckpt = load_checkpoint(ckpt_path)
-        changed = [k for k in _RESUME_KEYS if ckpt["config"].get(k) != cfg.get(k)]
-        if changed:
-            raise RunStateError(f"{ckpt_path} was made with other settings ({', '.join(changed)}); rerun with the "
-                                "original flags or pass --overwrite")
+    ckpt = resume_checkpoint(ckpt_path, cfg, _RESUME_KEYS, resume=args.resume, overwrite=args.overwrite, phase="train")
     if main:
         os.makedirs(out, exist_ok=True)
     device = torch.device(dist.device)

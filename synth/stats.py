@@ -163,18 +163,23 @@ def collect_conv_stats(model: nn.Module, batches: Iterable[tuple[torch.Tensor, t
     return {n: {k: t.float() for k, t in d.items()} for n, d in acc.items()}
 
 
-def module_hash(model: nn.Module) -> str:
-    """sha256 over names, dtypes, shapes and bytes of the state dict, sorted by name (as ddpipe teacher files)."""
+def state_dict_hash(state_dict: dict) -> str:
+    """sha256 over names, dtypes, shapes and bytes of a state dict's tensors, sorted by name
+    (the ``teacher_hash`` of ddpipe teacher files)."""
     h = hashlib.sha256(b"ddpipe-state-dict-v1\0")
-    sd = model.state_dict()
-    for name in sorted(sd):
-        t = sd[name]
+    for name in sorted(state_dict):
+        t = state_dict[name]
         if not isinstance(t, torch.Tensor):
             continue
         t = t.detach().cpu().contiguous()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def module_hash(model: nn.Module) -> str:
+    """:func:`state_dict_hash` of a module."""
+    return state_dict_hash(model.state_dict())
 
 
 @torch.no_grad()

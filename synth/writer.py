@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 import torch
@@ -35,18 +34,9 @@ def to_uint8(x: torch.Tensor, mean, std) -> np.ndarray:
 
 
 def _write_json_atomic(obj: dict, path: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".manifest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ddpipe._files import replace_atomically
+
+    replace_atomically(path, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=True).encode()))
 
 
 def read_manifest(out: str) -> dict | None:
