@@ -146,3 +146,24 @@ def test_demo_chain_cli_on_digits(tmp_path, capsys):
     assert 0 < pruned["label_bytes"] < full["label_bytes"]
     assert os.path.exists(tmp_path / "d" / "results.json")
     assert main(argv) == 0, "a second run resumes every step"
+
+
+@pytest.mark.slow
+def test_student_trains_with_ddp_under_torchrun(chain, tmp_path, python):
+    """`torchrun --nproc_per_node 2 -m ddpipe train` (gloo): ranks split each epoch's units, rank 0 reports."""
+    import json
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [python, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "ddpipe", "train", "--images", chain["images"], "--labels", chain["store"],
+           "--dataset", "digits", "--out", str(tmp_path / "ddp"), "--threads", "1", "-j", "0", "--no-progress", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["world_size"] == 2 and res["status"] == "complete"
+    assert all(h["images"] == 100 for h in res["history"]), "every epoch covers the 100 images once across ranks"
+    assert res["final"]["count"] == 359
