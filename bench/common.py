@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
-from ddpipe.cli import json_default  # one serialiser for the CLI and the benchmarks
+from ddpipe.cli import human_bytes, json_default  # noqa: F401  shared with the CLI; bench modules use common.human_bytes
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 WORK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work")
@@ -64,16 +64,6 @@ def write_results(name: str, payload: dict, directory: str | None = None) -> str
         f.write("\n")
     os.replace(tmp, path)
     return path
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
 
 
 # --- timing ---------------------------------------------------------------------------------------

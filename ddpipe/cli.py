@@ -32,7 +32,7 @@ def json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _human_bytes(n: float | None) -> str:
+def human_bytes(n: float | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -48,11 +48,11 @@ def _info_text(info: dict) -> str:
         "value_codec", "temperature", "units", "complete_units", "keep",
     ]
     lines = [f"{k:>26}: {info[k]}" for k in keys]
-    lines.append(f"{'bytes_on_disk':>26}: {info['bytes_on_disk']} ({_human_bytes(info['bytes_on_disk'])})")
+    lines.append(f"{'bytes_on_disk':>26}: {info['bytes_on_disk']} ({human_bytes(info['bytes_on_disk'])})")
     bpse = info["bytes_per_sample_epoch"]
     lines.append(f"{'bytes_per_sample_epoch':>26}: {bpse:.2f}" if bpse is not None else f"{'bytes_per_sample_epoch':>26}: -")
     lines.append(
-        f"{'sre2l_equivalent_bytes':>26}: {info['sre2l_equivalent_bytes']} ({_human_bytes(info['sre2l_equivalent_bytes'])})"
+        f"{'sre2l_equivalent_bytes':>26}: {info['sre2l_equivalent_bytes']} ({human_bytes(info['sre2l_equivalent_bytes'])})"
     )
     ratio = info["compression_vs_sre2l"]
     lines.append(f"{'compression_vs_sre2l':>26}: {ratio:.1f}x" if ratio else f"{'compression_vs_sre2l':>26}: -")
