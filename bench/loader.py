@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=224, help="image and output size (default 224)")
     p.add_argument("--batch-size", type=int, default=128, help="relabel = replay batch size (default 128, LPLD's IN-1K)")
     p.add_argument("--k", type=int, default=10, help="top-k kept per sample (default 10)")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the generated images (default 90)")
+    p.add_argument("--quality", type=int, default=75,
+                   help="JPEG quality of the generated images (default 75: PIL's default, which SRe2L's recover writes)")
     p.add_argument("--workers", type=int, default=2, help="loader workers / DALI threads (default 2 = this machine)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"rows to run (default all: {','.join(ROWS)})")
     p.add_argument("--repeats", type=int, default=3,
@@ -202,7 +203,8 @@ def row_ddpipe(wd: str, args, backend: str) -> dict:
     label = (ld.label_seconds - t0) / nb
     ld.close()
     cfg = (f"{args.workers} DataLoader workers" if backend == "torch"
-           else f"{args.workers} DALI threads, 1 parallel external_source worker, image_slice ROI decode")
+           else f"{args.workers} DALI threads, 1 parallel external_source worker, image_slice ROI decode, "
+                "normalise then float resize")
     return {"images_per_s": rate, "label_ms_per_batch": 1000 * label, "config": cfg}
 
 

@@ -117,6 +117,7 @@ class DaliBackend:
         self.channels = next((s.channels for s in self.stages if isinstance(s, Decode)), 3)
         self._pipe = None
         self._iter = None
+        self._hwc = False
         self._base = 0
         self._start = 0
         self._next_epoch = None  # the epoch the live pipeline will produce next (after a reset)
@@ -156,6 +157,7 @@ class DaliBackend:
             for st in self.stages:
                 node = st.dali(node, ctx)
             pipe.set_outputs(node, ids)
+        self._hwc = ctx.pending.get("output_layout") == "HWC"
         pipe.build()
         self._pipe = pipe
         self._iter = DALIGenericIterator(
@@ -200,6 +202,8 @@ class DaliBackend:
                 )
             pos += 1
             images = out["images"]
+            if self._hwc:  # [b, H, W, C] -> channels-last [b, C, H, W], no copy
+                images = images.permute(0, 3, 1, 2)
             yield (self.mix(images, unit) if self.mix is not None else images), unit
         if pos != len(keys):
             raise LoaderSpecError(f"DALI stopped after {pos} of epoch {epoch}'s {len(keys)} batches")
