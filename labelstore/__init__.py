@@ -1,4 +1,4 @@
-"""ddpipe.labelstore: the Zarr v3 soft-label store (format 1, ``docs/format.md``). No torch here.
+"""ddpipe.labelstore: the Zarr v3 soft-label store (format 2; reads format 1 too; ``docs/format.md``). No torch here.
 
 Write with :func:`create_store` / :func:`open_writer`, read with :func:`open_store`, shrink with
 :func:`prune_store` (or plan the kept units before relabel with :func:`plan_units`), check with

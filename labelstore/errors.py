@@ -16,7 +16,7 @@ class NotAStoreError(StoreError, FileNotFoundError):
 
 
 class FormatVersionError(StoreError):
-    """Raised when a store's ``format_version`` is not one this reader knows."""
+    """Raised when a store's ``format_version`` is not one this reader reads (or this writer writes)."""
 
 
 class StoreExistsError(StoreError, FileExistsError):

@@ -1,4 +1,4 @@
-"""The arrays of a format-1 store: names, dtypes, shapes, chunking and codecs.
+"""The arrays of a store (format 2, and the format-1 subset): names, dtypes, shapes, chunking and codecs.
 
 One plain array per field (no structured dtypes), all indexed ``[unit, ...]`` in training order.
 Every array is sharded along the unit axis with ``units_per_shard`` units per shard, so one
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ddpipe.labelstore.codecs import get_codec
-from ddpipe.labelstore.spec import CHUNK_SAMPLES, StoreSpec
+from ddpipe.labelstore.spec import CHUNK_SAMPLES, FORMAT_VERSION, StoreSpec
 
 PAD_SAMPLE_ID = 2**32 - 1
 """``sample_id`` of the padding slots of a short last batch."""
@@ -24,6 +24,11 @@ CROP_SCALE = 65535
 
 COMMIT_ARRAY = "commit_shard"
 """uint8 ``[num_shards]``, one unsharded chunk per shard: 1 once every array of the shard is written."""
+
+FILL_ARRAY = "sample_cutout_fill"
+"""uint8 ``[U, B, 3]``: each sample's cutout colour (format 2; absent from format-1 stores)."""
+
+FILL_CHANNELS = 3
 
 
 @dataclass(frozen=True)
@@ -40,8 +45,9 @@ class ArrayDef:
         return self.dims[:1] == ("slot",)
 
 
-def array_defs(spec: StoreSpec) -> list[ArrayDef]:
-    """The data arrays of a store with this spec (not counting ``commit_shard``)."""
+def array_defs(spec: StoreSpec, format_version: int = FORMAT_VERSION) -> list[ArrayDef]:
+    """The data arrays of a store with this spec (not counting ``commit_shard``), as format
+    ``format_version`` lays them out (the reader passes the store's own version)."""
     b, k = spec.batch_size, spec.k
     codec = get_codec(spec.value_codec)
     defs = [
@@ -56,12 +62,38 @@ def array_defs(spec: StoreSpec) -> list[ArrayDef]:
         ArrayDef("sample_crop", np.dtype("<u2"), (b, 4), 0, ("slot", "box")),
         ArrayDef("sample_flip", np.dtype("u1"), (b,), 0, ("slot",)),
         ArrayDef("sample_cutout", np.dtype("<u2"), (b, 4), 0, ("slot", "box")),
+    ]
+    if format_version >= 2:
+        defs.append(ArrayDef(FILL_ARRAY, np.dtype("u1"), (b, FILL_CHANNELS), 0, ("slot", "channel")))
+    defs += [
         ArrayDef("label_index", spec.index_dtype, (b, k), 0, ("slot", "k")),
         ArrayDef("label_value", codec.dtype, (b, k), 0, ("slot", "k")),
     ]
     if codec.has_scale:
         defs.append(ArrayDef("label_scale", np.dtype("<f4"), (b,), 0, ("slot",)))
     return defs
+
+
+def augmentation_fill(augmentation: dict) -> np.ndarray:
+    """The constant cutout colour of an augmentation record, uint8 ``[3]``: its ``fill`` (one
+    value, repeated, or the first three), or zeros when there is none or it is not a constant
+    (e.g. ``"random"``). The colour of every sample of a format-1 store, and what the writer stores
+    for a unit given without per-sample colours."""
+    zeros = np.zeros(FILL_CHANNELS, np.uint8)
+    fill = (augmentation or {}).get("fill")
+    if isinstance(fill, (int, float)) and not isinstance(fill, bool):
+        fill = [fill]
+    if not isinstance(fill, (list, tuple)):
+        return zeros  # none, or "random"
+    try:
+        vals = [int(v) for v in fill]
+    except (TypeError, ValueError, OverflowError):
+        return zeros
+    if len(vals) == 1:
+        vals = vals * FILL_CHANNELS
+    if len(vals) < FILL_CHANNELS or any(not 0 <= v <= 255 for v in vals):
+        return zeros
+    return np.asarray(vals[:FILL_CHANNELS], np.uint8)
 
 
 def inner_chunk_units(spec: StoreSpec) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ddpipe.labelstore.errors import FormatVersionError, NotAStoreError, SpecError
-from ddpipe.labelstore.spec import FORMAT_VERSION, StoreSpec
+from ddpipe.labelstore.spec import FORMAT_VERSION, READ_FORMAT_VERSIONS, StoreSpec
 
 ATTR_KEY = "ddpipe"
 
@@ -52,12 +52,14 @@ def make_attrs(spec: StoreSpec, num_units: int, provenance: dict | None = None) 
 
 
 def parse_format_version(value: Any, where: str) -> int:
-    if value != FORMAT_VERSION:
+    """The store's format version, if this ddpipe reads it (:data:`READ_FORMAT_VERSIONS`)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value not in READ_FORMAT_VERSIONS:
+        known = " or ".join(str(v) for v in READ_FORMAT_VERSIONS)
         raise FormatVersionError(
-            f"{where} has format_version {value!r}; this ddpipe reads format_version {FORMAT_VERSION} "
+            f"{where} has format_version {value!r}; this ddpipe reads format_version {known} "
             "only (upgrade ddpipe to read newer stores)"
         )
-    return FORMAT_VERSION
+    return int(value)
 
 
 def parse_attrs(attrs: Any, where: str) -> StoreMeta:

@@ -11,7 +11,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -24,7 +24,17 @@ from ddpipe.labelstore.errors import (
     SpecError,
     StoreError,
 )
-from ddpipe.labelstore.layout import COMMIT_ARRAY, CROP_SCALE, array_defs, num_shards, shard_key, shard_units
+from ddpipe.labelstore.layout import (
+    COMMIT_ARRAY,
+    CROP_SCALE,
+    FILL_ARRAY,
+    FILL_CHANNELS,
+    array_defs,
+    augmentation_fill,
+    num_shards,
+    shard_key,
+    shard_units,
+)
 from ddpipe.labelstore.metadata import StoreMeta, is_local, read_meta
 from ddpipe.labelstore.spec import MIX_KINDS, StoreSpec
 from ddpipe.labelstore.topk import densify
@@ -41,6 +51,7 @@ class UnitData:
     crops: np.ndarray  # float32 [b, 4] (top, left, height, width) fractions of the source image
     flips: np.ndarray  # bool [b]
     cutout: np.ndarray  # int32 [b, 4] (y0, x0, y1, x1) output pixels; all zero = none
+    cutout_fill: np.ndarray  # uint8 [b, 3] each sample's cutout colour (RGB, 0..255)
     mix_kind: str  # none | cutmix | mixup
     mix_perm: np.ndarray  # int64 [b]
     mix_lambda: float
@@ -59,7 +70,9 @@ class UnitData:
 
 @dataclass
 class Slab:
-    """Consecutive units ``[start, stop)`` as stored (padded to the batch size)."""
+    """Consecutive units ``[start, stop)`` as stored (padded to the batch size). The arrays are
+    those of the current format: for a format-1 store, ``sample_cutout_fill`` is filled in from
+    the augmentation record's constant colour (:func:`ddpipe.labelstore.layout.augmentation_fill`)."""
 
     start: int
     arrays: dict[str, np.ndarray]
@@ -79,6 +92,7 @@ class Slab:
             crops=(a["sample_crop"][i, :b].astype(np.float32) / np.float32(CROP_SCALE)),
             flips=a["sample_flip"][i, :b].astype(bool),
             cutout=a["sample_cutout"][i, :b].astype(np.int32),
+            cutout_fill=a[FILL_ARRAY][i, :b].astype(np.uint8),
             mix_kind=MIX_KINDS[int(a["unit_mix_kind"][i])],
             mix_perm=a["unit_mix_perm"][i, :b].astype(np.int64),
             mix_lambda=float(a["unit_mix_lambda"][i]),
@@ -104,8 +118,10 @@ class StoreReader:
         self.codec = get_codec(self.spec.value_codec)
         self._group = group
         self._local = is_local(path)
-        self._defs = array_defs(self.spec)
+        self.format_version = meta.format_version
+        self._defs = array_defs(self.spec, self.format_version)  # the arrays this store has
         self.array_names = [d.name for d in self._defs]
+        self._default_fill = augmentation_fill(self.spec.augmentation)
         for name in [*self.array_names, COMMIT_ARRAY]:
             if name not in group:
                 raise ChunkCorruptError(f"{path}: array {name!r} is missing; the store is damaged or incomplete")
@@ -212,6 +228,11 @@ class StoreReader:
     def read_slab(self, start: int, stop: int) -> Slab:
         """Units ``[start, stop)`` in one read per array."""
         arrays = self._read_checked(self.array_names, start, stop)
+        if FILL_ARRAY not in arrays:  # format 1: every sample has the schedule's constant colour
+            valid = np.arange(self.spec.batch_size)[None, :] < arrays["unit_count"][:, None]
+            fill = np.zeros((stop - start, self.spec.batch_size, FILL_CHANNELS), np.uint8)
+            fill[valid] = self._default_fill  # padding slots stay 0, as a writer stores them
+            arrays[FILL_ARRAY] = fill
         values = self.codec.decode(arrays["label_value"], arrays.get("label_scale"))
         return Slab(start, arrays, values)
 

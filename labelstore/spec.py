@@ -16,8 +16,12 @@ import numpy as np
 
 from ddpipe.labelstore.errors import SpecError
 
-FORMAT_VERSION = 1
-"""The on-disk format this code writes; readers refuse any other (``docs/format.md``)."""
+FORMAT_VERSION = 2
+"""The on-disk format this code writes (``docs/format.md``). Version 2 added ``sample_cutout_fill``."""
+
+READ_FORMAT_VERSIONS = (1, 2)
+"""The formats this code reads; any other version is refused. Version-1 stores have no
+``sample_cutout_fill``: their per-sample colour is the augmentation record's constant ``fill``."""
 
 MIX_KINDS = ("none", "cutmix", "mixup")
 """Stored as ``unit_mix_kind`` = the position in this tuple."""

@@ -20,17 +20,20 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ddpipe.labelstore.codecs import get_codec
-from ddpipe.labelstore.errors import SpecError, StoreError, StoreExistsError
+from ddpipe.labelstore.errors import FormatVersionError, SpecError, StoreError, StoreExistsError
 from ddpipe.labelstore.layout import (
     COMMIT_ARRAY,
     CROP_SCALE,
+    FILL_ARRAY,
+    FILL_CHANNELS,
     array_defs,
+    augmentation_fill,
     create_arrays,
     num_shards,
     shard_units,
 )
 from ddpipe.labelstore.metadata import is_local, make_attrs, open_group, parse_attrs
-from ddpipe.labelstore.spec import MIX_KINDS, StoreSpec, parse_plan
+from ddpipe.labelstore.spec import FORMAT_VERSION, MIX_KINDS, StoreSpec, parse_plan
 from ddpipe.labelstore.topk import softmax_at, top_k
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,8 @@ class Unit:
     output image for the CutMix box and cutout boxes (half-open). Give exactly one of ``logits``
     (softmax at the store's temperature is applied), ``probs`` (already at that temperature) or
     ``topk = (indices, values)`` (already selected probabilities, e.g. from an importer).
+    ``cutout_fill`` is each sample's cutout colour, 0..255 per RGB channel (LPLD draws one per
+    sample); ``None`` stores the constant ``fill`` of the spec's augmentation record, or zeros.
     """
 
     epoch: int
@@ -62,6 +67,7 @@ class Unit:
     logits: Any = None
     probs: Any = None
     topk: Any = None
+    cutout_fill: Any = None  # [b, 3] integers 0..255, each sample's cutout colour; None = the spec's constant
 
 
 @dataclass
@@ -78,6 +84,11 @@ class StoreWriter:
         self._group = group
         self.path = path
         meta = parse_attrs(dict(group.attrs), path)
+        if meta.format_version != FORMAT_VERSION:
+            raise FormatVersionError(
+                f"{path} has format_version {meta.format_version}; this ddpipe writes format_version "
+                f"{FORMAT_VERSION} only: read it as it is, or prune or relabel into a new store"
+            )
         self.spec: StoreSpec = meta.spec
         self.num_units = meta.num_units
         self.codec = get_codec(self.spec.value_codec)
@@ -95,6 +106,7 @@ class StoreWriter:
         self._committed = np.asarray(self._commit[:], dtype=bool)
         self._buffers: dict[int, _ShardBuffer] = {}
         self.num_shards = num_shards(self.num_units, self.spec)
+        self._default_fill = augmentation_fill(self.spec.augmentation)
 
     # --- what is left to do --------------------------------------------------------------
     def unit_index(self, epoch: int, batch: int) -> int:
@@ -231,6 +243,15 @@ class StoreWriter:
         for name, a in (("mix_box", box), ("cutout", cut)):
             if a.size and (a.min() < 0 or a.max() > 65535):
                 raise SpecError(f"{where}: {name} must hold pixel coordinates in [0, 65535]")
+        if unit.cutout_fill is None:
+            fill = np.broadcast_to(self._default_fill, (b, FILL_CHANNELS))
+        else:
+            fill = arr(unit.cutout_fill, "cutout_fill", (b, FILL_CHANNELS))
+            if fill.size and (
+                not np.issubdtype(fill.dtype, np.number) or not np.all(np.isfinite(fill))
+                or np.any(fill != np.rint(fill)) or fill.min() < 0 or fill.max() > 255
+            ):
+                raise SpecError(f"{where}: cutout_fill must hold integer colours in [0, 255]")
         idx, val = self._labels(unit, b, where)
 
         enc_val, scale = self.codec.encode(val)
@@ -246,6 +267,7 @@ class StoreWriter:
             "sample_crop": pad(np.rint(crops * CROP_SCALE).astype(np.uint16)),
             "sample_flip": pad(flips.astype(np.uint8)),
             "sample_cutout": pad(cut.astype(np.uint16)),
+            FILL_ARRAY: pad(np.asarray(fill).astype(np.uint8)),
             "label_index": pad(idx.astype(spec.index_dtype)),
             "label_value": pad(enc_val),
         }

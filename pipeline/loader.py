@@ -27,7 +27,7 @@ import torch
 from ddpipe.pipeline.errors import LoaderSpecError
 from ddpipe.pipeline.feed import Feed, ScheduleFeed, StoreFeed, check_source_fits
 from ddpipe.pipeline.mix import MixStage
-from ddpipe.pipeline.schedule import Schedule, ScheduleConfig, UnitParams
+from ddpipe.pipeline.schedule import Schedule, ScheduleConfig, UnitParams, constant_fill
 from ddpipe.pipeline.sources import ImageSource, open_source
 from ddpipe.pipeline.stages import IMAGENET_MEAN, IMAGENET_STD, declare_image, image_stages, run_targets, target_stages
 
@@ -82,7 +82,8 @@ class BatchMeta:
     labels: torch.Tensor  # int64 [b] class labels of the source images
     crops: torch.Tensor  # float32 [b, 4] (top, left, height, width) fractions
     flips: torch.Tensor  # bool [b]
-    cutout: torch.Tensor  # int32 [b, 4]
+    cutout: torch.Tensor  # int32 [b, 4] (y0, x0, y1, x1) output pixels; empty = none
+    cutout_fill: torch.Tensor  # uint8 [b, 3] each sample's cutout colour (RGB 0..255, before normalisation)
     mix_kind: str
     mix_perm: torch.Tensor  # int64 [b]
     mix_lambda: float
@@ -96,15 +97,17 @@ class Batch(NamedTuple):
     meta: BatchMeta
 
 
-def _meta(unit: UnitParams, epoch: int, position: int, source: ImageSource) -> BatchMeta:
+def _meta(unit: UnitParams, epoch: int, position: int, source: ImageSource, fill: np.ndarray) -> BatchMeta:
     ids = np.asarray(unit.sample_ids, dtype=np.int64)
     perm = np.arange(len(ids)) if unit.mix_perm is None else unit.mix_perm
+    colours = np.tile(fill, (len(ids), 1)) if unit.cutout_fill is None else unit.cutout_fill
     return BatchMeta(
         epoch=epoch, position=position, unit=int(unit.unit), store_epoch=int(unit.epoch), batch=int(unit.batch),
         sample_ids=torch.from_numpy(ids.copy()), labels=torch.from_numpy(source.labels[ids].copy()),
         crops=torch.from_numpy(np.asarray(unit.crops, np.float32).copy()),
         flips=torch.from_numpy(np.asarray(unit.flips, bool).copy()),
-        cutout=torch.from_numpy(np.asarray(unit.cutout, np.int32).copy()), mix_kind=unit.mix_kind,
+        cutout=torch.from_numpy(np.asarray(unit.cutout, np.int32).copy()),
+        cutout_fill=torch.from_numpy(np.asarray(colours, np.uint8).copy()), mix_kind=unit.mix_kind,
         mix_perm=torch.from_numpy(np.asarray(perm, np.int64).copy()), mix_lambda=float(unit.mix_lambda),
         mix_box=torch.from_numpy(np.asarray(unit.mix_box, np.int32).copy()), params=unit,
     )
@@ -122,6 +125,7 @@ class Loader:
         num_classes = feed.spec.num_classes if feed.with_labels else None
         self.target_stages = target_stages(num_classes, config.targets == "dense") if feed.with_labels else []
         self.mix_stage = MixStage(schedule.fill, config.mean, config.std, config.mix)
+        self._fill = constant_fill(schedule.fill)  # meta of units without colours of their own
         self.backend = _make_backend(config, source, feed, self.image_stages, self.mix_stage)
         self._epoch: int | None = None
         self._position = 0
@@ -151,7 +155,7 @@ class Loader:
             t0 = time.perf_counter()
             targets = self._targets(unit)
             self._target_seconds += time.perf_counter() - t0
-            meta = _meta(unit, epoch, pos, self.source)
+            meta = _meta(unit, epoch, pos, self.source, self._fill)
             pos += 1
             self._position = pos
             yield Batch(images, targets, meta)

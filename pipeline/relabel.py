@@ -130,7 +130,7 @@ def relabel(
                     writer.write(Unit(
                         epoch=u.epoch, batch=u.batch, sample_ids=u.sample_ids, crops=u.crops, flips=u.flips,
                         mix_kind=u.mix_kind, mix_perm=u.mix_perm, mix_lambda=u.mix_lambda, mix_box=u.mix_box,
-                        cutout=u.cutout, logits=logits,
+                        cutout=u.cutout, cutout_fill=u.cutout_fill, logits=logits,
                     ))
                     written += 1
                     bar.update(1)

@@ -47,6 +47,38 @@ def _pair(name: str, value: Any, cast=float) -> tuple:
     return (a, b)
 
 
+RANDOM_FILL = "random"
+"""``ScheduleConfig.fill`` for a per-sample cutout colour, uniform in 0..255 per channel (LPLD's
+``CutoutPILWithCoords``: ``random.randint(0, 255)`` for R, G and B of each image)."""
+
+FILL_CHANNELS = 3
+"""Colours are RGB triples (a constant grey ``(v,)`` is ``(v, v, v)``); grayscale images use the first."""
+
+
+def _parse_fill(value: Any) -> tuple[int, ...] | str:
+    """``"random"``, or a constant colour: one value or three, each an integer 0..255."""
+    if isinstance(value, str):
+        if value != RANDOM_FILL:
+            raise LoaderSpecError(f"fill must be 0..255 per channel or {RANDOM_FILL!r}, got {value!r}")
+        return value
+    vals = value if not isinstance(value, (int, float, np.integer, np.floating)) else (value,)
+    try:
+        fill = tuple(int(v) for v in vals)
+    except (TypeError, ValueError):
+        raise LoaderSpecError(f"fill must be 0..255 per channel or {RANDOM_FILL!r}, got {value!r}") from None
+    if len(fill) not in (1, FILL_CHANNELS) or any(not 0 <= v <= 255 for v in fill):
+        raise LoaderSpecError(f"fill must be one or three values 0..255 or {RANDOM_FILL!r}, got {value!r}")
+    return fill
+
+
+def constant_fill(fill: tuple[int, ...] | str) -> np.ndarray:
+    """A constant fill as an RGB triple, uint8 ``[3]`` (zeros for ``"random"``, which has none)."""
+    if fill == RANDOM_FILL:
+        return np.zeros(FILL_CHANNELS, np.uint8)
+    f = np.asarray(fill, dtype=np.uint8).reshape(-1)
+    return np.repeat(f, FILL_CHANNELS) if len(f) == 1 else f[:FILL_CHANNELS]
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
     """What a replay schedule draws. Stored in the store spec's ``augmentation`` record."""
@@ -58,7 +90,7 @@ class ScheduleConfig:
     mix: str = "none"  # none | cutmix | mixup (one draw per batch, SRe2L)
     mix_alpha: float = 1.0  # Beta(alpha, alpha) for lambda (SRe2L: cutmix 1.0, mixup 0.8)
     cutout: float = 0.0  # cutout box side as a fraction of the output (LPLD 21K: 0.5); 0 = none
-    fill: tuple[int, ...] = (0, 0, 0)  # cutout fill colour, 0..255 per channel
+    fill: tuple[int, ...] | str = (0, 0, 0)  # cutout colour, 0..255 (1 or 3 values), or "random": one per sample
 
     def __post_init__(self) -> None:
         s = object.__setattr__
@@ -85,10 +117,12 @@ class ScheduleConfig:
         if not 0 <= float(self.cutout) <= 1:
             raise LoaderSpecError(f"cutout must be a fraction in [0, 1], got {self.cutout!r}")
         s(self, "cutout", float(self.cutout))
-        fill = tuple(int(v) for v in (self.fill if not isinstance(self.fill, (int, float)) else (self.fill,)))
-        if not fill or any(not 0 <= v <= 255 for v in fill):
-            raise LoaderSpecError(f"fill must be 0..255 per channel, got {self.fill!r}")
-        s(self, "fill", fill)
+        s(self, "fill", _parse_fill(self.fill))
+
+    @property
+    def random_fill(self) -> bool:
+        """Each sample gets its own cutout colour, drawn by the schedule (LPLD)."""
+        return self.fill == RANDOM_FILL
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -116,8 +150,9 @@ RECIPES: dict[str, dict] = {
     "sre2l": dict(output_size=(224, 224), scale=(0.08, 1.0), flip=0.5, mix="cutmix", mix_alpha=1.0),
     # SRe2L's released mixup labels: Mixup with alpha 0.8.
     "sre2l-mixup": dict(output_size=(224, 224), scale=(0.08, 1.0), flip=0.5, mix="mixup", mix_alpha=0.8),
-    # LPLD ImageNet-21K: RRC + cutout (factor 0.5), no flip, no mix (and no normalisation: loader side).
-    "lpld-in21k": dict(output_size=(224, 224), scale=(0.08, 1.0), flip=0.0, mix="none", cutout=0.5),
+    # LPLD ImageNet-21K: RRC + cutout (factor 0.5) in a random colour per image, no flip, no mix
+    # (and no normalisation: loader side).
+    "lpld-in21k": dict(output_size=(224, 224), scale=(0.08, 1.0), flip=0.0, mix="none", cutout=0.5, fill=RANDOM_FILL),
     # LPLD Tiny-ImageNet: 64 px, cutmix-free.
     "lpld-tiny": dict(output_size=(64, 64), scale=(0.08, 1.0), flip=0.5, mix="none"),
 }
@@ -201,15 +236,17 @@ def cutmix_box(rng: np.random.Generator, out_hw: tuple[int, int], alpha: float) 
 
 
 def cutout_boxes(rng: np.random.Generator, b: int, out_hw: tuple[int, int], factor: float) -> np.ndarray:
-    """Per-sample cutout boxes ``[b, 4] (y0, x0, y1, x1)``: a ``factor``-sized square-ish box around a uniform centre."""
+    """Per-sample cutout boxes ``[b, 4] (y0, x0, y1, x1)``, half-open output pixels, LPLD's geometry:
+    side ``c = int(factor * size + 0.5)``, uniform centre, and the rectangle ``centre ± c // 2``
+    *inclusive* (PIL's ``ImageDraw.rectangle``), clipped to the image: 113 px at 224 with factor 0.5."""
     oh, ow = out_hw
-    ch, cw = int(oh * factor), int(ow * factor)
+    ch, cw = int(factor * oh + 0.5), int(factor * ow + 0.5)
     cy = rng.integers(oh, size=b)
     cx = rng.integers(ow, size=b)
     y0 = np.clip(cy - ch // 2, 0, oh)
-    y1 = np.clip(cy + ch - ch // 2, 0, oh)
+    y1 = np.minimum(np.clip(cy + ch // 2, 0, oh) + 1, oh)
     x0 = np.clip(cx - cw // 2, 0, ow)
-    x1 = np.clip(cx + cw - cw // 2, 0, ow)
+    x1 = np.minimum(np.clip(cx + cw // 2, 0, ow) + 1, ow)
     return np.stack([y0, x0, y1, x1], axis=1).astype(np.int32)
 
 
@@ -231,6 +268,7 @@ class UnitParams:
     unit: int = -1  # position in the store (-1: not from a store)
     indices: np.ndarray | None = None  # int64 [b, k] (train time)
     values: np.ndarray | None = None  # float32 [b, k]
+    cutout_fill: np.ndarray | None = None  # uint8 [b, 3] each sample's cutout colour (None: the stage's fill)
 
     @property
     def count(self) -> int:
@@ -242,6 +280,7 @@ class UnitParams:
             epoch=u.epoch, batch=u.batch, sample_ids=u.sample_ids, crops=u.crops, flips=u.flips,
             cutout=u.cutout, mix_kind=u.mix_kind, mix_perm=u.mix_perm, mix_lambda=u.mix_lambda,
             mix_box=u.mix_box, unit=u.unit, indices=u.indices, values=u.values,
+            cutout_fill=getattr(u, "cutout_fill", None),
         )
 
     def schedule_only(self) -> "UnitParams":
@@ -297,7 +336,8 @@ class Schedule:
             )
 
     def unit(self, epoch: int, batch: int) -> UnitParams:
-        """The crops, flips, cutout and mix of one batch; a pure function of (seed, epoch, batch)."""
+        """The crops, flips, cutout (boxes and colours) and mix of one batch; a pure function of
+        (seed, epoch, batch)."""
         cfg = self.config
         ids = self.batch_ids(epoch, batch)
         b = len(ids)
@@ -318,9 +358,15 @@ class Schedule:
             kind = "mixup"
         # lambda as the store keeps it (float32), so relabel and replay use the same number
         lam = float(np.float32(lam))
+        # The cutout colours come last, so adding them moved no earlier draw: schedules with a
+        # constant fill are what they were before per-sample colours existed.
+        if cfg.random_fill:
+            colours = rng.integers(0, 256, size=(b, FILL_CHANNELS)).astype(np.uint8)
+        else:
+            colours = np.tile(constant_fill(cfg.fill), (b, 1))
         return UnitParams(
             epoch=int(epoch), batch=int(batch), sample_ids=ids, crops=quantise_crops(frac), flips=flips,
-            cutout=cut, mix_kind=kind, mix_perm=perm, mix_lambda=lam, mix_box=box,
+            cutout=cut, mix_kind=kind, mix_perm=perm, mix_lambda=lam, mix_box=box, cutout_fill=colours,
         )
 
     def store_spec(self, num_classes: int, k: int, **kw: Any) -> StoreSpec:

@@ -11,7 +11,9 @@ which its fork of torch's ``_MapDatasetFetcher`` produces from one pickle per (e
 unchanged with ``train_loader = SRe2LBatches(...)`` and no patch:
 
 - ``images``: float32 ``[b, C, H, W]``, crops and flips replayed, normalised, **not** mixed (the
-  loop's own ``mix_aug`` applies ``mix_index`` / ``mix_lam`` / ``mix_bbox``);
+  loop's own ``mix_aug`` applies ``mix_index`` / ``mix_lam`` / ``mix_bbox``); a cutout store's
+  boxes are already painted, each in its sample's stored colour (LPLD's ImageNet-21K loop reads its
+  ``[b, 7]`` cutout parameters only inside its dataset, to paint them, so none are yielded here);
 - ``target``: int64 class labels of the images; ``flip_status``: bool ``[b]``;
 - ``coords_status``: float32 ``[b, 4]`` (top, left, height, width) fractions, SRe2L's layout;
 - ``mix_index``: int64 ``[b]`` or ``None``; ``mix_lam``: float or ``None``;

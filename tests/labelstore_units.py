@@ -36,6 +36,9 @@ def make_unit(spec: StoreSpec, epoch: int, batch: int, seed: int = 0, label_mode
         kw["topk"] = (idx, vals)
     else:
         raise ValueError(label_mode)
+    # per-sample cutout colours on every other unit; the rest store the spec's constant (or zeros)
+    if (epoch + batch) % 2 == 0:
+        kw["cutout_fill"] = rng.integers(0, 256, (b, 3))
     return Unit(epoch, batch, ids, crops, flips, kind, perm, lam, box, cutout, **kw)
 
 
@@ -51,3 +54,15 @@ def raw_arrays(path: str) -> dict[str, np.ndarray]:
 
     g = zarr.open_group(path, mode="r")
     return {name: np.asarray(arr[:]) for name, arr in g.arrays()}
+
+
+def downgrade_to_format_1(path: str) -> None:
+    """Turn a store into what format 1 wrote: no ``sample_cutout_fill`` array, ``format_version`` 1
+    (every other array and the attributes are the same in both formats)."""
+    import zarr
+
+    g = zarr.open_group(path, mode="r+")
+    del g["sample_cutout_fill"]
+    attrs = dict(g.attrs["ddpipe"])
+    attrs["format_version"] = 1
+    g.attrs["ddpipe"] = attrs

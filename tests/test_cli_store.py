@@ -37,7 +37,7 @@ def test_info_json(store, capsys):
     info = run_json(capsys, ["info", store, "--json"])
     assert INFO_FIELDS <= info.keys()
     assert info["units"] == info["complete_units"] == 8 * 4
-    assert info["format_version"] == 1 and info["k"] == 10 and info["temperature"] == 4.0
+    assert info["format_version"] == 2 and info["k"] == 10 and info["temperature"] == 4.0
     on_disk = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(store) for f in fs)
     assert info["bytes_on_disk"] == on_disk
     # SRe2L: fp16 logits + float32 coords + bool flip + int64 mix index per sample, lam + box per file

@@ -67,6 +67,10 @@ def test_index_dtype_follows_class_count():
         ("mix_perm", [0, 0, 1, 2], "mix_perm must be a permutation"),
         ("mix_kind", "cutout", "mix_kind must be one of"),
         ("mix_lambda", 1.5, "mix_lambda must be in [0, 1]"),
+        ("cutout_fill", np.zeros((4, 1)), "cutout_fill must have shape (4, 3)"),
+        ("cutout_fill", np.full((4, 3), 256), "cutout_fill must hold integer colours in [0, 255]"),
+        ("cutout_fill", np.full((4, 3), -1), "cutout_fill must hold integer colours in [0, 255]"),
+        ("cutout_fill", np.full((4, 3), 12.5), "cutout_fill must hold integer colours in [0, 255]"),
     ],
 )
 def test_bad_unit_is_rejected_and_nothing_is_written(tmp_path, field, value, message):
@@ -123,15 +127,21 @@ def test_path_that_is_not_a_store(tmp_path):
         open_store(tmp_path / "plain")
 
 
-def test_unknown_format_version_is_refused(tmp_path):
+@pytest.mark.parametrize("version", [3, 0, "2", None])
+def test_unknown_format_version_is_refused(tmp_path, version):
     spec = StoreSpec(**GOOD)
     create_store(tmp_path / "s", spec)
     meta_path = os.path.join(tmp_path / "s", "zarr.json")
     meta = json.load(open(meta_path))
-    meta["attributes"]["ddpipe"]["format_version"] = 2
+    assert meta["attributes"]["ddpipe"]["format_version"] == 2
+    meta["attributes"]["ddpipe"]["format_version"] = version
     json.dump(meta, open(meta_path, "w"))
-    with pytest.raises(FormatVersionError, match="format_version 2; this ddpipe reads format_version 1"):
+    want = f"format_version {version!r}; this ddpipe reads format_version 1 or 2 only (upgrade ddpipe"
+    with pytest.raises(FormatVersionError) as info:
         open_store(tmp_path / "s")
+    assert want in str(info.value)
+    with pytest.raises(FormatVersionError):
+        create_store(tmp_path / "s", spec, exist_ok=True)
 
 
 def test_create_refuses_to_clobber(tmp_path):

@@ -19,6 +19,8 @@ from ddpipe.pipeline import (
 )
 from ddpipe.pipeline.loader import LoaderConfig, make_loader, make_relabel_loader
 from ddpipe.pipeline.relabel import relabel, relabel_spec
+from ddpipe.pipeline.stages import IMAGENET_MEAN, IMAGENET_STD
+from labelstore_units import downgrade_to_format_1
 
 RAW = dict(mean=None, std=None)  # images come out as pixel / 255
 
@@ -119,9 +121,77 @@ def test_cutout_recipe_paints_the_fill_without_normalisation(tmp_path):
             k=2, loader=LoaderConfig(num_workers=0, channels=1, **RAW), teacher_input="numpy")
     for x, _, m in make_loader(src, str(tmp_path / "s"), channels=1, num_workers=0, **RAW).epoch(0):
         assert not m.flips.any() and m.mix_kind == "none"
+        assert (m.cutout_fill == 200).all()  # the grey constant, stored per sample as (200, 200, 200)
         for i, (y0, x0, y1, x1) in enumerate(m.cutout.tolist()):
             assert y1 > y0 and x1 > x0
             assert torch.all(x[i, 0, y0:y1, x0:x1] == 200 / 255)
+    # the same store as format 1 wrote it (no colours stored) replays the same images
+    want = [x for x, _, _ in make_loader(src, str(tmp_path / "s"), channels=1, num_workers=0, **RAW).epoch(0)]
+    downgrade_to_format_1(str(tmp_path / "s"))
+    assert open_store(str(tmp_path / "s")).format_version == 1
+    got = list(make_loader(src, str(tmp_path / "s"), channels=1, num_workers=0, **RAW).epoch(0))
+    for w, (x, _, m) in zip(want, got):
+        assert (m.cutout_fill == 200).all()
+        torch.testing.assert_close(x, w, rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def lpld_store(tmp_path_factory):
+    """LPLD's ImageNet-21K recipe (RRC + cutout 0.5 in a random colour per image, no flip, no mix,
+    no normalisation) on patterned RGB images, so that no image pixel looks like a cutout."""
+    root = tmp_path_factory.mktemp("lpld")
+    src = ArraySource(pattern_images(60, 40, 56), np.arange(60) % 6)
+    cfg = recipe("lpld-in21k", output_size=(24, 32))
+    relabel(str(root / "s"), src, ToyTeacher(6), schedule=cfg, epochs=2, batch_size=16, num_classes=6, k=3, seed=5,
+            loader=LoaderConfig(num_workers=0, **RAW), teacher_input="numpy")
+    return src, str(root / "s"), cfg
+
+
+def test_relabel_stores_the_schedules_cutout_colours(lpld_store):
+    src, path, cfg = lpld_store
+    r = open_store(path)
+    assert r.format_version == 2 and r.spec.augmentation["fill"] == "random"
+    sched, _ = relabel_spec(src, cfg, epochs=2, batch_size=16, num_classes=6, k=3, seed=5)
+    colours = []
+    for u in r.iter_units():
+        want = sched.unit(u.epoch, u.batch)
+        np.testing.assert_array_equal(u.cutout, want.cutout)
+        np.testing.assert_array_equal(u.cutout_fill, want.cutout_fill)  # written, never re-derived
+        colours.append(u.cutout_fill)
+    colours = np.concatenate(colours)
+    assert len({tuple(c) for c in colours}) > 0.95 * len(colours)  # a colour per sample
+
+
+@pytest.mark.parametrize("backend, normalised", [("torch", False), ("torch", True), ("dali", False)])
+def test_each_cutout_is_painted_in_its_stored_colour(lpld_store, backend, normalised):
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    src, path, _ = lpld_store
+    r = open_store(path)
+    stats = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD) if normalised else RAW
+    ld = make_loader(src, path, backend=backend, num_workers=0, **stats)
+    mean = np.zeros(3) if stats["mean"] is None else np.asarray(stats["mean"], float)
+    std = np.ones(3) if stats["std"] is None else np.asarray(stats["std"], float)
+    painted = 0
+    for e in range(2):
+        for x, _, m in ld.epoch(e):
+            u = r.read_unit(m.unit)
+            assert m.cutout_fill.dtype == torch.uint8 and m.cutout_fill.shape == (u.count, 3)
+            np.testing.assert_array_equal(m.cutout_fill.numpy(), u.cutout_fill)
+            for i, (y0, x0, y1, x1) in enumerate(u.cutout.tolist()):
+                assert y1 > y0 and x1 > x0
+                colour = torch.tensor((u.cutout_fill[i] / 255.0 - mean) / std, dtype=torch.float32)
+                box = x[i, :, y0:y1, x0:x1]
+                assert torch.equal(box, colour.view(3, 1, 1).expand_as(box)), (backend, e, i)  # exactly
+                # and only the box: the pattern's B channel (the image id) survives around it
+                outside = torch.ones(x.shape[2:], dtype=torch.bool)
+                outside[y0:y1, x0:x1] = False
+                if outside.any():
+                    blue = x[i, 2][outside] * std[2] + mean[2]
+                    assert torch.allclose(blue, torch.full_like(blue, u.sample_ids[i] / 255), atol=1e-5)
+                painted += 1
+    ld.close()
+    assert painted == 2 * 60
 
 
 def test_resume_mid_epoch_gives_the_same_remaining_batches(digits_store):
@@ -260,3 +330,24 @@ def test_relabel_into_a_store_created_beforehand_for_a_plan(tmp_path):
     out = relabel(str(tmp_path / "s"), src, ToyTeacher(10), schedule=recipe("sre2l", output_size=(8, 8)), plan=plan,
                   prune_seed=5, loader=LoaderConfig(num_workers=0, channels=1, **RAW), teacher_input="numpy", **kw)
     assert out["units_written"] == len(plan) == 8 and open_store(str(tmp_path / "s")).complete
+
+
+def test_sre2l_adapter_images_carry_the_stored_cutout_colours(lpld_store):
+    """SRe2L-style loops (LPLD's included) never see cutout parameters: the images come painted."""
+    from ddpipe.pipeline.sre2l_adapter import SRe2LBatches
+
+    src, path, _ = lpld_store
+    r = open_store(path)
+    batches = SRe2LBatches(src, path, num_workers=0, **RAW)
+    batches.set_epoch(1)
+    units = r.epoch_units(1)  # an unpruned store replays epoch 1's units in order
+    seen = 0
+    for ((images, _, _, _), mix_index, mix_lam, mix_bbox, _), unit in zip(batches, units, strict=True):
+        assert mix_index is None and mix_lam is None and mix_bbox is None  # LPLD 21K: no mix
+        u = r.read_unit(unit)
+        for i, (y0, x0, y1, x1) in enumerate(u.cutout.tolist()):
+            box = images[i, :, y0:y1, x0:x1]
+            colour = torch.tensor(u.cutout_fill[i] / 255.0, dtype=torch.float32).view(3, 1, 1)
+            assert torch.equal(box, colour.expand_as(box))
+            seen += 1
+    assert seen == 60

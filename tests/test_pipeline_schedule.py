@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from ddpipe.labelstore import StoreSpec
 from ddpipe.pipeline import LoaderSpecError, Schedule, ScheduleConfig, crop_pixels, recipe, replay_units, shard_for_rank
-from ddpipe.pipeline.schedule import cutmix_box, quantise_crops, random_resized_crops
+from ddpipe.pipeline.schedule import RECIPES, cutmix_box, quantise_crops, random_resized_crops
 
 
 def _sched(cfg=None, n=300, bs=32, epochs=4, seed=7, sizes=None):
@@ -23,7 +24,7 @@ def test_same_seed_same_schedule_any_call_order():
     # b generated backwards: every unit is a pure function of (seed, epoch, batch)
     units_b = [b.unit(e, bt) for e in reversed(range(4)) for bt in reversed(range(b.batches_per_epoch))][::-1]
     for ua, ub in zip(units_a, units_b):
-        for f in ("sample_ids", "crops", "flips", "cutout", "mix_perm", "mix_box"):
+        for f in ("sample_ids", "crops", "flips", "cutout", "cutout_fill", "mix_perm", "mix_box"):
             np.testing.assert_array_equal(getattr(ua, f), getattr(ub, f))
         assert ua.mix_lambda == ub.mix_lambda and ua.mix_kind == ub.mix_kind
 
@@ -116,13 +117,22 @@ def test_mixup_and_cutout_recipes():
     assert lpld.mix_kind == "none" and not lpld.flips.any()
     np.testing.assert_array_equal(lpld.mix_perm, np.arange(16))
     c = lpld.cutout
-    assert ((c[:, 2] - c[:, 0]) <= 16).all() and ((c[:, 3] - c[:, 1]) <= 16).all() and (c[:, 2] > c[:, 0]).all()
+    # LPLD's geometry: centre ± int(0.5 * 32 + 0.5) // 2, drawn inclusive -> at most 17 px, clipped
+    assert ((c[:, 2] - c[:, 0]) <= 17).all() and ((c[:, 3] - c[:, 1]) <= 17).all() and (c[:, 2] > c[:, 0]).all()
+    big = _sched(recipe("lpld-in21k"), n=256, bs=64).unit(0, 0).cutout  # 224 px
+    inside = (big[:, 0] > 0) & (big[:, 2] < 224) & (big[:, 1] > 0) & (big[:, 3] < 224)
+    assert inside.any() and ((big[inside, 2] - big[inside, 0]) == 113).all() and ((big[inside, 3] - big[inside, 1]) == 113).all()
 
 
 def test_config_round_trips_and_rejects_nonsense():
     cfg = recipe("lpld-in21k", fill=(1, 2, 3))
     assert ScheduleConfig.from_dict(cfg.to_dict()) == cfg
-    for bad in (dict(scale=(0.5, 0.1)), dict(mix="cutout"), dict(flip=2), dict(fill=(300,)), dict(output_size=(0, 4))):
+    cfg = recipe("lpld-in21k")
+    assert cfg.fill == "random" and cfg.to_dict()["fill"] == "random"
+    assert ScheduleConfig.from_dict(cfg.to_dict()) == cfg
+    assert ScheduleConfig(fill=[200]).fill == (200,) and ScheduleConfig(fill=7).fill == (7,)
+    for bad in (dict(scale=(0.5, 0.1)), dict(mix="cutout"), dict(flip=2), dict(fill=(300,)), dict(output_size=(0, 4)),
+                dict(fill="rand"), dict(fill=(1, 2)), dict(fill=(1, 2, 3, 4)), dict(fill=()), dict(fill=("a",))):
         with pytest.raises(LoaderSpecError):
             ScheduleConfig(**bad)
     with pytest.raises(LoaderSpecError, match="unknown schedule recipe"):
@@ -166,3 +176,83 @@ def test_schedule_rejects_units_outside_it():
     with pytest.raises(LoaderSpecError, match="outside the schedule"):
         s.unit(0, 3)
     assert math.isclose(s.unit(1, 2).count, 2)
+
+
+# --- per-sample cutout colours ----------------------------------------------------------------
+# SHA-256 (first 16 hex digits) of every field of every unit of a small schedule per recipe, and a
+# few of its values, as computed before per-sample cutout colours were added: adding the colour
+# draws (after every other draw of a unit) must not move anything an existing recipe draws.
+RECIPE_DIGESTS = {
+    "sre2l": "7eaa6addb552cfba",
+    "sre2l-mixup": "32adbe33a6de9dad",
+    "lpld-in21k": "52ca4bbbe2a8de52",  # re-recorded: cutout boxes now follow LPLD's inclusive rectangle
+    "lpld-tiny": "20f0a9510d7f95c2",
+}
+DIGEST_SIZES = np.stack([np.arange(50) % 7 * 9 + 40, np.arange(50) % 5 * 11 + 48], 1)
+
+
+def _digest(cfg):
+    s = Schedule(cfg, 5, DIGEST_SIZES, 16, 3)
+    h = hashlib.sha256()
+    for e in range(3):
+        for b in range(s.batches_per_epoch):
+            u = s.unit(e, b)
+            for a in (u.sample_ids, u.crops, u.flips, u.cutout, u.mix_perm, u.mix_box):
+                h.update(np.ascontiguousarray(a).tobytes())
+            h.update(np.float64(u.mix_lambda).tobytes())
+            h.update(u.mix_kind.encode())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE_DIGESTS))
+def test_existing_recipes_draw_what_they_drew_before_cutout_colours(name):
+    assert set(RECIPE_DIGESTS) == set(RECIPES)
+    assert _digest(recipe(name, output_size=(32, 40))) == RECIPE_DIGESTS[name]
+    # LPLD's boxes do not depend on whether its colours are drawn
+    assert _digest(recipe(name, output_size=(32, 40), fill=(0, 0, 0))) == RECIPE_DIGESTS[name]
+
+
+def test_hard_coded_units_are_unchanged():
+    lpld = Schedule(recipe("lpld-in21k", output_size=(32, 40)), 5, DIGEST_SIZES, 16, 3).unit(1, 2)
+    assert lpld.sample_ids[:4].tolist() == [24, 7, 42, 38]
+    assert lpld.cutout[:3].tolist() == [[11, 17, 28, 38], [10, 2, 27, 23], [6, 3, 23, 24]]
+    sre2l = Schedule(recipe("sre2l", output_size=(32, 40)), 5, DIGEST_SIZES, 16, 3).unit(1, 2)
+    assert (sre2l.crops[:2] * 65535).round().astype(int).tolist() == [[0, 712, 60644, 33480], [0, 3745, 65535, 29023]]
+    assert sre2l.mix_box.tolist() == [19, 18, 32, 40] and sre2l.mix_lambda == np.float32(0.7765625)
+
+
+def test_constant_fill_is_repeated_per_sample():
+    for fill, rgb in (((0, 0, 0), [0, 0, 0]), ((200,), [200, 200, 200]), ((1, 2, 3), [1, 2, 3])):
+        u = _sched(recipe("lpld-in21k", output_size=(32, 32), fill=fill), n=40, bs=16).unit(0, 2)
+        assert u.cutout_fill.dtype == np.uint8 and u.cutout_fill.shape == (8, 3)
+        assert (u.cutout_fill == rgb).all()
+    # sre2l has no cutout: its colours are the default constant, black
+    assert not _sched().unit(0, 0).cutout_fill.any()
+
+
+def test_random_fill_is_deterministic_uniform_and_per_sample():
+    cfg = recipe("lpld-in21k", output_size=(32, 32))
+    a, b = _sched(cfg, n=4000, bs=500, epochs=2, seed=3), _sched(cfg, n=4000, bs=500, epochs=2, seed=3)
+    units = [a.unit(e, bt) for e in range(2) for bt in range(a.batches_per_epoch)]
+    again = [b.unit(e, bt) for e in reversed(range(2)) for bt in reversed(range(b.batches_per_epoch))][::-1]
+    for u, v in zip(units, again):  # a pure function of (seed, epoch, batch), in any call order
+        np.testing.assert_array_equal(u.cutout_fill, v.cutout_fill)
+        assert u.cutout_fill.dtype == np.uint8 and u.cutout_fill.shape == (500, 3)
+    other = _sched(cfg, n=4000, bs=500, epochs=2, seed=4).unit(0, 0)
+    assert (other.cutout_fill != units[0].cutout_fill).any(axis=1).mean() > 0.9
+    c = np.concatenate([u.cutout_fill for u in units]).astype(np.float64)  # 8,000 samples x RGB
+    assert c.min() == 0 and c.max() == 255
+    for ch in range(3):  # uniform on 0..255, every value drawn (LPLD: random.randint(0, 255))
+        assert len(np.unique(c[:, ch])) == 256
+        assert abs(c[:, ch].mean() - 127.5) < 3 and abs(c[:, ch].std() - 73.9) < 2
+        counts = np.bincount(c[:, ch].astype(int), minlength=256)
+        assert ((counts - 31.25) ** 2 / 31.25).sum() < 330  # chi-square, 255 dof: p ~ 0.001
+    corr = np.corrcoef(c.T)
+    assert np.abs(corr[np.triu_indices(3, 1)]).max() < 0.05  # channels drawn independently
+    assert len({tuple(x) for x in c[:500]}) > 495  # a colour per sample, not per batch
+    # the colours are the last draws: boxes and everything else match the constant-fill schedule
+    const = _sched(recipe("lpld-in21k", output_size=(32, 32), fill=(0, 0, 0)), n=4000, bs=500, epochs=2, seed=3)
+    for u in units[:3]:
+        k = const.unit(u.epoch, u.batch)
+        for f in ("sample_ids", "crops", "flips", "cutout", "mix_perm", "mix_box"):
+            np.testing.assert_array_equal(getattr(u, f), getattr(k, f))
