@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"] and len(argv) > 1 and argv[1].startswith("-") and argv[1] not in ("-h", "--help"):
+        argv.insert(1, "chain")  # `ddpipe demo --out X` is `ddpipe demo chain --out X`
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

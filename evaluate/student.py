@@ -273,6 +273,10 @@ def _run(args: argparse.Namespace) -> dict:
         scheduler.load_state_dict(ckpt["lr_scheduler"])
         set_rng_state(ckpt["rng"])
         start_epoch, history, elapsed_before = ckpt["epoch"] + 1, list(ckpt["history"]), float(ckpt["elapsed_s"])
+    label_bytes = LabelBytesRead(batches.store) if batches.store is not None else None
+    if label_bytes is not None:
+        for epoch in range(start_epoch):  # what the sessions before this one read
+            label_bytes.add_epoch(epoch)
 
     def results(status: str) -> dict:
         last = next((h["val"] for h in reversed(history) if "val" in h), None)
@@ -280,8 +284,9 @@ def _run(args: argparse.Namespace) -> dict:
             "phase": "train", "status": status, "mode": mode, "out": out, "epochs_done": len(history),
             "epochs": batches.epochs, "batch_size": batches.batch_size, "temperature": batches.temperature,
             "final": last, "wall_time_s": elapsed_before + time.perf_counter() - t_start,
-            "label_bytes": _label_bytes(args.labels), "label_seconds": getattr(batches.loader, "label_seconds", None)
-            if batches.store is not None else None,
+            "label_bytes": label_bytes.bytes if label_bytes is not None else 0,
+            "label_shards_read": len(label_bytes.shards) if label_bytes is not None else 0,
+            "label_seconds": batches.loader.label_seconds if batches.store is not None else None,
             "model": unwrap_model(model).model_cfg, "history": history, "config": cfg, "world_size": dist.world_size,
             "versions": {"ddpipe": __version__, "torch": str(torch.__version__), "python": sys.version.split()[0]},
         }
@@ -293,6 +298,8 @@ def _run(args: argparse.Namespace) -> dict:
                 stats = train_one_epoch(model, batches.epoch(epoch), criterion, optimizer, device, epoch,
                                         progress=args.progress, header=f"epoch {epoch + 1}/{batches.epochs}")
                 scheduler.step()
+                if label_bytes is not None:
+                    label_bytes.add_epoch(epoch)
                 if (epoch + 1) % args.val_every == 0 or epoch + 1 == batches.epochs:
                     stats["val"] = validate(model, val_loader, device, progress=args.progress)
                 history.append(stats)
@@ -320,15 +327,61 @@ def _run(args: argparse.Namespace) -> dict:
     return res
 
 
-def _label_bytes(store: str | None) -> int:
-    if not store:
-        return 0
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(store) for f in fs)
+class LabelBytesRead:
+    """The label bytes a run read: the compressed size of every store object it fetched, each once.
+
+    A store keeps one object per data array per writer shard (``docs/format.md`` §3), and the feed
+    fetches whole shards (``StoreReader.read_slab``). Replaying epoch ``e`` reads the units
+    ``ddpipe.pipeline.schedule.replay_units(plan, spec, e)`` (an unpruned store: epoch ``e``'s own
+    units; a pruned one: LPLD's draws from the kept pool), so the objects a run needs are those of
+    the shards holding a replayed unit, for every data array (replayed with the feed's default seed,
+    as ``make_loader`` does here). Each object counts once, however many ranks share an epoch and
+    however often a loader's cache or worker processes re-read it. The store's metadata (``zarr.json``)
+    and the ``commit_shard`` flags are not labels and are not counted. Computed from the store's
+    layout and object sizes, so it is exact, identical on every rank and unchanged by ``--resume``.
+    (A byte counter inside ``labelstore``'s reader would also see re-reads; there is none yet.)
+    """
+
+    def __init__(self, reader):
+        from ddpipe.labelstore.layout import array_defs, shard_key
+
+        self.reader = reader
+        read = set(reader.array_names)  # the arrays read_slab reads: this store's format's data arrays
+        self._keys = [(d.name, 1 + len(d.trailing)) for d in array_defs(reader.spec) if d.name in read]
+        self._shard_key = shard_key
+        self.shards: set[int] = set()
+        self.bytes = 0
+        self._store = None
+
+    def add_epoch(self, epoch: int) -> None:
+        """Count the objects of the shards that epoch ``epoch``'s replay reads (new ones only)."""
+        import numpy as np
+
+        from ddpipe.pipeline.schedule import replay_units
+
+        units = replay_units(self.reader.plan, self.reader.spec, epoch)
+        for s in np.unique(units // self.reader.spec.units_per_shard).tolist():
+            if s not in self.shards:
+                self.shards.add(s)
+                self.bytes += sum(self._size(self._shard_key(name, s, ndim)) for name, ndim in self._keys)
+
+    def _size(self, key: str) -> int:
+        from ddpipe.labelstore.metadata import is_local
+
+        if is_local(self.reader.path):
+            return os.path.getsize(os.path.join(self.reader.path, key))
+        from zarr.core.sync import sync
+
+        if self._store is None:
+            from ddpipe.labelstore.metadata import open_group
+
+            self._store = open_group(self.reader.path).store
+        return int(sync(self._store.getsize(key)))
 
 
 def summary_text(res: dict) -> str:
     f = res.get("final") or {}
     top = f"top-1 {f['top1']:.2f}%  top-5 {f['top5']:.2f}%" if f else "not validated"
     return (f"train {res['status']} ({res['mode']}): {res['epochs_done']}/{res['epochs']} epochs in "
-            f"{res['wall_time_s']:.1f} s, {top}, label bytes {res['label_bytes']}\n"
+            f"{res['wall_time_s']:.1f} s, {top}, label bytes read {res['label_bytes']:,}\n"
             f"  results {os.path.join(res['out'], 'results.json')}")

@@ -11,11 +11,26 @@ from ddpipe.evaluate import relabel, student
 from ddpipe.evaluate.datasets import load_dataset, real_subset
 from ddpipe.evaluate.errors import ClassCountMismatchError, EvaluateError
 from ddpipe.evaluate import squeeze
+from ddpipe.evaluate.demo import summary_text
 from ddpipe.errors import DDPipeError
 from ddpipe.labelstore import open_store, prune_store, verify_store
 
 SCHED = dict(epochs=8, batch_size=25, min_scale=0.5)
 Q = dict(progress=False, workers=0)
+
+
+def data_object_bytes(store, shards=None):
+    """Bytes of the store's data-array objects (no zarr.json, no commit flags), optionally of some shards only."""
+    total = 0
+    for root, _, files in os.walk(store):
+        for f in files:
+            parts = os.path.relpath(os.path.join(root, f), store).split(os.sep)
+            if f == "zarr.json" or parts[0] == "commit_shard":
+                continue
+            assert parts[1] == "c", parts
+            if shards is None or int(parts[2]) in shards:
+                total += os.path.getsize(os.path.join(root, f))
+    return total
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +80,17 @@ def test_students_train_and_validate(chain, tmp_path, mode):
     assert res["status"] == "complete" and res["epochs_done"] == 8
     assert res["final"]["count"] == 359 and res["final"]["top1"] > 15  # above chance (10%) after 32 steps
     assert os.path.exists(tmp_path / "s" / "results.json") and os.path.exists(tmp_path / "s" / "student.pt")
-    assert (res["label_bytes"] > 0) == (mode != "hard")
+    if mode == "store":  # every epoch replayed: every data object of the store, once
+        assert res["label_bytes"] == data_object_bytes(chain["store"]) and res["label_shards_read"] == 8
+    elif mode == "pruned":  # LPLD's draws from the kept pool: the shards holding a drawn unit
+        from ddpipe.pipeline.schedule import replay_units
+
+        r = open_store(tmp_path / "p.zarr")
+        shards = {int(u) // r.spec.units_per_shard for e in range(8) for u in replay_units(r.plan, r.spec, e)}
+        assert res["label_bytes"] == data_object_bytes(tmp_path / "p.zarr", shards)
+        assert 0 < res["label_bytes"] < data_object_bytes(chain["store"])
+    else:
+        assert res["label_bytes"] == 0
 
 
 def test_online_teacher_sees_the_stored_targets(chain):
@@ -96,9 +121,11 @@ def test_killed_train_run_resumes_to_the_same_weights(chain, tmp_path):
     student.run(student.make_args(str(tmp_path / "a"), chain["images"], **common))
     stopped = student.run(student.make_args(str(tmp_path / "b"), chain["images"], stop_after_epoch=1, **common))
     assert stopped["status"] == "stopped" and stopped["epochs_done"] == 2 and stopped["epochs"] == 8
+    assert stopped["label_bytes"] == data_object_bytes(chain["store"], {0, 1})  # one shard per epoch here
     with pytest.raises(DDPipeError, match="pass --resume"):
         student.run(student.make_args(str(tmp_path / "b"), chain["images"], **common))
-    student.run(student.make_args(str(tmp_path / "b"), chain["images"], resume=True, **common))
+    resumed = student.run(student.make_args(str(tmp_path / "b"), chain["images"], resume=True, **common))
+    assert resumed["label_bytes"] == data_object_bytes(chain["store"]), "resuming counts both sessions' reads"
     wa = torch.load(tmp_path / "a" / "student.pt")["model"]
     wb = torch.load(tmp_path / "b" / "student.pt")["model"]
     assert wa.keys() == wb.keys()
@@ -130,22 +157,31 @@ def test_existing_store_needs_resume(chain):
 
 @pytest.mark.slow
 def test_demo_chain_cli_on_digits(tmp_path, capsys):
-    """`ddpipe demo chain` end to end (tiny settings): one JSON object with the table's rows."""
+    """`ddpipe demo --out ...` (the chain) end to end at tiny settings, two seeds trained two at a time in
+    spawned processes: one JSON object with the table's rows; a rerun in-process resumes every step."""
     import json
 
     from ddpipe.cli import main
 
-    argv = ["demo", "chain", "--dataset", "digits", "--out", str(tmp_path / "d"), "--teacher-epochs", "2",
-            "--epochs", "4", "--batch-size", "25", "--keep", "0.25", "--workers", "0", "--no-progress", "--json"]
+    argv = ["demo", "--dataset", "digits", "--out", str(tmp_path / "d"), "--teacher-epochs", "2", "--epochs", "4",
+            "--batch-size", "25", "--keep", "0.25", "--seeds", "2", "--no-progress", "--json"]
     assert main(argv) == 0
     res = json.loads(capsys.readouterr().out)
-    runs = [r["run"] for r in res["rows"]]
-    assert runs[0].startswith("teacher") and any("pruned" in r for r in runs) and any("hard" in r for r in runs)
-    pruned = next(r for r in res["rows"] if "pruned" in r["run"])
-    full = next(r for r in res["rows"] if "full soft" in r["run"])
-    assert 0 < pruned["label_bytes"] < full["label_bytes"]
+    by = {r["kind"]: r for r in res["rows"]}
+    assert list(by) == ["teacher", "full", "pruned", "hard", "random-real"]
+    assert res["units"] == 16 and res["kept_units"] == 4 and res["seeds"] == [0, 1]
+    for kind in ("full", "pruned", "hard"):
+        assert [p["seed"] for p in by[kind]["per_seed"]] == [0, 1]
+        assert by[kind]["top1"] == pytest.approx(np.mean([p["top1"] for p in by[kind]["per_seed"]]))
+    assert by["full"]["label_bytes"] == data_object_bytes(tmp_path / "d" / "labels.zarr")
+    assert 0 < by["pruned"]["label_bytes"] < by["full"]["label_bytes"] and by["hard"]["label_bytes"] == 0
+    assert res["full_minus_pruned"] == pytest.approx(by["full"]["top1"] - by["pruned"]["top1"])
     assert os.path.exists(tmp_path / "d" / "results.json")
-    assert main(argv) == 0, "a second run resumes every step"
+    assert main(argv + ["--jobs", "1"]) == 0, "a second run resumes every step"
+    again = json.loads(capsys.readouterr().out)
+    assert [r["top1"] for r in again["rows"]] == [r["top1"] for r in res["rows"]]
+    text = summary_text(res)
+    assert "label bytes read" in text and "top-1 per seed" in text
 
 
 @pytest.mark.slow

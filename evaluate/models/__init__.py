@@ -13,7 +13,7 @@ from ddpipe.evaluate.models._registry import (
     model_entrypoint,
     register_model,
 )
-from ddpipe.evaluate.models import convnet, resnet, timm_models  # noqa: F401  (registers the families)
+from ddpipe.evaluate.models import convnet, resnet, timm_models
 from ddpipe.evaluate.models.classwise_bn import (
     ClassAwareBatchNorm2d,
     class_labels,
@@ -24,6 +24,8 @@ from ddpipe.evaluate.models.classwise_bn import (
     reset_class_stats,
 )
 from ddpipe.evaluate.models.convnet import ConvNet
+
+_FAMILIES = (convnet, resnet, timm_models)  # importing these modules registers the families
 
 __all__ = [
     "ClassAwareBatchNorm2d", "ConvNet", "class_labels", "class_stats", "collect_class_stats", "convert_to_classwise_bn",

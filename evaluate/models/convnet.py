@@ -116,6 +116,13 @@ def convnet_d3_w32_bn(num_classes, in_chans=3, input_size=32, **kwargs):
 
 
 @register_model
+def convnet_d3_w32(num_classes, in_chans=3, input_size=32, **kwargs):
+    """DM's ConvNet (instance norm) at width 32: DM's random network on a CPU budget (about 7x cheaper per
+    iteration than width 128 on 28 px Fashion-MNIST)."""
+    return _create_convnet(dict(depth=3, width=32, norm="instancenorm"), num_classes, in_chans, input_size, **kwargs)
+
+
+@register_model
 def convnet_d2_w32_bn(num_classes, in_chans=3, input_size=8, **kwargs):
     """Two blocks, for 8 px digits."""
     return _create_convnet(dict(depth=2, width=32, norm="batchnorm"), num_classes, in_chans, input_size, **kwargs)
