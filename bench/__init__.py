@@ -17,6 +17,7 @@ from ddpipe.errors import DDPipeError
 _BENCHMARKS = {
     "store": ("ddpipe.bench.store", "label-store size and read throughput at real ImageNet shapes vs SRe2L's files"),
     "loader": ("ddpipe.bench.loader", "loader images/s: SRe2L's loader vs ddpipe torch and DALI-CPU, with decode-only ceilings"),
+    "recover": ("ddpipe.bench.recover", "synthesis methods vs random real images: one teacher, one fixed relabel + student recipe"),
 }
 
 

@@ -7,13 +7,15 @@ normalisation (pass mean 0 and std 1; images are clamped to [0, 1]).
 """
 
 from ddpipe.synth._registry import register_method
+from ddpipe.synth.config import FMNIST_28PX, FMNIST_STAT_WEIGHT
 from ddpipe.synth.sre2l import sre2l_cfg
 
 __all__ = ["cda_cfg"]
 
 
 def cda_cfg(**kwargs):
-    return sre2l_cfg(method="cda", crop_curriculum="cosine", milestone=1.0, min_scale=0.08, **kwargs)
+    kwargs.setdefault("min_scale", 0.08)
+    return sre2l_cfg(method="cda", crop_curriculum="cosine", milestone=1.0, **kwargs)
 
 
 @register_method("cda.in1k")
@@ -32,6 +34,12 @@ def cda_in21k():
 def cda_tiny():
     """Tiny-ImageNet (CDA/README.md): lr 0.4, r_bn 0.05; 4K iterations and two-sided jitter 4 as SRe2L's Tiny script."""
     return cda_cfg(r_bn=0.05, lr=0.4, iterations=4000, batch_size=100, jitter=4, jitter_two_sided=True)
+
+
+@register_method("cda.fmnist")
+def cda_fmnist():
+    """Fashion-MNIST, 28 px (ours): SRe2L's ``sre2l.fmnist`` with the crop curriculum from 1 down to 0.25."""
+    return cda_cfg(r_bn=FMNIST_STAT_WEIGHT, batch_size=100, **FMNIST_28PX)
 
 
 @register_method("cda.test")

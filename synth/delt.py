@@ -10,7 +10,7 @@ spans all ITR iterations.
 """
 
 from ddpipe.synth._registry import register_method
-from ddpipe.synth.config import RecoverConfig
+from ddpipe.synth.config import FMNIST_28PX, FMNIST_STAT_WEIGHT, RecoverConfig
 
 __all__ = ["delt_cfg"]
 
@@ -25,6 +25,14 @@ def delt_cfg(r_bn: float = 0.01, **kwargs) -> RecoverConfig:
 def delt_in1k():
     """ImageNet-1K ResNet-18 (scripts): lr 0.25, r_bn 0.01, bs 100, ITR 4000, ROUND_ITR 500, medium init."""
     return delt_cfg(r_bn=0.01, lr=0.25, batch_size=100, iterations=4000, round_iterations=500)
+
+
+@register_method("delt.fmnist")
+def delt_fmnist():
+    """Fashion-MNIST, 28 px (ours): the shared 28 px budget with DELT's own parts: medium-ranked real init,
+    ITR 1000 with ROUND_ITR 125 (the 8 rounds of 4000 / 500), no jitter, crop curriculum down to 0.25."""
+    budget = {k: v for k, v in FMNIST_28PX.items() if k not in ("init", "jitter")}
+    return delt_cfg(r_bn=FMNIST_STAT_WEIGHT, batch_size=100, round_iterations=125, **budget)
 
 
 @register_method("delt.test")

@@ -12,7 +12,7 @@ relabel uses the teacher ensemble: pass all teachers to ``ddpipe relabel``.
 """
 
 from ddpipe.synth._registry import register_method
-from ddpipe.synth.config import RecoverConfig
+from ddpipe.synth.config import FMNIST_28PX, FMNIST_STAT_WEIGHT, RecoverConfig
 
 __all__ = ["gvbsm_cfg"]
 
@@ -34,6 +34,13 @@ def gvbsm_in1k():
 def gvbsm_cifar100():
     """CIFAR-100 (scripts): bs 100, lr 0.05, 4000 iterations; jitter 4 and 4 px patches for 32 px images (ours)."""
     return gvbsm_cfg(r_loss=0.01, nuc_norm=1.0, batch_size=100, lr=0.05, iterations=4000, jitter=4, patch_size=4)
+
+
+@register_method("gvbsm.fmnist")
+def gvbsm_fmnist():
+    """Fashion-MNIST, 28 px (ours): the shared 28 px budget, r_loss 1, nuc_norm 1, all ten classes in one
+    batch, 4 px patches (as ``gvbsm.cifar100``), densification on the full 28 px images."""
+    return gvbsm_cfg(r_loss=FMNIST_STAT_WEIGHT, nuc_norm=1.0, batch_size=100, patch_size=4, dd_pool=28, **FMNIST_28PX)
 
 
 @register_method("gvbsm.test")

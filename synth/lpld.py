@@ -10,7 +10,7 @@ statistics in one pass over the real data. Everything else is SRe2L's.
 """
 
 from ddpipe.synth._registry import register_method
-from ddpipe.synth.config import RecoverConfig
+from ddpipe.synth.config import FMNIST_28PX, FMNIST_STAT_WEIGHT, RecoverConfig
 
 __all__ = ["lpld_cfg"]
 
@@ -37,6 +37,12 @@ def lpld_in21k():
     """ImageNet-21K-P (scripts/in21k_recover.sh): lr 0.05, r_bn 0.25, 2000 iterations, CDA crop curriculum,
     no normalisation (pass mean 0, std 1)."""
     return lpld_cfg(r_bn=0.25, lr=0.05, iterations=2000, jitter=32, crop_curriculum="cosine", milestone=1.0)
+
+
+@register_method("lpld.fmnist")
+def lpld_fmnist():
+    """Fashion-MNIST, 28 px (ours): the shared 28 px budget, class-wise BN matching at weight 1, one class per batch."""
+    return lpld_cfg(r_bn=FMNIST_STAT_WEIGHT, **FMNIST_28PX)
 
 
 @register_method("lpld.test")

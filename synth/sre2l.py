@@ -10,7 +10,7 @@ released script, so they are left out.)
 """
 
 from ddpipe.synth._registry import register_method
-from ddpipe.synth.config import RecoverConfig
+from ddpipe.synth.config import FMNIST_28PX, FMNIST_STAT_WEIGHT, RecoverConfig
 
 __all__ = ["sre2l_cfg"]
 
@@ -44,6 +44,13 @@ def sre2l_tiny():
 def sre2l_cifar100():
     """CIFAR-100, 32 px (recover_cifar.sh): lr 0.25, 1000 iterations, r_bn 0.01, jitter 4 one-sided."""
     return sre2l_cfg(r_bn=0.01, lr=0.25, iterations=1000, batch_size=100, jitter=4)
+
+
+@register_method("sre2l.fmnist")
+def sre2l_fmnist():
+    """Fashion-MNIST, 28 px (ours): the shared 28 px budget (``config.FMNIST_28PX``: random real init,
+    1000 iterations, lr 0.01, min scale 0.25, jitter 4), r_bn 1, batches of one image per class."""
+    return sre2l_cfg(r_bn=FMNIST_STAT_WEIGHT, batch_size=100, **FMNIST_28PX)
 
 
 @register_method("sre2l.test")

@@ -54,6 +54,22 @@ def test_recipes_carry_the_papers_numbers():
     assert c.dsa == "color_crop_cutout_flip_scale_rotate" and not c.clamp
 
 
+def test_fmnist_recipes_share_one_budget():
+    """The 28 px recipes differ only in what defines each method (terms, batching, curriculum, DELT's rounds)."""
+    from ddpipe.synth.config import FMNIST_28PX, FMNIST_STAT_WEIGHT
+
+    for fam in ("sre2l", "cda", "lpld", "gvbsm", "delt"):
+        c = S.create_method(f"{fam}.fmnist")
+        assert (c.iterations, c.lr, c.min_scale) == (FMNIST_28PX["iterations"], FMNIST_28PX["lr"], FMNIST_28PX["min_scale"])
+        assert c.init == ("medium" if fam == "delt" else "real") and c.jitter == (0 if fam == "delt" else FMNIST_28PX["jitter"])
+        assert all(w == FMNIST_STAT_WEIGHT for t, w in c.loss.items() if t not in ("ce", "densify"))
+        assert c.loss["ce"] == 1.0 and c.optimizer == "adam" and c.first_bn_multiplier == 10.0
+    assert S.create_method("cda.fmnist").crop_curriculum == "cosine" and S.create_method("delt.fmnist").round_iterations == 125
+    assert S.create_method("lpld.fmnist").classes_per_batch == 1
+    dm = S.create_method("dm.fmnist")
+    assert (dm.init, dm.optimizer, dm.lr, dm.batch_real) == ("real", "sgd", 1.0, 64)
+
+
 def test_config_round_trips_and_validates():
     c = S.create_method("gvbsm.test")
     assert S.RecoverConfig.from_dict(c.to_dict()) == c

@@ -1,0 +1,405 @@
+"""``ddpipe bench recover``: do the synthesis methods beat random real images?
+
+One teacher (``ddpipe squeeze``), then for every method the IPC-N image set (``ddpipe recover``:
+random, herding, sre2l, cda, lpld, gvbsm, delt, dm), then ONE fixed relabel recipe (``ddpipe
+relabel``) and ONE fixed student recipe (``ddpipe train``) on each set, the student trained with
+several seeds and validated on the real test set. The table gives, per method, the wall time of
+its images, the student's top-1 (mean and sample standard deviation over the seeds), the
+difference to random real images and whether the mean is higher.
+
+Every step is the phase's own ``run(make_args(...))`` and resumes: each output lives in a folder
+named by a hash of everything that determines it (teacher, recipe, relabel and student flags),
+so a rerun reuses finished steps, continues a killed one, and a changed recipe gets a new folder.
+Steps run in this process, or in ``--jobs`` spawned processes (one method's chain each) with
+``--threads`` torch threads apiece; progress lines go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+
+from ddpipe.bench import common
+from ddpipe.errors import DDPipeError
+
+DESCRIPTION = (
+    "Synthesis methods vs random real images at IPC N: one teacher, every method's image set, one fixed "
+    "relabel + student recipe, student top-1 on the real test set (mean +- std over seeds)."
+)
+
+METHODS = ("random", "herding", "sre2l", "cda", "lpld", "gvbsm", "delt", "dm")
+BASELINE = "random"
+# recipe tag per dataset: the 28 px recipes for Fashion-MNIST, the two-iteration test recipes for digits
+DEFAULT_TAG = {"fashion-mnist": "fmnist", "digits": "test"}
+# rough relative cost, so the longest chains start first when --jobs > 1
+_COST = {"dm": 6, "gvbsm": 5, "lpld": 4, "sre2l": 4, "cda": 4, "delt": 3, "herding": 1, "random": 0}
+
+COLUMNS = [
+    ("method", "method", ""),
+    ("recipe", "recipe", ""),
+    ("images_wall_s", "images wall s", ",.1f"),
+    ("images_cpu_s", "images CPU s", ",.1f"),
+    ("top1_text", "student top-1 (mean +- std)", ""),
+    ("delta_text", "vs random", ""),
+    ("beats_random", "beats random", ""),
+]
+
+QUICK = dict(teacher_epochs=1, epochs=30, iterations_scale=0.1)
+
+
+# --- arguments -------------------------------------------------------------------------------------
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("data and teacher")
+    d.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist or digits (default fashion-mnist)")
+    d.add_argument("--data-root", default=None, help="where the dataset's files are (default: Debian's location)")
+    d.add_argument("--ipc", type=int, default=10, help="images per class (default 10)")
+    d.add_argument("--teacher-model", default="convnet_d3_w32_bn", help="teacher (default convnet_d3_w32_bn)")
+    d.add_argument("--teacher-epochs", type=int, default=4, help="teacher training epochs (default 4)")
+    m = p.add_argument_group("image sets")
+    m.add_argument("--methods", type=_csv, default=list(METHODS),
+                   help=f"comma-separated methods (default {','.join(METHODS)}); random is always run")
+    m.add_argument("--recipes", default=None, metavar="TAG",
+                   help="recipe tag of every method, e.g. fmnist -> sre2l.fmnist, cda.fmnist ... (default: fmnist for "
+                        "fashion-mnist, test for digits); a family without that tag uses its default recipe")
+    m.add_argument("--iterations-scale", type=float, default=1.0,
+                   help="multiply every recipe's iterations (and DELT's round length) by this (default 1)")
+    m.add_argument("--image-seed", type=int, default=0,
+                   help="seed of every recover run: random selection, real initialisation, augmentation (default 0)")
+    m.add_argument("--dm-model", default="convnet_d3_w32",
+                   help="DM's random network (default convnet_d3_w32: DM's ConvNet at width 32, for the CPU budget)")
+    s = p.add_argument_group("the fixed relabel + student recipe (identical for every method)")
+    s.add_argument("--epochs", type=int, default=300, help="relabel = student epochs (default 300)")
+    s.add_argument("-b", "--batch-size", type=int, default=50, help="relabel = replay batch (default 50)")
+    s.add_argument("--topk", type=int, default=5, help="soft-label entries per sample (default 5)")
+    s.add_argument("-T", "--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
+    s.add_argument("--min-scale", type=float, default=0.25, help="smallest RandomResizedCrop area (default 0.25)")
+    s.add_argument("--student-model", default="convnet_d3_w32_bn", help="student (default convnet_d3_w32_bn)")
+    s.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="student seeds, comma-separated (default 0,1,2)")
+    s.add_argument("--schedule-seed", type=int, default=42, help="relabel schedule seed (default 42)")
+    r = p.add_argument_group("run")
+    r.add_argument("--quick", action="store_true",
+                   help="smoke run: teacher 1 epoch, 30 student epochs, a tenth of the recover iterations "
+                        "(flags given explicitly still win)")
+    r.add_argument("--jobs", type=int, default=1, help="methods run at once, each in its own process (default 1, at most 2)")
+    r.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    r.add_argument("--workdir", default=None, help="where every step's output goes (default bench/work/recover-DATASET)")
+    r.add_argument("--results-dir", default=None, help="where the results JSON goes (default bench/results)")
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress lines on stderr")
+
+
+def _resolve(args) -> argparse.Namespace:
+    """Apply --quick to the flags left at their defaults and check the rest."""
+    if args.quick:
+        probe = argparse.ArgumentParser()
+        add_arguments(probe)
+        defaults = probe.parse_args([])
+        for k, v in QUICK.items():
+            if getattr(args, k) == getattr(defaults, k):
+                setattr(args, k, v)
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise DDPipeError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    args.methods = [BASELINE] + [m for m in dict.fromkeys(args.methods) if m != BASELINE]
+    if not args.seeds:
+        raise DDPipeError("--seeds needs at least one seed")
+    if not 1 <= args.jobs <= 2:
+        raise DDPipeError(f"--jobs must be 1 or 2 (this bench never runs more than two compute processes), got {args.jobs}")
+    if args.threads < 1 or args.ipc < 1 or args.epochs < 1 or args.teacher_epochs < 1:
+        raise DDPipeError("--threads, --ipc, --epochs and --teacher-epochs must be at least 1")
+    if not args.iterations_scale > 0:
+        raise DDPipeError(f"--iterations-scale must be positive, got {args.iterations_scale}")
+    if args.recipes is None:
+        args.recipes = DEFAULT_TAG.get(args.dataset, "default")
+    args.workdir = os.path.abspath(args.workdir or os.path.join(common.WORK_DIR, f"recover-{args.dataset}"))
+    return args
+
+
+# --- keys and recipes ------------------------------------------------------------------------------
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def recipe_for(method: str, tag: str) -> str:
+    """``method.tag`` when registered, else the family's default recipe."""
+    from ddpipe.synth import default_recipe, is_method
+
+    return f"{method}.{tag}" if is_method(f"{method}.{tag}") else default_recipe(method)
+
+
+def recover_overrides(recipe: str, scale: float) -> dict:
+    """``ddpipe recover`` flags that scale the recipe's iterations (DELT's round length with them)."""
+    from ddpipe.synth import create_method
+
+    cfg = create_method(recipe)
+    if scale == 1.0 or cfg.select is not None:
+        return {}
+    out = {"iterations": max(1, round(cfg.iterations * scale))}
+    if cfg.round_iterations:
+        out["round_iterations"] = max(1, min(out["iterations"], round(cfg.round_iterations * scale)))
+    return out
+
+
+def plan(args) -> dict:
+    """Every step's folder and flags, keyed so that a folder is reused only for the same inputs."""
+    from ddpipe.synth import create_method
+
+    teacher_cfg = dict(dataset=args.dataset, model=args.teacher_model, epochs=args.teacher_epochs, seed=0)
+    teacher_dir = os.path.join(args.workdir, f"teacher-{_key(teacher_cfg)}")
+    relabel_cfg = dict(epochs=args.epochs, batch_size=args.batch_size, topk=args.topk, temperature=args.temperature,
+                       min_scale=args.min_scale, seed=args.schedule_seed)
+    student_cfg = dict(dataset=args.dataset, model=args.student_model)
+    methods = {}
+    for m in args.methods:
+        recipe = recipe_for(m, args.recipes)
+        over = recover_overrides(recipe, args.iterations_scale)
+        cfg = create_method(recipe, **over).to_dict()
+        rec = dict(method=recipe, ipc=args.ipc, seed=args.image_seed, dataset=args.dataset,
+                   dm_model=args.dm_model if m == "dm" else None, **over)
+        ikey = _key([teacher_cfg, rec, cfg])
+        images = os.path.join(args.workdir, "images", f"{m}-{ikey}")
+        lkey = _key([ikey, relabel_cfg])
+        store = os.path.join(args.workdir, "labels", f"{m}-{lkey}.zarr")
+        students = {s: os.path.join(args.workdir, "students", f"{m}-s{s}-{_key([lkey, student_cfg, s])}")
+                    for s in args.seeds}
+        methods[m] = dict(method=m, recipe=recipe, recover=rec, config=cfg, images=images, store=store,
+                          students=students)
+    return dict(teacher_dir=teacher_dir, teacher_cfg=teacher_cfg, relabel=relabel_cfg, student=student_cfg,
+                methods=methods)
+
+
+# --- steps ------------------------------------------------------------------------------------------
+def _say(args, text: str) -> None:
+    if args.progress:
+        print(f"[bench recover] {text}", file=sys.stderr, flush=True)
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def train_teacher(args, p: dict) -> dict:
+    from ddpipe.evaluate import squeeze
+
+    res = _read_json(os.path.join(p["teacher_dir"], "results.json"))
+    pt = os.path.join(p["teacher_dir"], "teacher.pt")
+    if res and res.get("status") == "complete" and os.path.exists(pt):
+        _say(args, f"teacher: reused {p['teacher_dir']} (top-1 {res['final']['top1']:.2f}%)")
+        return {**res, "computed_now": False}
+    c = p["teacher_cfg"]
+    _say(args, f"teacher: {c['model']} on {c['dataset']}, {c['epochs']} epochs ...")
+    res = _timed(p["teacher_dir"] + ".bench.json", lambda: squeeze.run(squeeze.make_args(
+        p["teacher_dir"], dataset=c["dataset"], data_root=args.data_root, model=c["model"], epochs=c["epochs"],
+        seed=c["seed"], resume=True, threads=args.threads * args.jobs, progress=False)))
+    _say(args, f"teacher: top-1 {res['final']['top1']:.2f}% in {res['wall_time_s']:.0f} s")
+    return {**res, "computed_now": True}
+
+
+def _timed(sidecar: str, fn):
+    """Run ``fn`` and add its CPU and wall seconds to ``sidecar`` (summed over resumed sessions)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = fn()
+    rec = _read_json(sidecar) or {"cpu_s": 0.0, "wall_s": 0.0, "sessions": 0}
+    rec = {"cpu_s": rec["cpu_s"] + time.process_time() - c0, "wall_s": rec["wall_s"] + time.perf_counter() - t0,
+           "sessions": rec["sessions"] + 1}
+    from ddpipe.evaluate.checkpoint import write_json_atomic
+
+    write_json_atomic(rec, sidecar)
+    return res
+
+
+def _cpu(sidecar: str):
+    rec = _read_json(sidecar)
+    return rec["cpu_s"] if rec else None
+
+
+def run_chain(task: dict) -> dict:
+    """One method: recover -> relabel -> one student per seed. Runs in a worker process or in-process."""
+    import torch
+
+    from ddpipe.evaluate import recover, relabel, student
+    from ddpipe.evaluate._phase import torch_threads
+
+    args = argparse.Namespace(**task["args"])
+    m, teacher_pt = task["method"], task["teacher_pt"]
+    torch.set_num_threads(args.threads)
+    out = {"method": m["method"], "computed": []}  # the steps this call computed (not reused)
+    # 1. images
+    manifest = _read_json(os.path.join(m["images"], "manifest.json"))
+    if not (manifest and manifest.get("status") == "complete"):
+        rc = m["recover"]
+        _say(args, f"{m['method']}: recover {m['recipe']} ...")
+        manifest = _timed(m["images"] + ".bench.json", lambda: recover.run(recover.make_args(
+            m["images"], method=rc["method"], teacher=[teacher_pt], ipc=rc["ipc"], seed=rc["seed"],
+            dataset=rc["dataset"], data_root=args.data_root, dm_model=args.dm_model,
+            iterations=rc.get("iterations"), round_iterations=rc.get("round_iterations"),
+            threads=args.threads, progress=False)))
+        out["computed"].append("images")
+        _say(args, f"{m['method']}: images in {manifest['wall_time_s']:.1f} s")
+    out["manifest"] = {k: manifest.get(k) for k in ("recipe", "wall_time_s", "notes", "losses", "runs", "counts")}
+    out["manifest"]["cpu_s"] = _cpu(m["images"] + ".bench.json")
+    # 2. labels
+    rl = _read_json(m["store"].rstrip("/") + ".results.json")
+    if not rl:
+        c = task["relabel"]
+        _say(args, f"{m['method']}: relabel {c['epochs']} epochs ...")
+
+        def do_relabel():
+            with torch_threads(args.threads):
+                return relabel.run(relabel.make_args(
+                    m["store"], m["images"], [teacher_pt], epochs=c["epochs"], batch_size=c["batch_size"],
+                    topk=c["topk"], temperature=c["temperature"], min_scale=c["min_scale"], seed=c["seed"],
+                    workers=0, resume=True, progress=False))
+
+        rl = _timed(m["store"] + ".bench.json", do_relabel)
+        out["computed"].append("labels")
+        _say(args, f"{m['method']}: labels in {rl['wall_time_s']:.1f} s")
+    out["relabel"] = {k: rl.get(k) for k in ("store", "units", "wall_time_s", "image_set_hash")}
+    out["relabel"]["cpu_s"] = _cpu(m["store"] + ".bench.json")
+    # 3. students
+    out["students"] = {}
+    for seed, folder in m["students"].items():
+        res = _read_json(os.path.join(folder, "results.json"))
+        if not (res and res.get("status") == "complete"):
+            _say(args, f"{m['method']}: student seed {seed} ...")
+            res = _timed(folder + ".bench.json", lambda: student.run(student.make_args(
+                folder, m["images"], labels=m["store"], dataset=args.dataset, data_root=args.data_root,
+                model=task["student"]["model"], seed=int(seed), workers=0, threads=args.threads,
+                val_every=args.epochs, resume=True, progress=False)))
+            out["computed"].append(f"student seed {seed}")
+            _say(args, f"{m['method']}: student seed {seed}: top-1 {res['final']['top1']:.2f}% "
+                       f"in {res['wall_time_s']:.0f} s")
+        out["students"][str(seed)] = {"top1": res["final"]["top1"], "top5": res["final"]["top5"],
+                                      "wall_time_s": res["wall_time_s"], "cpu_s": _cpu(folder + ".bench.json"),
+                                      "out": folder}
+    return out
+
+
+# --- table -----------------------------------------------------------------------------------------
+def _row(m: dict, chain: dict) -> dict:
+    top1 = [s["top1"] for s in chain["students"].values()]
+    cfg = m["config"]
+    return {
+        "method": m["method"], "recipe": m["recipe"],
+        "init": None if cfg.get("select") else cfg["init"],
+        "iterations": None if cfg.get("select") else cfg["iterations"],
+        "loss": cfg["loss"] or None, "lr": None if cfg.get("select") else cfg["lr"],
+        "images_wall_s": chain["manifest"]["wall_time_s"], "images_cpu_s": chain["manifest"]["cpu_s"],
+        "relabel_wall_s": chain["relabel"]["wall_time_s"], "relabel_cpu_s": chain["relabel"]["cpu_s"],
+        "student_wall_s": sum(s["wall_time_s"] for s in chain["students"].values()),
+        "student_cpu_s": _sum_or_none(s["cpu_s"] for s in chain["students"].values()),
+        "top1_by_seed": {k: s["top1"] for k, s in chain["students"].items()},
+        "top5_by_seed": {k: s["top5"] for k, s in chain["students"].items()},
+        "top1_mean": statistics.fmean(top1), "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+        "top5_mean": statistics.fmean(s["top5"] for s in chain["students"].values()),
+        "images": m["images"], "store": m["store"], "image_set_hash": chain["relabel"]["image_set_hash"],
+        "recover_notes": chain["manifest"].get("notes"), "computed_now": chain["computed"],
+    }
+
+
+def _sum_or_none(values) -> float | None:
+    values = list(values)
+    return None if any(v is None for v in values) else float(sum(values))
+
+
+def _finish_rows(rows: list[dict]) -> None:
+    base = next(r for r in rows if r["method"] == BASELINE)
+    for r in rows:
+        r["top1_text"] = f"{r['top1_mean']:.2f} +- {r['top1_std']:.2f}"
+        if r["method"] == BASELINE:
+            r["delta_vs_random"], r["beats_random"], r["delta_text"] = 0.0, None, "-"
+        else:
+            r["delta_vs_random"] = r["top1_mean"] - base["top1_mean"]
+            r["beats_random"] = bool(r["top1_mean"] > base["top1_mean"])
+            r["delta_text"] = f"{r['delta_vs_random']:+.2f}"
+
+
+# --- run --------------------------------------------------------------------------------------------
+def run(args) -> int:
+    t_start = time.time()
+    args = _resolve(args)
+    out = common.table_stream(args.json)
+    os.makedirs(args.workdir, exist_ok=True)
+    p = plan(args)
+    _say(args, f"work dir {args.workdir}; methods {', '.join(args.methods)}; recipes {args.recipes}; "
+               f"{len(args.seeds)} student seed(s); {args.jobs} process(es) x {args.threads} thread(s)")
+    teacher = train_teacher(args, p)
+    teacher_pt = os.path.join(p["teacher_dir"], "teacher.pt")
+    shared = {k: v for k, v in vars(args).items() if k not in ("func", "bench_run")}
+    tasks = [dict(method=p["methods"][m], teacher_pt=teacher_pt, relabel=p["relabel"], student=p["student"], args=shared)
+             for m in sorted(args.methods, key=lambda m: -_COST.get(m, 1))]
+    chains: dict[str, dict] = {}
+    if args.jobs == 1:
+        for t in tasks:
+            chains[t["method"]["method"]] = run_chain(t)
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
+            for res in pool.imap_unordered(run_chain, tasks):
+                chains[res["method"]] = res
+    rows = [_row(p["methods"][m], chains[m]) for m in args.methods]
+    _finish_rows(rows)
+    wall = time.time() - t_start
+    payload = {
+        "benchmark": "recover", "dataset": args.dataset, "ipc": args.ipc, "recipes": args.recipes,
+        "question": "does each method's image set beat random real images under one fixed relabel + student recipe?",
+        "teacher": {"model": args.teacher_model, "epochs": args.teacher_epochs, "top1": teacher["final"]["top1"],
+                    "top5": teacher["final"]["top5"], "wall_time_s": teacher.get("wall_time_s"),
+                    "teacher_hash": teacher.get("teacher_hash"), "dir": p["teacher_dir"],
+                    "cpu_s": _cpu(p["teacher_dir"] + ".bench.json"), "computed_now": teacher["computed_now"]},
+        "fixed_recipe": {
+            "relabel": {**p["relabel"], "schedule": "sre2l (RandomResizedCrop(min_scale..1) + flip + CutMix)",
+                        "codec": "fp16"},
+            "student": {**p["student"], "seeds": args.seeds, "optimizer": "AdamW lr 1e-3 wd 0.01, cosine",
+                        "loss": "KL(store soft labels || softmax(student / T))", "validation": "real test set"},
+        },
+        "image_seed": args.image_seed, "iterations_scale": args.iterations_scale,
+        "recover_configs": {m: p["methods"][m]["config"] for m in args.methods},
+        "rows": rows,
+        "std": "sample standard deviation over the student seeds (0 with one seed)",
+        "beats_random": "the method's mean student top-1 is higher than random real images' mean",
+        "wall_time_s": wall,
+        "timing_note": "wall_time_s: this invocation (steps reused from earlier runs take none); steps_wall_s / "
+                       "steps_cpu_s: the steps' own wall and process CPU seconds summed over every session that "
+                       "computed them (CPU time is what the work costs when other processes share the machine)",
+        "steps_wall_s": (teacher.get("wall_time_s") or 0.0) + sum(
+            r["images_wall_s"] + r["relabel_wall_s"] + r["student_wall_s"] for r in rows),
+        "steps_cpu_s": _sum_or_none([_cpu(p["teacher_dir"] + ".bench.json")] + [
+            r[k] for r in rows for k in ("images_cpu_s", "relabel_cpu_s", "student_cpu_s")]),
+        "machine": common.machine_info(), "loadavg": os.getloadavg(),
+        "args": shared,
+    }
+    print(f"\nddpipe bench recover: {args.dataset}, IPC {args.ipc}, recipes '{args.recipes}', teacher "
+          f"{args.teacher_model} {teacher['final']['top1']:.2f}%; relabel + student fixed: {args.epochs} epochs, "
+          f"batch {args.batch_size}, top-{args.topk}, T={args.temperature:g}, min-scale {args.min_scale:g}, "
+          f"{args.student_model}, seeds {','.join(map(str, args.seeds))}", file=out)
+    print(common.format_table(rows, COLUMNS), file=out)
+    wins = [r["method"] for r in rows if r["beats_random"]]
+    losers = [r["method"] for r in rows if r["beats_random"] is False]
+    print(f"beat random: {', '.join(wins) or 'none'}; do not: {', '.join(losers) or 'none'}. "
+          f"Wall time {wall / 60:.1f} min (steps reused from earlier runs take none).", file=out)
+    path = common.write_results("recover", payload, args.results_dir)
+    print(f"wrote {path}", file=out, flush=True)
+    if args.json:
+        sys.stdout.write(json.dumps(payload, default=common.json_default) + "\n")
+    return 0
