@@ -34,7 +34,9 @@ def dm_cifar10():
 def dm_fmnist():
     """Fashion-MNIST, 28 px on a CPU budget (ours): DM's SGD lr 1, momentum 0.5, real init and DSA, but
     500 iterations with 64 real images per class; ``ddpipe bench recover`` pairs it with ``--dm-model
-    convnet_d3_w32`` (DM's ConvNet at width 32). DM's 20,000 width-128 iterations would take ~2 CPU-days here."""
+    convnet_d3_w32`` (DM's ConvNet at width 32). DM's 20,000 width-128 iterations would take ~2 CPU-days here;
+    on held-out images width 128, 256 real images per class or lr 10 were no better (within noise) and
+    2000 iterations worse (docs/synth.md), so this is the cheapest of them."""
     return dm_cfg(lr=1.0, iterations=500, batch_real=64)
 
 

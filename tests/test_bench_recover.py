@@ -1,6 +1,7 @@
 """``ddpipe bench recover`` end to end at a tiny scale on digits: table, JSON, resume (no timing assertions)."""
 
 import json
+import math
 import os
 
 import pytest
@@ -62,3 +63,31 @@ def test_bench_recover_rejects_unknown_method(tmp_path, capsys):
 def test_bench_recover_at_most_two_processes(tmp_path, capsys):
     assert main(["bench", "recover", "--jobs", "3", "--workdir", str(tmp_path)]) == 2
     assert "--jobs" in capsys.readouterr().err
+
+
+def test_welch_t_matches_hand_computation():
+    from ddpipe.bench.recover import welch_t
+
+    a, b = [80.0, 81.0, 82.0], [77.0, 77.5, 78.0]
+    # means 81 and 77.5; sample variances 1 and 0.25; se = sqrt(1/3 + 0.25/3)
+    assert welch_t(a, b) == pytest.approx(3.5 / math.sqrt(1.25 / 3))
+    assert welch_t(b, a) == pytest.approx(-welch_t(a, b))
+    assert welch_t([1.0], b) is None  # one seed: no spread to compare against
+    assert welch_t([2.0, 2.0], [1.0, 1.0]) == math.inf
+    assert welch_t([1.0, 1.0], [1.0, 1.0]) == 0.0
+
+
+def test_default_recipe_is_the_demos():
+    """The bench's fixed relabel + student recipe is `ddpipe demo`'s unless flags say otherwise."""
+    import argparse
+
+    from ddpipe.bench import recover
+    from ddpipe.evaluate import demo
+
+    bench_p, demo_p = argparse.ArgumentParser(), argparse.ArgumentParser()
+    recover.add_arguments(bench_p)
+    demo.add_arguments(demo_p)
+    b, d = bench_p.parse_args([]), demo_p.parse_args([])
+    for name in ("epochs", "batch_size", "topk", "temperature", "min_scale", "student_model", "teacher_model",
+                 "teacher_epochs", "ipc"):
+        assert getattr(b, name) == getattr(d, name), name
