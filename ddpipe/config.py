@@ -1,0 +1,160 @@
+"""Typed phase configs: frozen dataclasses whose fields carry their own flag and help text.
+
+Every phase (squeeze, recover, relabel, train, show, ...) is a library call first::
+
+    config = SqueezeConfig(dataset="digits", out="runs/teacher", epochs=5)   # bad values raise here
+    result = ddpipe.evaluate.squeeze.run(config)                              # a typed result
+    result.to_dict()                                                          # what results.json holds
+
+A phase module declares its config with :func:`option` fields (``@dataclass(frozen=True,
+kw_only=True)``), validates it in ``__post_init__`` with the ``check_*`` helpers below (raising the
+phase's :class:`~ddpipe.errors.DDPipeError` subclass and naming the field), and exposes
+``run(config) -> Result`` and ``summary_text(result) -> str``. The ``ddpipe`` CLI builds each
+subcommand's flags from the config's fields (:mod:`ddpipe.cli`) and holds no logic of its own.
+
+This module imports only the standard library, like :mod:`ddpipe.errors`: every package may use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Iterable
+
+__all__ = [
+    "option",
+    "flag_name",
+    "check_range",
+    "check_choice",
+    "check_finite",
+    "config_to_dict",
+    "config_from_dict",
+    "Result",
+]
+
+_MISSING = dataclasses.MISSING
+
+
+def option(
+    default: Any = _MISSING,
+    *,
+    help: str,
+    default_factory: Callable[[], Any] | Any = _MISSING,
+    flags: tuple[str, ...] = (),
+    choices: Iterable[Any] | None = None,
+    metavar: str | None = None,
+    group: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    cli: bool = True,
+) -> Any:
+    """A config field with its command-line form.
+
+    ``help`` is the flag's help text (say the default in it when it is not obvious). The flag is
+    ``--field-name``; ``flags`` adds aliases (``("-b",)``). ``choices`` limits the values, ``parse``
+    turns the command-line string into the value (``keep_fraction``), ``group`` is the help
+    section, and ``cli=False`` keeps a field out of the CLI (Python-only: a model object, a
+    callback). A field without a default is a required flag. ``list``/``tuple`` fields repeat their
+    flag (``--teacher A --teacher B``); a bool defaulting to False is ``--name``, one defaulting to
+    True is ``--no-name``.
+    """
+    meta = {
+        "help": help,
+        "flags": tuple(flags),
+        "choices": tuple(choices) if choices is not None else None,
+        "metavar": metavar,
+        "group": group,
+        "parse": parse,
+        "cli": cli,
+    }
+    if default_factory is not _MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def flag_name(field_name: str) -> str:
+    """``batch_size`` -> ``--batch-size``."""
+    return "--" + field_name.replace("_", "-")
+
+
+# --- validation: one line per rule, each error naming the field -----------------------------------------
+def check_range(
+    error: type[Exception],
+    name: str,
+    value: Any,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    min_exclusive: bool = False,
+    allow_none: bool = False,
+) -> None:
+    """Raise ``error`` naming ``name`` unless ``value`` is a finite number in the range (None allowed if asked)."""
+    if value is None:
+        if allow_none:
+            return
+        raise error(f"{name} is required")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{name} must be a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise error(f"{name} must be a finite number, got {value!r}")
+    if min is not None and (value <= min if min_exclusive else value < min):
+        raise error(f"{name} must be {'>' if min_exclusive else '>='} {min}, got {value!r}")
+    if max is not None and value > max:
+        raise error(f"{name} must be <= {max}, got {value!r}")
+
+
+def check_finite(error: type[Exception], name: str, value: Any, allow_none: bool = False) -> None:
+    """Raise ``error`` naming ``name`` unless ``value`` is a finite number."""
+    check_range(error, name, value, allow_none=allow_none)
+
+
+def check_choice(error: type[Exception], name: str, value: Any, allowed: Iterable[Any]) -> None:
+    """Raise ``error`` naming ``name`` unless ``value`` is one of ``allowed``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise error(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+# --- configs and results as JSON ----------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    return value
+
+
+def config_to_dict(config: Any) -> dict:
+    """The config's fields as JSON-ready values (tuples as lists, paths as strings); Python-only
+    fields (``cli=False``) whose values are objects are recorded by their type name."""
+    out = {}
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if not f.metadata.get("cli", True) and v is not None and not isinstance(v, (str, int, float, bool, list, tuple, dict)):
+            v = f"<{type(v).__name__}>"
+        out[f.name] = _plain(v)
+    return out
+
+
+def config_from_dict(cls: type, d: dict) -> Any:
+    """``cls(**d)`` keeping only ``cls``'s fields, lists turned back into tuples where the default is one."""
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        if isinstance(v, list) and isinstance(f.default, tuple):
+            v = tuple(v)
+        kw[f.name] = v
+    return cls(**kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """Base of the phases' typed results: ``to_dict()`` is what the phase writes to ``results.json``."""
+
+    def to_dict(self) -> dict:
+        return _plain(self)
