@@ -8,7 +8,7 @@ FMNIST  := /usr/share/datasets/fashion-mnist
 # torch builds pinned to the ones this project is tested with (they lie on the CI machines' disk).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install data test test-fast demo bench-store bench-loader clean
+.PHONY: install data test test-fast wheel-check demo bench-store bench-loader clean
 
 install: $(STAMP) data
 
@@ -31,6 +31,19 @@ data:
 
 test: install
 	$(PY) -m pytest -q -ra
+	$(MAKE) --no-print-directory wheel-check
+
+# Build the wheel, install it with its extras into a separate venv (never editable) and run the
+# digits chain from that install, from an empty folder: a module missing from the wheel fails here.
+WHEEL_VENV ?= .venv-wheel
+wheel-check: install
+	rm -rf build dist
+	set -o pipefail; $(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist . $(PIP_QUIET)
+	test -x $(WHEEL_VENV)/bin/python || $(PYTHON) -m venv $(WHEEL_VENV)
+	set -o pipefail; $(WHEEL_VENV)/bin/python -m pip install -q $(TORCH_PINS) $(PIP_QUIET)
+	set -o pipefail; $(WHEEL_VENV)/bin/python -m pip install -q --force-reinstall --no-deps dist/ddpipe-*.whl $(PIP_QUIET)
+	set -o pipefail; $(WHEEL_VENV)/bin/python -m pip install -q "$$(ls dist/ddpipe-*.whl)[torch,fast,dev]" $(PIP_QUIET)
+	cd "$$(mktemp -d)" && $(abspath $(WHEEL_VENV))/bin/python $(CURDIR)/tests/wheel_check.py
 
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not slow"
@@ -45,4 +58,4 @@ bench-loader: install
 	$(VENV)/bin/ddpipe bench loader
 
 clean:
-	rm -rf $(VENV) demo_out bench/work .pytest_cache .hypothesis
+	rm -rf $(VENV) $(WHEEL_VENV) build dist demo_out bench/work .pytest_cache .hypothesis

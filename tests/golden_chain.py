@@ -55,7 +55,14 @@ def images_hash(folder: str) -> str:
 
 
 def run_chain(root: str) -> dict:
-    from ddpipe.cli import main
+    import contextlib
+    import io
+
+    from ddpipe.cli import main as cli_main
+
+    def main(argv):  # the phases' JSON results are not this script's output
+        with contextlib.redirect_stdout(io.StringIO()):
+            return cli_main(argv)
 
     q = ["--no-progress", "--json", "--threads", "1"]
     t = os.path.join(root, "teacher")

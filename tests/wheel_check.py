@@ -1,0 +1,44 @@
+"""Run from a venv that installed ddpipe's *wheel* (not the source tree): every package imports, the
+console script answers, and the golden digits chain gives the golden hashes.
+
+``make wheel-check`` builds the wheel, installs it with its extras into a fresh venv and runs this
+file from an empty folder, so a package left out of ``pyproject.toml`` can never land again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import subprocess
+import sys
+import tempfile
+
+import ddpipe
+
+assert os.path.abspath(ddpipe.__file__).startswith(os.path.abspath(sys.prefix) + os.sep), (
+    f"ddpipe was imported from {ddpipe.__file__}, not from this venv's installed wheel ({sys.prefix})")
+
+# every module of the installed distribution imports (a missing subpackage fails here)
+names = []
+for pkg in ("ddpipe.labelstore", "ddpipe.pipeline", "ddpipe.synth", "ddpipe.evaluate", "ddpipe.bench"):
+    mod = importlib.import_module(pkg)
+    names.append(pkg)
+    for info in pkgutil.walk_packages(mod.__path__, pkg + "."):
+        importlib.import_module(info.name)
+        names.append(info.name)
+assert "ddpipe.evaluate.models" in names, names
+
+exe = os.path.join(os.path.dirname(sys.executable), "ddpipe")
+out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+assert "relabel" in out and "train" in out
+
+from golden_chain import run_chain  # noqa: E402  (tests/ is this script's folder)
+from test_golden import GOLDEN  # noqa: E402
+
+with tempfile.TemporaryDirectory() as d:
+    got = run_chain(d)
+bad = {k: (got[k], v) for k, v in GOLDEN.items() if got[k] != v}
+assert not bad, f"the wheel install gives other results than the source tree: {bad}"
+print(f"wheel check: {len(names)} modules import from {os.path.dirname(ddpipe.__file__)}; the digits chain "
+      f"matches the {len(GOLDEN)} golden hashes")
