@@ -59,3 +59,16 @@ bench-loader: install
 
 clean:
 	rm -rf $(VENV) $(WHEEL_VENV) build dist demo_out bench/work .pytest_cache .hypothesis
+
+# Wheels for bench/gpu_check.sh on a GPU machine without network (Python 3.12 with CUDA torch,
+# torchvision and tensorstore preinstalled): ddpipe itself and the small packages it needs there.
+GPU_WHEELS ?= bench/work/gpu-wheels
+.PHONY: gpu-wheels
+gpu-wheels:
+	test -x $(PY) || $(MAKE) --no-print-directory install
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	set -o pipefail; $(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(GPU_WHEELS) . $(PIP_QUIET)
+	set -o pipefail; $(PY) -m pip download -q -d $(GPU_WHEELS) --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  "zarr>=3.1,<4" "numcodecs>=0.15" "tqdm>=4.60" "pytest>=8" $(PIP_QUIET)
+	@du -sh $(GPU_WHEELS); ls $(GPU_WHEELS)

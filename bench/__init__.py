@@ -1,14 +1,16 @@
 """ddpipe.bench: registered benchmarks behind ``ddpipe bench NAME``.
 
-A benchmark is a module with ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> int``.
-Each prints a table (stderr under ``--json``, else stdout), prints its rows as one JSON object on
-stdout with ``--json``, and writes the same JSON under ``bench/results/``. Tests never time things.
-Modules are imported only when their benchmark runs, so the CLI starts fast.
+A benchmark is a module with ``DESCRIPTION``, a ``Config`` dataclass whose fields are declared with
+:func:`ddpipe.config.option` (the CLI builds ``ddpipe bench NAME``'s flags from them, exactly as for
+the phases; a ``json`` field, if declared, receives ``--json``) and ``run(config) -> int``. Each
+prints a table (stderr under ``--json``, else stdout), prints its rows as one JSON object on stdout
+with ``--json``, and writes the same JSON under ``bench/results/``. Tests never time things.
+Modules are imported only when their benchmark runs, so the CLI starts fast; no bench module
+imports argparse or ``ddpipe.cli``.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 
 from ddpipe.errors import DDPipeError
@@ -17,6 +19,8 @@ from ddpipe.errors import DDPipeError
 _BENCHMARKS = {
     "store": ("ddpipe.bench.store", "label-store size and read throughput at real ImageNet shapes vs SRe2L's files"),
     "loader": ("ddpipe.bench.loader", "loader images/s: SRe2L's loader vs ddpipe torch and DALI-CPU, with decode-only ceilings"),
+    "import": ("ddpipe.bench.imports", "ddpipe import of an SRe2L label folder (teacher-logit model): bytes, ratio, samples/s"),
+    "scale": ("ddpipe.bench.scale", "relabel (1 and 2 ranks) and replay (torch, DALI) at ImageNet-21K/1K image and class counts: samples/s, RSS, overhead"),
     "recover": ("ddpipe.bench.recover", "synthesis methods vs random real images: one teacher, one fixed relabel + student recipe"),
 }
 
@@ -26,15 +30,15 @@ def list_benchmarks() -> dict[str, str]:
 
 
 def load_benchmark(name: str):
+    """The module of benchmark ``name`` (``Config`` and ``run(config)``)."""
     if name not in _BENCHMARKS:
         raise DDPipeError(f"unknown benchmark {name!r}; choose one of {sorted(_BENCHMARKS)}")
     return importlib.import_module(_BENCHMARKS[name][0])
 
 
-def run_benchmark(name: str, argv: list[str]) -> int:
-    """Parse ``argv`` with the benchmark's own flags and run it."""
+def run_benchmark(name: str, config=None, **fields) -> int:
+    """Run benchmark ``name`` from Python: ``run_benchmark("recover", quick=True)`` builds its ``Config``."""
     mod = load_benchmark(name)
-    parser = argparse.ArgumentParser(prog=f"ddpipe bench {name}", description=mod.DESCRIPTION)
-    parser.add_argument("--json", action="store_true", help="print the rows as one JSON object on stdout")
-    mod.add_arguments(parser)
-    return int(mod.run(parser.parse_args(argv)) or 0)
+    if config is None:
+        config = mod.Config(**fields)
+    return int(mod.run(config) or 0)

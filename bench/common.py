@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
-from ddpipe.cli import human_bytes, json_default  # noqa: F401  shared with the CLI; bench modules use common.human_bytes
+from ddpipe._format import human_bytes, json_default  # noqa: F401  shared with the CLI; bench modules use common.human_bytes
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 WORK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work")

@@ -8,7 +8,8 @@ its images, the student's top-1 (mean and sample standard deviation over the see
 difference to random real images, Welch's t of that difference and whether the mean is higher.
 The relabel + student recipe defaults to ``ddpipe demo``'s (batch 10, 300 epochs, top-5, T = 4).
 
-Every step is the phase's own ``run(make_args(...))`` and resumes: each output lives in a folder
+Every step is the phase's own ``run(Config(...))`` (squeeze, recover, relabel, train) and resumes:
+each output lives in a folder
 named by a hash of everything that determines it (teacher, recipe, relabel and student flags),
 so a rerun reuses finished steps, continues a killed one, and a changed recipe gets a new folder.
 Steps run in this process, or in ``--jobs`` spawned processes (one method's chain each) with
@@ -17,15 +18,17 @@ Steps run in this process, or in ``--jobs`` spawned processes (one method's chai
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import statistics
 import sys
 import time
+import types
+from dataclasses import dataclass, fields
 
 from ddpipe.bench import common
+from ddpipe.config import option
 from ddpipe.errors import DDPipeError
 
 DESCRIPTION = (
@@ -51,71 +54,79 @@ COLUMNS = [
     ("beats_random", "beats random", ""),
 ]
 
-QUICK = dict(teacher_epochs=1, epochs=30, iterations_scale=0.1, seeds=[0, 1])
+QUICK = dict(teacher_epochs=1, epochs=30, iterations_scale=0.1, seeds=(0, 1))
 
 
-# --- arguments -------------------------------------------------------------------------------------
+# --- configuration ----------------------------------------------------------------------------------
 def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+    return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
 def _ints(text: str) -> list[int]:
     try:
         return [int(t) for t in _csv(text)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = p.add_argument_group("data and teacher")
-    d.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist or digits (default fashion-mnist)")
-    d.add_argument("--data-root", default=None, help="where the dataset's files are (default: Debian's location)")
-    d.add_argument("--ipc", type=int, default=10, help="images per class (default 10)")
-    d.add_argument("--teacher-model", default="convnet_d3_w32_bn", help="teacher (default convnet_d3_w32_bn)")
-    d.add_argument("--teacher-epochs", type=int, default=4, help="teacher training epochs (default 4)")
-    m = p.add_argument_group("image sets")
-    m.add_argument("--methods", type=_csv, default=list(METHODS),
-                   help=f"comma-separated methods (default {','.join(METHODS)}); random is always run")
-    m.add_argument("--recipes", default=None, metavar="TAG",
-                   help="recipe tag of every method, e.g. fmnist -> sre2l.fmnist, cda.fmnist ... (default: fmnist for "
-                        "fashion-mnist, test for digits); a family without that tag uses its default recipe")
-    m.add_argument("--iterations-scale", type=float, default=1.0,
-                   help="multiply every recipe's iterations (and DELT's round length) by this (default 1)")
-    m.add_argument("--image-seed", type=int, default=0,
-                   help="seed of every recover run: random selection, real initialisation, augmentation (default 0)")
-    m.add_argument("--dm-model", default="convnet_d3_w32",
-                   help="DM's random network (default convnet_d3_w32: DM's ConvNet at width 32, for the CPU budget)")
-    s = p.add_argument_group("the fixed relabel + student recipe (identical for every method)")
-    s.add_argument("--epochs", type=int, default=300, help="relabel = student epochs (default 300)")
-    s.add_argument("-b", "--batch-size", type=int, default=10,
-                   help="relabel = replay batch (default 10, as `ddpipe demo`)")
-    s.add_argument("--topk", type=int, default=5, help="soft-label entries per sample (default 5)")
-    s.add_argument("-T", "--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
-    s.add_argument("--min-scale", type=float, default=0.25, help="smallest RandomResizedCrop area (default 0.25)")
-    s.add_argument("--student-model", default="convnet_d3_w32_bn", help="student (default convnet_d3_w32_bn)")
-    s.add_argument("--seeds", type=_ints, default=[0, 1, 2, 3, 4],
-                   help="student seeds, comma-separated (default 0,1,2,3,4)")
-    s.add_argument("--schedule-seed", type=int, default=42, help="relabel schedule seed (default 42)")
-    r = p.add_argument_group("run")
-    r.add_argument("--quick", action="store_true",
-                   help="smoke run: teacher 1 epoch, 30 student epochs, a tenth of the recover iterations, "
-                        "student seeds 0,1 (flags given explicitly still win)")
-    r.add_argument("--jobs", type=int, default=1, help="methods run at once, each in its own process (default 1, at most 2)")
-    r.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
-    r.add_argument("--workdir", default=None, help="where every step's output goes (default bench/work/recover-DATASET)")
-    r.add_argument("--results-dir", default=None, help="where the results JSON goes (default bench/results)")
-    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress lines on stderr")
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """``ddpipe bench recover``'s settings (flags ``--field-name``; ``--methods a,b`` and ``--seeds 0,1`` take
+    comma-separated lists). Checked when the run starts (:func:`_resolve`)."""
+
+    dataset: str = option("fashion-mnist", group="data and teacher", help="fashion-mnist or digits (default fashion-mnist)")
+    data_root: str | None = option(None, group="data and teacher",
+                                   help="where the dataset's files are (default: Debian's location)")
+    ipc: int = option(10, group="data and teacher", help="images per class (default 10)")
+    teacher_model: str = option("convnet_d3_w32_bn", group="data and teacher", help="teacher (default convnet_d3_w32_bn)")
+    teacher_epochs: int = option(4, group="data and teacher", help="teacher training epochs (default 4)")
+    methods: tuple[str, ...] = option(METHODS, parse=_csv, group="image sets",
+                                      help=f"comma-separated methods (default {','.join(METHODS)}); random is always run")
+    recipes: str | None = option(None, metavar="TAG", group="image sets",
+                                 help="recipe tag of every method, e.g. fmnist -> sre2l.fmnist, cda.fmnist ... (default: "
+                                      "fmnist for fashion-mnist, test for digits); a family without that tag uses its "
+                                      "default recipe")
+    iterations_scale: float = option(1.0, group="image sets",
+                                     help="multiply every recipe's iterations (and DELT's round length) by this (default 1)")
+    image_seed: int = option(0, group="image sets",
+                             help="seed of every recover run: random selection, real initialisation, augmentation "
+                                  "(default 0)")
+    dm_model: str = option("convnet_d3_w32", group="image sets",
+                           help="DM's random network (default convnet_d3_w32: DM's ConvNet at width 32, for the CPU budget)")
+    epochs: int = option(300, group="the fixed relabel + student recipe", help="relabel = student epochs (default 300)")
+    batch_size: int = option(10, flags=("-b",), group="the fixed relabel + student recipe",
+                             help="relabel = replay batch (default 10, as `ddpipe demo`)")
+    topk: int = option(5, group="the fixed relabel + student recipe", help="soft-label entries per sample (default 5)")
+    temperature: float = option(4.0, flags=("-T",), group="the fixed relabel + student recipe",
+                                help="distillation temperature (default 4)")
+    min_scale: float = option(0.25, group="the fixed relabel + student recipe",
+                              help="smallest RandomResizedCrop area (default 0.25)")
+    student_model: str = option("convnet_d3_w32_bn", group="the fixed relabel + student recipe",
+                                help="student (default convnet_d3_w32_bn)")
+    seeds: tuple[int, ...] = option((0, 1, 2, 3, 4), parse=_ints, group="the fixed relabel + student recipe",
+                                    help="student seeds, comma-separated (default 0,1,2,3,4)")
+    schedule_seed: int = option(42, group="the fixed relabel + student recipe", help="relabel schedule seed (default 42)")
+    quick: bool = option(False, group="run",
+                         help="smoke run: teacher 1 epoch, 30 student epochs, a tenth of the recover iterations, "
+                              "student seeds 0,1 (settings given explicitly still win)")
+    jobs: int = option(1, group="run", help="methods run at once, each in its own process (default 1, at most 2)")
+    threads: int = option(1, group="run", help="torch threads per process (default 1)")
+    workdir: str | None = option(None, group="run",
+                                 help="where every step's output goes (default bench/work/recover-DATASET)")
+    results_dir: str | None = option(None, group="run", help="where the results JSON goes (default bench/results)")
+    progress: bool = option(True, group="run", help="no progress lines on stderr (progress=False)")
+    json: bool = option(False, cli=False, help="print the rows as one JSON object on stdout (the CLI's --json)")
 
 
-def _resolve(args) -> argparse.Namespace:
-    """Apply --quick to the flags left at their defaults and check the rest."""
+def _resolve(config: Config) -> types.SimpleNamespace:
+    """The settings of one run: ``quick`` applied to those left at their defaults, the rest checked."""
+    args = types.SimpleNamespace(**{f.name: getattr(config, f.name) for f in fields(config)})
     if args.quick:
-        probe = argparse.ArgumentParser()
-        add_arguments(probe)
-        defaults = probe.parse_args([])
+        defaults = Config()
         for k, v in QUICK.items():
             if getattr(args, k) == getattr(defaults, k):
                 setattr(args, k, v)
+    args.methods, args.seeds = list(args.methods), [int(s) for s in args.seeds]
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise DDPipeError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
@@ -147,7 +158,7 @@ def recipe_for(method: str, tag: str) -> str:
 
 
 def recover_overrides(recipe: str, scale: float) -> dict:
-    """``ddpipe recover`` flags that scale the recipe's iterations (DELT's round length with them)."""
+    """Recover settings that scale the recipe's iterations (DELT's round length with them)."""
     from ddpipe.synth import create_method
 
     cfg = create_method(recipe)
@@ -211,9 +222,9 @@ def train_teacher(args, p: dict) -> dict:
         return {**res, "computed_now": False}
     c = p["teacher_cfg"]
     _say(args, f"teacher: {c['model']} on {c['dataset']}, {c['epochs']} epochs ...")
-    res = _timed(p["teacher_dir"] + ".bench.json", lambda: squeeze.run(squeeze.make_args(
-        p["teacher_dir"], dataset=c["dataset"], data_root=args.data_root, model=c["model"], epochs=c["epochs"],
-        seed=c["seed"], resume=True, threads=args.threads * args.jobs, progress=False)))
+    res = _timed(p["teacher_dir"] + ".bench.json", lambda: squeeze.run(squeeze.SqueezeConfig(
+        out=p["teacher_dir"], dataset=c["dataset"], data_root=args.data_root, model=c["model"], epochs=c["epochs"],
+        seed=c["seed"], resume=True, threads=args.threads * args.jobs, progress=False)).to_dict())
     _say(args, f"teacher: top-1 {res['final']['top1']:.2f}% in {res['wall_time_s']:.0f} s")
     return {**res, "computed_now": True}
 
@@ -241,9 +252,8 @@ def run_chain(task: dict) -> dict:
     import torch
 
     from ddpipe.evaluate import recover, relabel, student
-    from ddpipe.evaluate._phase import torch_threads
 
-    args = argparse.Namespace(**task["args"])
+    args = types.SimpleNamespace(**task["args"])
     m, teacher_pt = task["method"], task["teacher_pt"]
     torch.set_num_threads(args.threads)
     out = {"method": m["method"], "computed": []}  # the steps this call computed (not reused)
@@ -252,27 +262,27 @@ def run_chain(task: dict) -> dict:
     if not (manifest and manifest.get("status") == "complete"):
         rc = m["recover"]
         _say(args, f"{m['method']}: recover {m['recipe']} ...")
-        manifest = _timed(m["images"] + ".bench.json", lambda: recover.run(recover.make_args(
-            m["images"], method=rc["method"], teacher=[teacher_pt], ipc=rc["ipc"], seed=rc["seed"],
+        _timed(m["images"] + ".bench.json", lambda: recover.run(recover.RecoverRunConfig(
+            out=m["images"], method=rc["method"], teacher=(teacher_pt,), ipc=rc["ipc"], seed=rc["seed"],
             dataset=rc["dataset"], data_root=args.data_root, dm_model=args.dm_model,
             iterations=rc.get("iterations"), round_iterations=rc.get("round_iterations"),
             threads=args.threads, progress=False)))
+        manifest = _read_json(os.path.join(m["images"], "manifest.json"))
         out["computed"].append("images")
         _say(args, f"{m['method']}: images in {manifest['wall_time_s']:.1f} s")
     out["manifest"] = {k: manifest.get(k) for k in ("recipe", "wall_time_s", "notes", "losses", "runs", "counts")}
     out["manifest"]["cpu_s"] = _cpu(m["images"] + ".bench.json")
     # 2. labels
-    rl = _read_json(m["store"].rstrip("/") + ".results.json")
+    rl = _read_json(relabel.results_path(m["store"]))
     if not rl:
         c = task["relabel"]
         _say(args, f"{m['method']}: relabel {c['epochs']} epochs ...")
 
         def do_relabel():
-            with torch_threads(args.threads):
-                return relabel.run(relabel.make_args(
-                    m["store"], m["images"], [teacher_pt], epochs=c["epochs"], batch_size=c["batch_size"],
-                    topk=c["topk"], temperature=c["temperature"], min_scale=c["min_scale"], seed=c["seed"],
-                    workers=0, resume=True, progress=False))
+            return relabel.run(relabel.RelabelConfig(
+                out=m["store"], images=m["images"], teacher=(teacher_pt,), epochs=c["epochs"],
+                batch_size=c["batch_size"], topk=c["topk"], temperature=c["temperature"], min_scale=c["min_scale"],
+                seed=c["seed"], workers=0, resume=True, threads=args.threads, progress=False)).to_dict()
 
         rl = _timed(m["store"] + ".bench.json", do_relabel)
         out["computed"].append("labels")
@@ -285,10 +295,10 @@ def run_chain(task: dict) -> dict:
         res = _read_json(os.path.join(folder, "results.json"))
         if not (res and res.get("status") == "complete"):
             _say(args, f"{m['method']}: student seed {seed} ...")
-            res = _timed(folder + ".bench.json", lambda: student.run(student.make_args(
-                folder, m["images"], labels=m["store"], dataset=args.dataset, data_root=args.data_root,
+            res = _timed(folder + ".bench.json", lambda: student.run(student.TrainConfig(
+                out=folder, images=m["images"], labels=m["store"], dataset=args.dataset, data_root=args.data_root,
                 model=task["student"]["model"], seed=int(seed), workers=0, threads=args.threads,
-                val_every=args.epochs, resume=True, progress=False)))
+                val_every=args.epochs, resume=True, progress=False)).to_dict())
             out["computed"].append(f"student seed {seed}")
             _say(args, f"{m['method']}: student seed {seed}: top-1 {res['final']['top1']:.2f}% "
                        f"in {res['wall_time_s']:.0f} s")
@@ -348,9 +358,9 @@ def _finish_rows(rows: list[dict]) -> None:
 
 
 # --- run --------------------------------------------------------------------------------------------
-def run(args) -> int:
+def run(config: Config) -> int:
     t_start = time.time()
-    args = _resolve(args)
+    args = _resolve(config)
     out = common.table_stream(args.json)
     os.makedirs(args.workdir, exist_ok=True)
     p = plan(args)
@@ -358,7 +368,7 @@ def run(args) -> int:
                f"{len(args.seeds)} student seed(s); {args.jobs} process(es) x {args.threads} thread(s)")
     teacher = train_teacher(args, p)
     teacher_pt = os.path.join(p["teacher_dir"], "teacher.pt")
-    shared = {k: v for k, v in vars(args).items() if k not in ("func", "bench_run")}
+    shared = dict(vars(args))
     tasks = [dict(method=p["methods"][m], teacher_pt=teacher_pt, relabel=p["relabel"], student=p["student"], args=shared)
              for m in sorted(args.methods, key=lambda m: -_COST.get(m, 1))]
     chains: dict[str, dict] = {}

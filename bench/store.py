@@ -1,7 +1,7 @@
 """``ddpipe bench store``: label-store bytes and read throughput at real shapes, against SRe2L.
 
-For each preset it runs a relabel pass the way a user would (the schedule and the teacher's
-top-k for every unit, written into one store per value codec; a pruned store is planned before
+For each preset it runs a relabel pass the way a user would (ddpipe's own replay schedule,
+:class:`ddpipe.pipeline.schedule.Schedule`, and the teacher's top-k for every unit, written into one store per value codec; a pruned store is planned before
 relabel so only kept units are computed), measures the bytes on disk, the sequential and random
 read rates on one core, and, in the same run, SRe2L's layout: the same labels as per-batch
 ``torch.save`` files (full fp16 logits), read back with ``torch.load``. Labels come from the
@@ -10,19 +10,19 @@ seeded teacher-logit model in :mod:`ddpipe.bench.teacher_model`; there is no rea
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from ddpipe._format import keep_fraction
 from ddpipe.bench import common
-from ddpipe.cli import keep_fraction
+from ddpipe.config import check_choice, check_int, check_range, config_to_dict, option
 from ddpipe.errors import DDPipeError
 
 DESCRIPTION = (
@@ -39,26 +39,35 @@ class Preset:
     epochs: int
     batch_size: int
     image_size: int  # source images (crops are on this pixel grid) and network input
-    mix: str  # cutmix | none
+    schedule: str  # ddpipe.pipeline.schedule recipe the relabel run uses
+    mix: str  # cutmix | none: the recipe's mix
     source: str  # where the relabel configuration comes from
 
     @property
     def num_samples(self) -> int:
         return self.num_classes * self.ipc
 
+    def relabel_schedule(self, seed: int):
+        """The relabel run's schedule: ddpipe's own, over square source images of ``image_size``."""
+        from ddpipe.bench.teacher_model import square_schedule
+
+        size = (self.image_size, self.image_size)
+        return square_schedule(self.num_samples, self.image_size, self.batch_size, self.epochs, seed, self.schedule,
+                               output_size=size, mix=self.mix)
+
 
 PRESETS = {
     p.name: p
     for p in [
-        Preset("imagenet1k-ipc10", 1000, 10, 300, 1024, 224, "cutmix", "SRe2L relabel.sh: batch 1024, 300 epochs, cutmix"),
-        Preset("imagenet1k-ipc50", 1000, 50, 300, 1024, 224, "cutmix", "SRe2L relabel.sh: batch 1024, 300 epochs, cutmix"),
-        Preset("imagenet1k-ipc200", 1000, 200, 300, 1024, 224, "cutmix", "SRe2L relabel.sh: batch 1024, 300 epochs, cutmix"),
+        Preset("imagenet1k-ipc10", 1000, 10, 300, 1024, 224, "sre2l", "cutmix", "SRe2L relabel.sh: batch 1024, 300 epochs, cutmix"),
+        Preset("imagenet1k-ipc50", 1000, 50, 300, 1024, 224, "sre2l", "cutmix", "SRe2L relabel.sh: batch 1024, 300 epochs, cutmix"),
+        Preset("imagenet1k-ipc200", 1000, 200, 300, 1024, 224, "sre2l", "cutmix", "SRe2L relabel.sh: batch 1024, 300 epochs, cutmix"),
         Preset(
-            "imagenet21k-ipc20", 10450, 20, 300, 1024, 224, "cutmix",
+            "imagenet21k-ipc20", 10450, 20, 300, 1024, 224, "sre2l", "cutmix",
             "CDA/LPLD IN-21K-P shape (10,450 classes, 209,000 images, 300 epochs); batch 1024 and cutmix "
             "as SRe2L's IN-1K relabel (LPLD's own IN-21K config uses batch 32, no mix)",
         ),
-        Preset("tiny-ipc50", 200, 50, 100, 64, 64, "none", "LPLD Tiny relabel config: batch 64, 100 epochs, 64 px, no mix"),
+        Preset("tiny-ipc50", 200, 50, 100, 64, 64, "lpld-tiny", "none", "LPLD Tiny relabel config: batch 64, 100 epochs, 64 px, no mix"),
     ]
 }
 
@@ -72,6 +81,7 @@ BYTES_TARGETS = {
 SRE2L_MAX_FILES = 2000  # small batches: a few thousand files are plenty to time torch.load
 SEQ_TARGET = 2_000_000
 RANDOM_TARGET = 300_000
+CODECS = ("fp16", "uint8", "fp32")
 
 ONE_CORE_NOTE = (
     "one core = every thread of the process (reader prefetch, tensorstore pool, torch) pinned to "
@@ -80,102 +90,99 @@ ONE_CORE_NOTE = (
 )
 
 
-# --- arguments -------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--preset", action="append", metavar="NAME",
-        help=f"preset to run, repeatable, or 'all' (default all): {', '.join(PRESETS)}",
-    )
-    p.add_argument("--codec", action="append", choices=["fp16", "uint8", "fp32"], help="value codec, repeatable (default fp16 and uint8)")
-    p.add_argument("--keep", action="append", type=keep_fraction, help="kept fraction of units, repeatable: 1, 1/40, 40x (default 1 and 1/40)")
-    p.add_argument("--k", type=int, default=10, help="top-k entries per sample (default 10)")
-    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (quick runs, tests)")
-    p.add_argument("--workdir", default=None, help="where stores are written (default a temp dir under bench/work, else /tmp)")
-    p.add_argument("--keep-stores", action="store_true", help="do not delete the stores after measuring")
-    p.add_argument("--backend", choices=["tensorstore", "zarr"], default="tensorstore", help="read backend (default tensorstore)")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="relabel processes writing disjoint shards (default min(2, cores))")
-    p.add_argument("--core", type=int, default=0, help="CPU the one-core measurements are pinned to (default 0)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per read measurement; the median is reported (default 3)")
-    p.add_argument("--seq-samples", type=int, default=4_000_000, help="samples read per sequential repeat, at most the store (default 4,000,000)")
-    p.add_argument("--random-units", type=int, default=300, help="random units read per repeat (default 300)")
-    p.add_argument("--sre2l-mb", type=float, default=300.0, help="MB of SRe2L-format batch files written for the baseline, at most 2,000 files (default 300)")
-    p.add_argument("--results-dir", default=None, help="where the results JSON goes (default bench/results)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the schedule, teacher model and pruning (default 0)")
+# --- the configuration -----------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """``ddpipe bench store``'s settings; bad values raise :class:`DDPipeError` naming the field."""
 
+    preset: tuple[str, ...] = option(
+        ("all",), metavar="NAME", help=f"preset to run, repeatable, or 'all' (default all): {', '.join(PRESETS)}")
+    codec: tuple[str, ...] = option(("fp16", "uint8"), choices=CODECS, help="value codec, repeatable (default fp16 and uint8)")
+    keep: tuple[float, ...] = option(
+        (1.0, 1 / 40), parse=keep_fraction, help="kept fraction of units, repeatable: 1, 1/40, 40x (default 1 and 1/40)")
+    k: int = option(10, help="top-k entries per sample (default 10)")
+    epochs: int | None = option(None, help="override the preset's epochs (quick runs, tests)")
+    workdir: str | None = option(None, help="where stores are written (default a temp dir under bench/work, else /tmp)")
+    keep_stores: bool = option(False, help="do not delete the stores after measuring")
+    backend: str = option("tensorstore", choices=("tensorstore", "zarr"), help="read backend (default tensorstore)")
+    workers: int = option(min(2, os.cpu_count() or 1), help="relabel processes writing disjoint shards (default min(2, cores))")
+    core: int = option(0, help="CPU the one-core measurements are pinned to (default 0)")
+    repeats: int = option(3, help="timed repeats per read measurement; the median is reported (default 3)")
+    seq_samples: int = option(4_000_000, help="samples read per sequential repeat, at most the store (default 4,000,000)")
+    random_units: int = option(300, help="random units read per repeat (default 300)")
+    sre2l_mb: float = option(
+        300.0, help="MB of SRe2L-format batch files written for the baseline, at most 2,000 files (default 300)")
+    results_dir: str | None = option(None, help="where the results JSON goes (default bench/results)")
+    seed: int = option(0, help="seed of the schedule, teacher model and pruning (default 0)")
+    json: bool = option(False, help="print the rows as one JSON object on stdout", cli=False)
 
-def _resolve(args) -> tuple[list[Preset], list[str], list[float]]:
-    names = args.preset or ["all"]
-    if "all" in names:
-        names = list(PRESETS)
-    unknown = [n for n in names if n not in PRESETS]
-    if unknown:
-        raise DDPipeError(f"unknown store preset {unknown[0]!r}; choose from {', '.join(PRESETS)} or all")
-    presets = [PRESETS[n] for n in dict.fromkeys(names)]
-    if args.epochs is not None:
-        if args.epochs <= 0:
-            raise DDPipeError(f"--epochs must be positive, got {args.epochs}")
-        presets = [Preset(**{**asdict(p), "epochs": args.epochs}) for p in presets]
-    if args.k <= 0 or any(args.k > p.num_classes for p in presets):
-        raise DDPipeError(f"--k must be in [1, num_classes], got {args.k}")
-    for flag in ("repeats", "seq_samples", "random_units", "workers"):
-        if getattr(args, flag) <= 0:
-            raise DDPipeError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    if not args.sre2l_mb > 0:
-        raise DDPipeError(f"--sre2l-mb must be positive, got {args.sre2l_mb}")
-    codecs = list(dict.fromkeys(args.codec or ["fp16", "uint8"]))
-    keeps = list(dict.fromkeys(args.keep or [1.0, 1 / 40]))
-    return presets, codecs, keeps
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        names = list(dict.fromkeys(self.preset or ("all",)))
+        if "all" in names:
+            names = list(PRESETS)
+        unknown = [n for n in names if n not in PRESETS]
+        if unknown:
+            raise DDPipeError(f"preset: unknown store preset {unknown[0]!r}; choose from {', '.join(PRESETS)} or all")
+        set_(self, "preset", tuple(names))
+        for c in self.codec:
+            check_choice(DDPipeError, "codec", c, CODECS)
+        set_(self, "codec", tuple(dict.fromkeys(self.codec)) or ("fp16", "uint8"))
+        keeps = []
+        for v in self.keep:
+            try:
+                keeps.append(keep_fraction(v))
+            except ValueError as e:
+                raise DDPipeError(f"keep: {e}") from None
+        set_(self, "keep", tuple(dict.fromkeys(keeps)) or (1.0, 1 / 40))
+        check_int(DDPipeError, "epochs", self.epochs, min=1, allow_none=True)
+        check_int(DDPipeError, "k", self.k, min=1, max=min(PRESETS[n].num_classes for n in names))
+        for name in ("workers", "repeats", "seq_samples", "random_units"):
+            check_int(DDPipeError, name, getattr(self, name), min=1)
+        check_int(DDPipeError, "core", self.core, min=0)
+        check_range(DDPipeError, "sre2l_mb", self.sre2l_mb, min=0, min_exclusive=True)
+        check_choice(DDPipeError, "backend", self.backend, ("tensorstore", "zarr"))
+        check_int(DDPipeError, "seed", self.seed, min=0)
+
+    @property
+    def presets(self) -> list[Preset]:
+        """The presets to run, with ``epochs`` applied."""
+        out = [PRESETS[n] for n in self.preset]
+        return [replace(p, epochs=self.epochs) for p in out] if self.epochs is not None else out
 
 
 # --- relabel: teacher model -> stores ------------------------------------------------------------
-_CACHE: dict = {}  # per worker process: the preset's schedule, teacher model and open writers
+def _relabel_shard(task) -> tuple[int, int, float, dict]:
+    """Compute a run of whole writer shards with ddpipe's schedule and the teacher model, and write
+    them into every store; returns (units, samples, teacher seconds, write seconds per codec).
 
-
-def _models(preset: Preset, seed: int):
-    from ddpipe.bench.teacher_model import RelabelSchedule, TeacherModel
-
-    key = ("models", preset, seed)
-    if key not in _CACHE:
-        _CACHE.clear()
-        sched = RelabelSchedule(preset.num_samples, preset.batch_size, seed, preset.image_size, preset.image_size, preset.mix)
-        _CACHE[key] = (sched, TeacherModel(preset.num_classes, preset.ipc, seed))
-    return _CACHE[key]
-
-
-def _writer(path: str):
+    Everything is built here, per task (a worker process keeps nothing between tasks)."""
+    from ddpipe.bench.teacher_model import TeacherModel
     from ddpipe.labelstore import open_writer
 
-    key = ("writer", path)
-    if key not in _CACHE:
-        _CACHE[key] = open_writer(path)
-    return _CACHE[key]
-
-
-def _relabel_shard(task) -> tuple[int, int, float, dict]:
-    """Compute and write the units of one writer shard into every store; returns (units, samples, timings)."""
-    from ddpipe.labelstore import Unit
-
     preset, seed, k, paths, rows = task
-    sched, teacher = _models(preset, seed)
-    writers = {codec: _writer(p) for codec, p in paths.items()}
+    sched = preset.relabel_schedule(seed)
+    teacher = TeacherModel(preset.num_classes, preset.ipc, seed)
+    writers = {codec: open_writer(p) for codec, p in paths.items()}
     t_teacher, t_write, samples = 0.0, dict.fromkeys(paths, 0.0), 0
-    for e, b in rows:
-        t0 = time.perf_counter()
-        su = sched.unit(int(e), int(b))
-        idx, val = teacher.topk(su, k)
-        t_teacher += time.perf_counter() - t0
-        samples += len(su.sample_ids)
-        for codec, w in writers.items():
+    try:
+        for e, b in rows:
             t0 = time.perf_counter()
-            w.write(
-                Unit(su.epoch, su.batch, su.sample_ids, su.crops, su.flips, su.mix_kind, su.mix_perm,
-                     su.mix_lambda, su.mix_box, topk=(idx, val))
-            )
-            t_write[codec] += time.perf_counter() - t0
+            unit = sched.unit(int(e), int(b))
+            unit = replace(unit, topk=teacher.topk(unit, k))
+            t_teacher += time.perf_counter() - t0
+            samples += unit.count
+            for codec, w in writers.items():
+                t0 = time.perf_counter()
+                w.write(unit)
+                t_write[codec] += time.perf_counter() - t0
+    finally:
+        for w in writers.values():
+            w.close()
     return len(rows), samples, t_teacher, t_write
 
 
-def relabel(preset: Preset, specs: dict, plan, workdir: str, tag: str, args, progress: bool) -> dict:
+def relabel(preset: Preset, specs: dict, plan, workdir: str, tag: str, config: Config, progress: bool) -> dict:
     """Create one store per codec for ``plan`` (None = every unit) and fill it; return timings."""
     from tqdm import tqdm
 
@@ -188,9 +195,12 @@ def relabel(preset: Preset, specs: dict, plan, workdir: str, tag: str, args, pro
         create_store(paths[codec], spec, plan, overwrite=True, provenance={"bench": "store", "labels": "bench.teacher_model"}).close()
     spec0 = next(iter(specs.values()))
     units = parse_plan(spec0, plan)
-    ups = spec0.units_per_shard
-    tasks = [(preset, args.seed, args.k, paths, units[s : s + ups].tolist()) for s in range(0, len(units), ups)]
-    workers = max(1, min(args.workers, len(tasks)))
+    # Tasks of whole shards (processes write disjoint shards), about four per worker, so that building
+    # the schedule and the teacher model once per task costs little next to the units it computes.
+    shards = -(-len(units) // spec0.units_per_shard)
+    workers = max(1, min(config.workers, shards))
+    step = spec0.units_per_shard * -(-shards // (4 * workers))
+    tasks = [(preset, config.seed, config.k, paths, units[s : s + step].tolist()) for s in range(0, len(units), step)]
     t_teacher, t_write, samples = 0.0, dict.fromkeys(paths, 0.0), 0
     bar = tqdm(total=int(len(units)), desc=f"relabel {preset.name} {tag}", unit="unit", disable=not progress, file=sys.stderr)
     t0 = time.perf_counter()
@@ -215,19 +225,18 @@ def relabel(preset: Preset, specs: dict, plan, workdir: str, tag: str, args, pro
     finally:
         if pool is not None:
             pool.terminate()
-        _CACHE.clear()
         bar.close()
     wall = time.perf_counter() - t0
     return {"paths": paths, "samples": samples, "wall_s": wall, "teacher_s": t_teacher, "write_s": t_write, "workers": workers}
 
 
 # --- reads ------------------------------------------------------------------------------------------
-def measure_reads(path: str, args) -> dict:
+def measure_reads(path: str, config: Config) -> dict:
     """Sequential (``iter_units``) and random (``read_unit``) samples/s, whole process on one core."""
     from ddpipe.labelstore import open_store
 
-    with common.pinned(args.core):
-        reader = open_store(path, backend=args.backend)
+    with common.pinned(config.core):
+        reader = open_store(path, backend=config.backend)
         n_units = reader.num_units
 
         ups = reader.spec.units_per_shard
@@ -240,16 +249,16 @@ def measure_reads(path: str, args) -> dict:
             it = reader.iter_units()
             for u in it:
                 got += u.count
-                if got >= args.seq_samples and (u.unit + 1) % ups == 0:
+                if got >= config.seq_samples and (u.unit + 1) % ups == 0:
                     break
             dt, dc = time.perf_counter() - t0, time.process_time() - c0
             it.close()
             return got, dt, dc
 
-        rng = np.random.default_rng(args.seed)
+        rng = np.random.default_rng(config.seed)
 
         def rand() -> tuple[int, float, float]:
-            picks = rng.integers(0, n_units, args.random_units)
+            picks = rng.integers(0, n_units, config.random_units)
             got = 0
             t0, c0 = time.perf_counter(), time.process_time()
             for u in picks:
@@ -258,8 +267,8 @@ def measure_reads(path: str, args) -> dict:
 
         rand()  # warm-up: first touch of each shard checks its objects once
         load = os.getloadavg()[0]
-        seq_rate, seq_all, seq_cpu = common.median_rates(seq, args.repeats)
-        rnd_rate, rnd_all, rnd_cpu = common.median_rates(rand, args.repeats)
+        seq_rate, seq_all, seq_cpu = common.median_rates(seq, config.repeats)
+        rnd_rate, rnd_all, rnd_cpu = common.median_rates(rand, config.repeats)
         backend = reader.backend
     return {
         "seq": seq_rate, "seq_all": seq_all, "seq_cpu": seq_cpu, "random": rnd_rate, "random_all": rnd_all,
@@ -268,25 +277,25 @@ def measure_reads(path: str, args) -> dict:
 
 
 # --- SRe2L's layout ---------------------------------------------------------------------------------
-def sre2l_baseline(preset: Preset, spec, workdir: str, args, progress: bool) -> dict:
+def sre2l_baseline(preset: Preset, spec, workdir: str, config: Config, progress: bool) -> dict:
     """Write the first units of the schedule as SRe2L files and time ``torch.load`` of them on one core."""
     import torch
     from tqdm import tqdm
 
-    from ddpipe.bench.teacher_model import RelabelSchedule, TeacherModel
+    from ddpipe.bench.teacher_model import TeacherModel
 
-    sched = RelabelSchedule(preset.num_samples, preset.batch_size, args.seed, preset.image_size, preset.image_size, preset.mix)
-    teacher = TeacherModel(preset.num_classes, preset.ipc, args.seed)
+    sched = preset.relabel_schedule(config.seed)
+    teacher = TeacherModel(preset.num_classes, preset.ipc, config.seed)
     file_bytes = preset.batch_size * (2 * preset.num_classes + 25)
-    n_files = int(max(2, min(spec.full_units, SRE2L_MAX_FILES, args.sre2l_mb * 1e6 // file_bytes)))
+    n_files = int(max(2, min(spec.full_units, SRE2L_MAX_FILES, config.sre2l_mb * 1e6 // file_bytes)))
     root = os.path.join(workdir, f"{preset.name}-sre2l")
     files, samples, t_write = [], 0, 0.0
     for i in tqdm(range(n_files), desc=f"sre2l files {preset.name}", unit="file", disable=not progress, file=sys.stderr):
         e, b = divmod(i, spec.batches_per_epoch)
         su = sched.unit(e, b)
-        logits = teacher.dense_logits(su, args.k)
+        logits = teacher.dense_logits(su, config.k)
         obj = [
-            torch.from_numpy(su.crops.astype(np.float32)),
+            torch.from_numpy(np.asarray(su.crops, np.float32)),
             torch.from_numpy(su.flips.copy()),
             torch.from_numpy(su.mix_perm.astype(np.int64)) if su.mix_kind != "none" else None,
             float(su.mix_lambda) if su.mix_kind != "none" else None,
@@ -305,7 +314,7 @@ def sre2l_baseline(preset: Preset, spec, workdir: str, args, progress: bool) -> 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with common.pinned(args.core):
+        with common.pinned(config.core):
 
             def load_all() -> tuple[int, float, float]:
                 got = 0
@@ -315,10 +324,10 @@ def sre2l_baseline(preset: Preset, spec, workdir: str, args, progress: bool) -> 
                 return got, time.perf_counter() - t0, time.process_time() - c0
 
             load_all()  # warm-up
-            rate, rates, cpu_rate = common.median_rates(load_all, args.repeats)
+            rate, rates, cpu_rate = common.median_rates(load_all, config.repeats)
     finally:
         torch.set_num_threads(threads)
-        if not args.keep_stores:
+        if not config.keep_stores:
             shutil.rmtree(root, ignore_errors=True)
     return {
         "files": n_files,
@@ -333,18 +342,12 @@ def sre2l_baseline(preset: Preset, spec, workdir: str, args, progress: bool) -> 
 
 
 # --- one preset -------------------------------------------------------------------------------------
-def run_preset(preset: Preset, codecs: list[str], keeps: list[float], workdir: str, args, out, progress: bool) -> tuple[list[dict], dict]:
-    from ddpipe.labelstore import StoreSpec, plan_units, store_info
+def run_preset(preset: Preset, codecs: list[str], keeps: list[float], workdir: str, config: Config, out, progress: bool) -> tuple[list[dict], dict]:
+    from ddpipe.labelstore import plan_units, store_info
     from ddpipe.labelstore.prune import pruned_spec
 
-    aug = {
-        "crop": "RandomResizedCrop", "scale": [0.08, 1.0], "ratio": [0.75, 4 / 3], "image_size": preset.image_size,
-        "flip": 0.5, "mix": preset.mix, "mix_alpha": 1.0 if preset.mix != "none" else None,
-    }
-    base = StoreSpec(
-        num_samples=preset.num_samples, num_classes=preset.num_classes, epochs=preset.epochs,
-        batch_size=preset.batch_size, k=args.k, value_codec=codecs[0], temperature=1.0, seed=args.seed,
-        augmentation=aug, teacher_hash="bench.teacher_model", image_set_hash="",
+    base = preset.relabel_schedule(config.seed).store_spec(
+        preset.num_classes, config.k, value_codec=codecs[0], temperature=1.0, teacher_hash="bench.teacher_model",
     )
     info = {
         "preset": asdict(preset), "num_samples": preset.num_samples, "full_units": base.full_units,
@@ -356,9 +359,9 @@ def run_preset(preset: Preset, codecs: list[str], keeps: list[float], workdir: s
         if keep == 1.0:
             plan, specs = None, {c: base.replace(value_codec=c) for c in codecs}
         else:  # planned before relabel: the teacher only computes kept units
-            plan = plan_units(base, keep, "batch", args.seed)
-            specs = {c: pruned_spec(base.replace(value_codec=c), keep, "batch", args.seed) for c in codecs}
-        rel = relabel(preset, specs, plan, workdir, tag, args, progress)
+            plan = plan_units(base, keep, "batch", config.seed)
+            specs = {c: pruned_spec(base.replace(value_codec=c), keep, "batch", config.seed) for c in codecs}
+        rel = relabel(preset, specs, plan, workdir, tag, config, progress)
         info["relabel"][tag] = {k: v for k, v in rel.items() if k != "paths"}
         print(
             f"[{preset.name} keep={keep:.4g}] relabel wrote {rel['samples']:,} sample-epochs into {len(codecs)} store(s) "
@@ -368,11 +371,11 @@ def run_preset(preset: Preset, codecs: list[str], keeps: list[float], workdir: s
         )
         for codec, path in rel["paths"].items():
             si = store_info(path)
-            reads = measure_reads(path, args)
+            reads = measure_reads(path, config)
             wt = rel["write_s"][codec]
             row = {
                 "preset": preset.name,
-                "k": args.k,
+                "k": config.k,
                 "codec": codec,
                 "keep": keep,
                 "units": si["units"],
@@ -398,9 +401,9 @@ def run_preset(preset: Preset, codecs: list[str], keeps: list[float], workdir: s
                 "epochs": preset.epochs,
             }
             rows.append(row)
-            if not args.keep_stores:
+            if not config.keep_stores:
                 shutil.rmtree(path, ignore_errors=True)
-    sre = sre2l_baseline(preset, base, workdir, args, progress)
+    sre = sre2l_baseline(preset, base, workdir, config, progress)
     info["sre2l"] = sre
     for row in rows:
         row["sre2l_samples_per_s"] = sre["load_samples_per_s"]
@@ -443,10 +446,10 @@ COLUMNS = [
 ]
 
 
-def _workdir(args) -> tuple[str, bool]:
-    if args.workdir:
-        os.makedirs(args.workdir, exist_ok=True)
-        return tempfile.mkdtemp(prefix="store-", dir=args.workdir), True
+def _workdir(config: Config) -> tuple[str, bool]:
+    if config.workdir:
+        os.makedirs(config.workdir, exist_ok=True)
+        return tempfile.mkdtemp(prefix="store-", dir=config.workdir), True
     for parent in (common.WORK_DIR, None):
         try:
             if parent:
@@ -457,7 +460,7 @@ def _workdir(args) -> tuple[str, bool]:
     raise DDPipeError("cannot create a work directory for the stores; pass --workdir")
 
 
-def _payload(rows: list, infos: dict, t_start: float, args, complete: bool) -> dict:
+def _payload(rows: list, infos: dict, t_start: float, config: Config, complete: bool) -> dict:
     from ddpipe.bench.teacher_model import MODEL_NOTE
 
     return {
@@ -468,7 +471,7 @@ def _payload(rows: list, infos: dict, t_start: float, args, complete: bool) -> d
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "elapsed_s": time.time() - t_start,
         "machine": common.machine_info(),
-        "args": {k: v for k, v in vars(args).items() if k not in ("func", "bench_run")},
+        "args": config_to_dict(config),
         "targets": {
             "bytes": {f"{n} keep={k:.4g}": v for (n, k), v in BYTES_TARGETS.items()},
             "seq_samples_per_s": SEQ_TARGET,
@@ -479,22 +482,23 @@ def _payload(rows: list, infos: dict, t_start: float, args, complete: bool) -> d
     }
 
 
-def run(args) -> int:
+def run(config: Config) -> int:
+    """Run the presets of ``config``: print the table, write the results JSON; returns 0."""
     import json
 
     from ddpipe.bench.teacher_model import MODEL_NOTE
 
-    presets, codecs, keeps = _resolve(args)
-    out = common.table_stream(args.json)
+    presets, codecs, keeps = config.presets, list(config.codec), list(config.keep)
+    out = common.table_stream(config.json)
     progress = sys.stderr.isatty()
-    workdir, _ = _workdir(args)
+    workdir, _ = _workdir(config)
     print(f"ddpipe bench store: {MODEL_NOTE}", file=out)
     print(f"  work dir {workdir} ({common.human_bytes(common.disk_free_bytes(workdir))} free)", file=out, flush=True)
     rows, infos = [], {}
     t_start = time.time()
     try:
         for p in presets:
-            r, info = run_preset(p, codecs, keeps, workdir, args, out, progress)
+            r, info = run_preset(p, codecs, keeps, workdir, config, out, progress)
             rows += r
             infos[p.name] = info
             print(
@@ -506,11 +510,11 @@ def run(args) -> int:
             print(common.format_table(r, COLUMNS), file=out, flush=True)
     except BaseException:
         if rows:  # keep what was measured before the failure or interrupt
-            path = common.write_results("store-partial", _payload(rows, infos, t_start, args, False), args.results_dir)
+            path = common.write_results("store-partial", _payload(rows, infos, t_start, config, False), config.results_dir)
             print(f"wrote the rows measured so far to {path}", file=sys.stderr)
         raise
     finally:
-        if not args.keep_stores:
+        if not config.keep_stores:
             shutil.rmtree(workdir, ignore_errors=True)
     presets_table = [
         {"preset": p.name, "classes": p.num_classes, "images": p.num_samples, "epochs": p.epochs, "batch": p.batch_size,
@@ -529,9 +533,9 @@ def run(args) -> int:
         "other processes share the core (loadavg is recorded per row). Byte targets apply at the full preset shape only.",
         file=out,
     )
-    payload = _payload(rows, infos, t_start, args, True)
-    path = common.write_results("store", payload, args.results_dir)
+    payload = _payload(rows, infos, t_start, config, True)
+    path = common.write_results("store", payload, config.results_dir)
     print(f"wrote {path}", file=out)
-    if args.json:
+    if config.json:
         sys.stdout.write(json.dumps(payload, default=common.json_default) + "\n")
     return 0

@@ -32,19 +32,23 @@ to the softmax denominator by their conditional expectation ``E[exp(Z/T) | Z < t
 real draws below ``t``; its softmax has exactly the same top-k classes, and values that differ
 from the fast path only by the tail-sum fluctuation (a few percent of the tail mass).
 
-:class:`RelabelSchedule` generates what a relabel run records per unit (order, crops, flips,
-CutMix), with numpy from one seed, shaped like SRe2L's ``RandomResizedCrop(scale=(0.08, 1))`` on
-pixel-grid source images, a flip with p = 0.5, and CutMix with ``lam ~ Beta(1, 1)``.
+The units themselves (order, crops, flips, CutMix) come from ddpipe's own replay schedule
+(:class:`ddpipe.pipeline.schedule.Schedule`, built by :func:`square_schedule`), exactly as a relabel
+run generates them. Only numpy is needed (no scipy, no torch): the normal CDF and its inverse are
+computed here (:func:`normal_cdf`, :func:`normal_isf`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TeacherModel", "RelabelSchedule", "ScheduledUnit", "MODEL_NOTE"]
+from ddpipe.labelstore import Unit
+from ddpipe.pipeline.schedule import Schedule, recipe
+
+__all__ = ["TeacherModel", "square_schedule", "normal_cdf", "normal_isf", "MODEL_NOTE"]
 
 MODEL_NOTE = (
     "labels come from bench/teacher_model.py, a seeded model of teacher logits (class = id // ipc, "
@@ -53,88 +57,45 @@ MODEL_NOTE = (
 )
 
 
-@dataclass(frozen=True)
-class ScheduledUnit:
-    """What the relabel schedule fixes for one (epoch, batch): the teacher's inputs."""
-
-    epoch: int
-    batch: int
-    sample_ids: np.ndarray  # int64 [b]
-    crops: np.ndarray  # float64 [b, 4] (top, left, height, width) fractions of the source image
-    flips: np.ndarray  # bool [b]
-    mix_kind: str  # none | cutmix
-    mix_perm: np.ndarray  # int64 [b]
-    mix_lambda: float  # SRe2L's Beta draw (not re-adjusted to the box)
-    mix_box: np.ndarray  # int64 [4] (y0, x0, y1, x1) output pixels
-    own_area: float  # fraction of the output image that still shows the slot's own crop
+def square_schedule(num_samples: int, image_size: int, batch_size: int, epochs: int, seed: int = 0,
+                    schedule: str = "sre2l", **overrides) -> Schedule:
+    """ddpipe's replay schedule (recipe ``schedule`` with ``overrides``, e.g. ``output_size`` or
+    ``mix``) over ``num_samples`` square source images of ``image_size`` pixels."""
+    sizes = np.full((int(num_samples), 2), int(image_size), dtype=np.int64)
+    return Schedule(recipe(schedule, **overrides), seed, sizes, batch_size, epochs)
 
 
-@dataclass
-class RelabelSchedule:
-    """Per-epoch order, crops, flips and CutMix parameters, a pure function of (seed, epoch, batch)."""
+# --- the standard normal distribution in numpy ------------------------------------------------------
+def _erfc(x: np.ndarray) -> np.ndarray:
+    """The complementary error function, relative error below 1.2e-7 everywhere (the Chebyshev
+    fit of Numerical Recipes' ``erfcc``)."""
+    x = np.asarray(x, dtype=np.float64)
+    z = np.abs(x)
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (
+        0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))))
+    r = t * np.exp(-z * z + poly)
+    return np.where(x >= 0, r, 2.0 - r)
 
-    num_samples: int
-    batch_size: int
-    seed: int = 0
-    image_size: int = 224  # source images are square, crops land on its pixel grid
-    output_size: int = 224  # network input (CutMix box coordinates)
-    mix: str = "cutmix"  # cutmix | none
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    _order: tuple[int, np.ndarray] | None = field(default=None, repr=False)
 
-    def order(self, epoch: int) -> np.ndarray:
-        """The sample order of one epoch (cached: consecutive batches share it)."""
-        if self._order is None or self._order[0] != epoch:
-            perm = np.random.default_rng([self.seed, 7, epoch]).permutation(self.num_samples)
-            self._order = (epoch, perm)
-        return self._order[1]
+def normal_cdf(x) -> np.ndarray:
+    """``P(Z <= x)`` for a standard normal ``Z`` (relative error below 1.2e-7)."""
+    return 0.5 * _erfc(-np.asarray(x, dtype=np.float64) / math.sqrt(2.0))
 
-    def unit(self, epoch: int, batch: int) -> ScheduledUnit:
-        ids = self.order(epoch)[batch * self.batch_size : (batch + 1) * self.batch_size].astype(np.int64)
-        b = len(ids)
-        rng = np.random.default_rng([self.seed, 11, epoch, batch])
-        crops = self._crops(rng, b)
-        flips = rng.random(b) < 0.5
-        if self.mix == "cutmix":
-            perm = rng.permutation(b)
-            lam = float(rng.beta(1.0, 1.0))
-            box = self._box(rng, lam)
-            own = 1.0 - (box[2] - box[0]) * (box[3] - box[1]) / float(self.output_size**2)
-            return ScheduledUnit(epoch, batch, ids, crops, flips, "cutmix", perm, lam, box, own)
-        return ScheduledUnit(epoch, batch, ids, crops, flips, "none", np.arange(b), 1.0, np.zeros(4, np.int64), 1.0)
 
-    def _crops(self, rng: np.random.Generator, b: int) -> np.ndarray:
-        """torchvision RandomResizedCrop's draw (10 tries, then the whole image), vectorised."""
-        size = self.image_size
-        h = np.full(b, size, np.int64)
-        w = np.full(b, size, np.int64)
-        todo = np.ones(b, bool)
-        log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            n = int(todo.sum())
-            if not n:
-                break
-            area = size * size * rng.uniform(self.scale[0], self.scale[1], n)
-            ar = np.exp(rng.uniform(log_r[0], log_r[1], n))
-            ww = np.rint(np.sqrt(area * ar)).astype(np.int64)
-            hh = np.rint(np.sqrt(area / ar)).astype(np.int64)
-            ok = (ww > 0) & (ww <= size) & (hh > 0) & (hh <= size)
-            idx = np.flatnonzero(todo)[ok]
-            h[idx], w[idx] = hh[ok], ww[ok]
-            todo[idx] = False
-        top = rng.integers(0, size - h + 1)
-        left = rng.integers(0, size - w + 1)
-        return np.stack([top, left, h, w], axis=1).astype(np.float64) / size
-
-    def _box(self, rng: np.random.Generator, lam: float) -> np.ndarray:
-        """SRe2L's ``rand_bbox``: a box of side ``sqrt(1 - lam)`` around a uniform centre, clipped."""
-        s = self.output_size
-        cut = int(s * math.sqrt(1.0 - lam))
-        cy, cx = rng.integers(0, s, 2)
-        y0, y1 = np.clip([cy - cut // 2, cy + cut // 2], 0, s)
-        x0, x1 = np.clip([cx - cut // 2, cx + cut // 2], 0, s)
-        return np.array([y0, x0, y1, x1], np.int64)
+def normal_isf(u) -> np.ndarray:
+    """The ``x`` with ``P(Z > x) = u`` for ``u`` in (0, 1), absolute error about 1e-7: Abramowitz &
+    Stegun 26.2.23 as the start (error < 4.5e-4), then one Newton step on ``log P(Z > x)`` (a second
+    one gains nothing: the step is as exact as :func:`normal_cdf`)."""
+    u = np.asarray(u, dtype=np.float64)
+    upper = u <= 0.5
+    q = np.where(upper, u, 1.0 - u)  # in (0, 0.5]: the upper tail
+    t = np.sqrt(-2.0 * np.log(q))
+    x = t - (2.515517 + t * (0.802853 + t * 0.010328)) / (1.0 + t * (1.432788 + t * (0.189269 + t * 0.001308)))
+    sf = normal_cdf(-x)
+    pdf = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    x = x + (np.log(sf) - np.log(q)) * sf / pdf
+    return np.where(upper, x, -x)
 
 
 @dataclass
@@ -178,7 +139,7 @@ class TeacherModel:
         self.affinities = decay[None, :] * rng.uniform(0.6, 1.4, (c, 1))  # [C, confusion]
 
     # --- evidence ---------------------------------------------------------------------------
-    def _evidence(self, unit: ScheduledUnit, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _evidence(self, unit: Unit, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Candidate classes ``[b, m]`` (duplicates marked negative) and their noiseless logits."""
         ids = np.asarray(unit.sample_ids, np.int64)
         y = np.minimum(ids // self.ipc, self.num_classes - 1)
@@ -186,9 +147,9 @@ class TeacherModel:
         margin = self.margin + self.margin_per_log_area * np.log(area) + self.margin_noise * rng.standard_normal(len(ids))
         cls = np.concatenate([y[:, None], self.confusion_sets[y]], axis=1)
         val = np.concatenate([margin[:, None], self.affinities[y]], axis=1)
-        if unit.mix_kind == "none" or unit.own_area >= 1.0:
+        lam = float(unit.mix_lambda)  # CutMix: the own crop's share of the output (the box's true area)
+        if unit.mix_kind == "none" or lam >= 1.0:
             return cls, val
-        lam = float(unit.own_area)
         perm = np.asarray(unit.mix_perm, np.int64)
         m = cls.shape[1]
         cls = np.concatenate([cls, cls[perm]], axis=1)
@@ -202,7 +163,7 @@ class TeacherModel:
         cls[rows, m + part] = -1 - part
         return cls, val
 
-    def _draw(self, unit: ScheduledUnit, k: int):
+    def _draw(self, unit: Unit, k: int):
         """Everything both paths share: candidate classes/logits and the top tail order statistics."""
         c = self.num_classes
         rng = np.random.default_rng([self.seed, 5, unit.epoch, unit.batch])
@@ -220,9 +181,7 @@ class TeacherModel:
             # The r largest of n iid N(0, s): survival probs G_i / (G_r + Gamma(n + 1 - r)).
             g = np.cumsum(rng.standard_exponential((b, r)), axis=1)
             total = g[:, -1] + rng.standard_gamma((n + 1 - r).astype(np.float64))
-            from scipy.special import ndtri
-
-            tail_val = -self.tail_sigma * ndtri(g / total[:, None])
+            tail_val = self.tail_sigma * normal_isf(g / total[:, None])
             thresh = tail_val[:, -1]
             tail_cls = self._distinct_tail(rng, cls, r)
         return cls, logits, tail_cls, tail_val, thresh, n, r
@@ -252,10 +211,8 @@ class TeacherModel:
         return out
 
     # --- outputs ----------------------------------------------------------------------------
-    def topk(self, unit: ScheduledUnit, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def topk(self, unit: Unit, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k ``(indices int64 [b, k], probabilities float32 [b, k])``, descending."""
-        from scipy.special import ndtr
-
         cls, logits, tail_cls, tail_val, thresh, n, r = self._draw(unit, k)
         t = self.temperature
         allc = np.concatenate([cls, tail_cls], axis=1)
@@ -265,7 +222,7 @@ class TeacherModel:
         s = self.tail_sigma
         if np.isfinite(thresh).all():
             # E[exp(Z/T) | Z < t] for Z ~ N(0, s^2), times the n - r tail classes not drawn.
-            cond = np.exp(0.5 * (s / t) ** 2) * ndtr(thresh / s - s / t) / np.maximum(ndtr(thresh / s), 1e-300)
+            cond = np.exp(0.5 * (s / t) ** 2) * normal_cdf(thresh / s - s / t) / np.maximum(normal_cdf(thresh / s), 1e-300)
         else:
             cond = np.zeros(len(n))
         denom = ex.sum(axis=1) + (n - r) * cond * np.exp(-top[:, 0])
@@ -277,7 +234,7 @@ class TeacherModel:
         probs = np.exp(np.take_along_axis(z, order, axis=1) - top) / denom[:, None]
         return idx.astype(np.int64), probs.astype(np.float32)
 
-    def dense_logits(self, unit: ScheduledUnit, k: int) -> np.ndarray:
+    def dense_logits(self, unit: Unit, k: int) -> np.ndarray:
         """All ``C`` logits ``float32 [b, C]`` (for SRe2L-format baselines); same top-k as :meth:`topk`."""
         cls, logits, tail_cls, tail_val, thresh, _n, _r = self._draw(unit, k)
         b = cls.shape[0]

@@ -1,232 +1,160 @@
-"""The ``ddpipe`` console script: one thin subcommand per phase.
+"""The ``ddpipe`` console script: it only parses.
 
-Each subcommand parses flags, calls one library function and prints its result (one JSON object
-on stdout with ``--json``). A :class:`ddpipe.errors.DDPipeError` becomes one line on stderr and
-exit status 2; anything else is a bug and keeps its traceback.
+Every phase subcommand is declared one way: its flags are built from the phase's config dataclass
+(:mod:`ddpipe._flags`), the parsed flags become the config (which validates itself), and the
+phase's ``run(config)`` returns a typed result that is printed with the phase's ``summary_text``
+(or as one JSON object on stdout with ``--json``, the one option the CLI adds itself; ``--device``,
+``--threads``, ``--resume`` and ``--no-progress`` are fields of the shared run options,
+:class:`ddpipe.evaluate._phase.RunOptions`). ``ddpipe bench NAME`` does the same with the
+benchmark module's ``Config``.
+
+Errors: a :class:`ddpipe.errors.DDPipeError`, an ``OSError`` (a full disk, a permission, a path
+that exists) and a missing optional dependency are one line on stderr and exit status 2; flags
+argparse rejects are one line and exit 2 too. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 from typing import Any, Callable
 
+from ddpipe._format import json_default
 from ddpipe.errors import DDPipeError
 
+# subcommand -> (module, config class, help); the module has run(config) and summary_text(result)
+PHASES = {
+    "info": ("ddpipe.evaluate.info", "InfoConfig",
+             "Summarise a label store: shape, completeness, bytes, ratio to SRe2L's layout."),
+    "verify": ("ddpipe.evaluate.verify", "VerifyConfig",
+               "Read every chunk of a store and check checksums, completeness and values; with --teacher, also "
+               "re-run the teacher on --sample units and compare; exit 1 on problems."),
+    "squeeze": ("ddpipe.evaluate.squeeze", "SqueezeConfig",
+                "Train a teacher on real data, or wrap local torchvision / timm weights as one (--init)."),
+    "recover": ("ddpipe.evaluate.recover", "RecoverRunConfig",
+                "Synthesise an image set from teacher(s) (sre2l, cda, lpld, gvbsm, delt, dm) or select real images "
+                "(random, herding)."),
+    "show": ("ddpipe.evaluate.show", "ShowConfig", "Draw a grid of an image set (one row per class) into a PNG."),
+    "relabel": ("ddpipe.evaluate.relabel", "RelabelConfig",
+                "Run the teacher(s) over the replay schedule and write the soft-label store (--keep: prune first)."),
+    "prune": ("ddpipe.evaluate.prune", "PruneConfig",
+              "Write a standalone store holding a random subset of a store's units (LPLD)."),
+    "train": ("ddpipe.evaluate.student", "TrainConfig",
+              "Train a student on distilled images: replay a store, label live (--online-teacher) or --hard-labels."),
+    "cache": ("ddpipe.pipeline.cache", "CacheConfig",
+              "Decode an image set once into a uint8 cache the loaders read (refused once the images change)."),
+    "import": ("ddpipe.pipeline.interop.importer", "ImportConfig",
+               "Import a label folder of SRe2L, LPLD, LPQLD, G-VBSM or FKD into a store (logits kept; auto detects)."),
+    "export": ("ddpipe.pipeline.interop.exporter", "ExportConfig",
+               "Export a store as the label folder SRe2L's unmodified train_FKD.py reads (refused with the reason)."),
+}
 
-def _emit(args: argparse.Namespace, result: Any, text: Callable[[Any], str]) -> None:
-    if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(result, default=json_default) + "\n")
+# optional dependencies: import name -> the extra that installs it
+_EXTRAS = {"torch": "torch", "torchvision": "torch", "timm": "torch", "PIL": "torch", "webdataset": "torch",
+           "nvidia": "dali", "tensorstore": "fast"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``ddpipe train: error: ...``), exit status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _emit(as_json: bool, result: Any, text: Callable[[Any], str]) -> None:
+    if as_json:
+        payload = result.to_dict() if hasattr(result, "to_dict") else result
+        sys.stdout.write(json.dumps(payload, default=json_default) + "\n")
     else:
         sys.stdout.write(text(result) + "\n")
 
 
-def json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+def _is_main_rank() -> bool:
+    """Under torchrun only rank 0 prints (read from the environment: no torch import)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.2f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", default=False, help="print one JSON object on stdout")
 
 
-def _info_text(info: dict) -> str:
-    keys = [
-        "path", "format_version", "num_samples", "num_classes", "epochs", "batch_size", "k",
-        "value_codec", "temperature", "units", "complete_units", "keep",
-    ]
-    lines = [f"{k:>26}: {info[k]}" for k in keys]
-    lines.append(f"{'bytes_on_disk':>26}: {info['bytes_on_disk']} ({human_bytes(info['bytes_on_disk'])})")
-    bpse = info["bytes_per_sample_epoch"]
-    lines.append(f"{'bytes_per_sample_epoch':>26}: {bpse:.2f}" if bpse is not None else f"{'bytes_per_sample_epoch':>26}: -")
-    lines.append(
-        f"{'sre2l_equivalent_bytes':>26}: {info['sre2l_equivalent_bytes']} ({human_bytes(info['sre2l_equivalent_bytes'])})"
-    )
-    ratio = info["compression_vs_sre2l"]
-    lines.append(f"{'compression_vs_sre2l':>26}: {ratio:.1f}x" if ratio else f"{'compression_vs_sre2l':>26}: -")
-    return "\n".join(lines)
-
-
-# --- subcommands --------------------------------------------------------------------------------
-def cmd_info(args: argparse.Namespace) -> int:
-    from ddpipe.labelstore import store_info
-
-    _emit(args, store_info(args.store, backend=args.backend), _info_text)
-    return 0
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from ddpipe.labelstore import verify_store
-
-    result = verify_store(args.store, backend=args.backend, progress=not args.json and sys.stderr.isatty())
-
-    def text(r: dict) -> str:
-        if r["ok"]:
-            return f"ok: {r['checked_units']} of {r['units']} units checked, no problems"
-        rows = [f"{len(r['problems'])} problem(s) in {args.store}:"]
-        for p in r["problems"]:
-            span = f"-{p['last_unit']}" if "last_unit" in p else ""
-            rows.append(f"  unit {p['unit']}{span} (epoch {p['epoch']}, batch {p['batch']}) {p['array']}: {p['error']}")
-        return "\n".join(rows)
-
-    _emit(args, result, text)
-    return 0 if result["ok"] else 1
-
-
-def cmd_prune(args: argparse.Namespace) -> int:
-    from ddpipe.labelstore import open_store, prune_store, store_info
-    from ddpipe.labelstore.prune import select_units
-
-    if args.dry_run:
-        r = open_store(args.src)
-        kept = select_units(r.plan, args.keep, args.granularity, args.seed)
-        result = {"src": args.src, "out": args.out, "units": r.num_units, "kept_units": int(len(kept)), "dry_run": True}
-        _emit(args, result, lambda x: f"would keep {x['kept_units']} of {x['units']} units into {x['out']}")
-        return 0
-    prune_store(
-        args.src, args.out, args.keep, granularity=args.granularity, seed=args.seed,
-        overwrite=args.overwrite, progress=not args.json,
-    )
-    _emit(args, store_info(args.out), _info_text)
-    return 0
-
-
-def cmd_squeeze(args: argparse.Namespace) -> int:
-    from ddpipe.evaluate.distributed import is_main_process
-    from ddpipe.evaluate.squeeze import run, summary_text
-
-    result = run(args)
-    if is_main_process():  # under torchrun only rank 0 prints
-        _emit(args, result, summary_text)
-    return 0
-
-
-def _phase(module: str):
-    """A subcommand running ``ddpipe.evaluate.<module>.run`` and printing its result (rank 0 only)."""
-
+# --- phase subcommands: flags from the config, one run, one printed result ----------------------------------
+def _phase_command(module: str, cls_name: str):
     def cmd(args: argparse.Namespace) -> int:
-        import importlib
+        from ddpipe._flags import config_from_args
 
-        from ddpipe.evaluate.distributed import is_main_process
-
-        mod = importlib.import_module(f"ddpipe.evaluate.{module}")
-        result = mod.run(args)
-        if is_main_process():
-            _emit(args, result, mod.summary_text)
-        return 0
+        mod = importlib.import_module(module)
+        config = config_from_args(getattr(mod, cls_name), args)
+        result = mod.run(config)
+        if _is_main_rank():
+            _emit(args.json, result, mod.summary_text)
+        ok = result.get("ok", True) if isinstance(result, dict) else getattr(result, "ok", True)
+        return 0 if ok else 1  # verify: problems found
 
     return cmd
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from ddpipe.bench import run_benchmark
+def _add_phase(sub, name: str) -> None:
+    from ddpipe._flags import add_config_arguments
 
-    return run_benchmark(args.bench_name, args.bench_args)
+    module, cls_name, help_ = PHASES[name]
+    mod = importlib.import_module(module)
+    sp = sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).strip().split("\n\n")[0])
+    add_config_arguments(sp, getattr(mod, cls_name))
+    _add_json(sp)
+    sp.set_defaults(func=_phase_command(module, cls_name))
+
+
+# --- bench and demo --------------------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``ddpipe bench NAME ...``: the benchmark's flags from its ``Config``, then ``run(config)``."""
+    from ddpipe._flags import add_config_arguments, config_from_args
+    from ddpipe.bench import load_benchmark
+
+    mod = load_benchmark(args.bench_name)
+    parser = _Parser(prog=f"ddpipe bench {args.bench_name}", description=getattr(mod, "DESCRIPTION", None))
+    _add_json(parser)
+    cls = mod.Config
+    add_config_arguments(parser, cls, skip=("json",))
+    ns = parser.parse_args(args.bench_args)
+    config = config_from_args(cls, ns, **({"json": ns.json} if "json" in cls.__dataclass_fields__ else {}))
+    result = mod.run(config)
+    return result if isinstance(result, int) else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    if args.demo_kind == "store":
-        from ddpipe.demo import run_demo
+    from ddpipe._flags import config_from_args
 
-        return run_demo(args)
+    if args.demo_kind == "store":
+        from ddpipe import demo as store_demo
+
+        result = store_demo.run(config_from_args(store_demo.StoreDemoConfig, args))
+        _emit(getattr(args, "json", False), result, store_demo.summary_text)
+        return 0 if result["corruption"]["caught"] else 1
     from ddpipe.evaluate import demo
 
-    if args.demo_kind is None:  # bare `ddpipe demo`: the chain with its defaults
-        args = demo.add_arguments(argparse.ArgumentParser()).parse_args([])
-    _emit(args, demo.run(args), demo.summary_text)
+    config = demo.DemoConfig() if args.demo_kind is None else config_from_args(demo.DemoConfig, args)
+    _emit(getattr(args, "json", False), demo.run(config), demo.summary_text)
     return 0
 
 
 # --- parser -----------------------------------------------------------------------------------------
-def keep_fraction(text: str) -> float:
-    """Accept 0.025, 1/40 or 40x for 'keep one in forty'."""
-    t = text.strip().lower()
-    try:
-        if t.endswith("x"):
-            value = 1.0 / float(t[:-1])
-        elif "/" in t:
-            num, den = t.split("/", 1)
-            value = float(num) / float(den)
-        else:
-            value = float(t)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.025, 1/40 or 40x, got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"keep must be in (0, 1], got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     from ddpipe import __version__
+    from ddpipe._flags import add_config_arguments
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="ddpipe",
         description="Soft-label storage, replay and synthesis for large-scale dataset distillation.",
     )
     p.add_argument("--version", action="version", version=f"ddpipe {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def store_cmd(name: str, help_: str, func) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
-        sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-        sp.add_argument(
-            "--backend", choices=["auto", "tensorstore", "zarr"], default="auto",
-            help="read path: tensorstore when installed (default auto), or zarr-python",
-        )
-        sp.set_defaults(func=func)
-        return sp
-
-    sp = store_cmd("info", "Summarise a label store: shape, completeness, bytes, ratio to SRe2L's layout.", cmd_info)
-    sp.add_argument("store", help="path of the store")
-
-    sp = store_cmd("verify", "Read every chunk of a store and check checksums, completeness and values; exit 1 on problems.", cmd_verify)
-    sp.add_argument("store", help="path of the store")
-
-    sp = store_cmd("prune", "Write a standalone store holding a random subset of a store's units (LPLD).", cmd_prune)
-    sp.add_argument("src", help="path of the source store")
-    sp.add_argument("--keep", type=keep_fraction, required=True, help="fraction of units to keep: 0.025, 1/40 or 40x")
-    sp.add_argument("--granularity", choices=["batch", "epoch"], default="batch", help="keep random batches (default) or whole epochs")
-    sp.add_argument("--seed", type=int, default=0, help="seed of the random choice (default 0)")
-    sp.add_argument("--out", required=True, help="path of the new store")
-    sp.add_argument("--overwrite", action="store_true", help="replace whatever is at --out")
-    sp.add_argument("--dry-run", action="store_true", help="only report how many units would be kept")
-
-    from ddpipe.evaluate.squeeze import add_arguments as squeeze_arguments
-
-    help_ = "Train a teacher on real data, or wrap local torchvision / timm weights as one (--init)."
-    sp = sub.add_parser("squeeze", help=help_, description=help_)
-    squeeze_arguments(sp).set_defaults(func=cmd_squeeze)
-
-    from ddpipe.evaluate import recover, relabel, show, student
-
-    help_ = ("Synthesise an image set from teacher(s) (sre2l, cda, lpld, gvbsm, delt, dm) or select real images "
-             "(random, herding).")
-    sp = sub.add_parser("recover", help=help_, description=help_)
-    recover.add_arguments(sp).set_defaults(func=_phase("recover"))
-
-    help_ = "Draw a grid of an image set (one row per class) into a PNG."
-    sp = sub.add_parser("show", help=help_, description=help_)
-    show.add_arguments(sp).set_defaults(func=_phase("show"))
-
-    help_ = "Run the teacher(s) over the replay schedule and write the soft-label store (--keep: prune first)."
-    sp = sub.add_parser("relabel", help=help_, description=help_)
-    relabel.add_arguments(sp).set_defaults(func=_phase("relabel"))
-
-    help_ = "Train a student on distilled images: replay a store, label live (--online-teacher) or --hard-labels."
-    sp = sub.add_parser("train", help=help_, description=help_)
-    student.add_arguments(sp).set_defaults(func=_phase("student"))
+    for name in ("info", "verify", "prune", "squeeze", "recover", "show", "relabel", "train", "cache", "import", "export"):
+        _add_phase(sub, name)
 
     from ddpipe.bench import list_benchmarks
 
@@ -245,32 +173,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser(
         "demo", help="The whole chain on Fashion-MNIST (default), or `demo store`: the label store in seconds.",
-        description="`ddpipe demo` (= `ddpipe demo chain`): teacher -> images -> relabel -> prune -> train -> "
-        "validate on Fashion-MNIST, about 15 minutes on 2 cores. `ddpipe demo store`: write a store, prune it, "
-        "corrupt a copy and catch it with verify, in seconds.",
+        description="`ddpipe demo` (= `ddpipe demo chain`): teacher -> synthesised images (--method, default "
+        "sre2l) -> relabel -> prune -> train -> validate on Fashion-MNIST, beside random real images. "
+        "`ddpipe demo store`: write a store, prune it, corrupt a copy and catch it with verify, in seconds.",
     )
     dsub = sp.add_subparsers(dest="demo_kind", metavar="{chain,store}")
-    chain_demo.add_arguments(dsub.add_parser("chain", help="the whole chain (the default)"))
+    chain = dsub.add_parser("chain", help="the whole chain (the default)")
+    add_config_arguments(chain, chain_demo.DemoConfig)
+    _add_json(chain)
+    from ddpipe import demo as store_demo
+
     st = dsub.add_parser("store", help="the label store: write, prune, info, corrupt, verify")
-    st.add_argument("--out", default="demo_out/store", help="working directory (default ./demo_out/store)")
-    st.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_config_arguments(st, store_demo.StoreDemoConfig)
+    _add_json(st)
     sp.set_defaults(func=cmd_demo, demo_kind=None)
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line (a worker's re-raised error: its last line, the original error)."""
+    text = str(e).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) > 1 and "Traceback" in text:
+        return lines[-1]
+    return " ".join(lines) if lines else type(e).__name__
+
+
+def _os_error_line(e: OSError) -> str:
+    what = e.strerror or _one_line(e)
+    paths = [p for p in (e.filename, getattr(e, "filename2", None)) if p]
+    return f"{what}: {' -> '.join(map(str, paths))}" if paths else what
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"] and len(argv) > 1 and argv[1].startswith("-") and argv[1] not in ("-h", "--help"):
         argv.insert(1, "chain")  # `ddpipe demo --out X` is `ddpipe demo chain --out X`
-    args = parser.parse_args(argv)
+    command = argv[0] if argv and not argv[0].startswith("-") else "ddpipe"
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
         return int(args.func(args) or 0)
     except DDPipeError as e:
-        sys.stderr.write(f"ddpipe {args.command}: error: {e}\n")
+        sys.stderr.write(f"ddpipe {command}: error: {_one_line(e)}\n")
+        return 2
+    except ModuleNotFoundError as e:
+        root = (e.name or "").split(".")[0]
+        if root in _EXTRAS:
+            sys.stderr.write(f"ddpipe {command}: error: this needs {root}, which is not installed; "
+                             f"install it with: pip install 'ddpipe[{_EXTRAS[root]}]'\n")
+            return 2
+        raise
+    except OSError as e:
+        sys.stderr.write(f"ddpipe {command}: error: {_os_error_line(e)}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write(f"ddpipe {args.command}: interrupted\n")
+        sys.stderr.write(f"ddpipe {command}: interrupted\n")
         return 130
 
 

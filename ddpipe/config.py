@@ -27,6 +27,9 @@ __all__ = [
     "check_range",
     "check_choice",
     "check_finite",
+    "check_int",
+    "check_out_path",
+    "parse_key_values",
     "config_to_dict",
     "config_from_dict",
     "Result",
@@ -46,16 +49,19 @@ def option(
     group: str | None = None,
     parse: Callable[[str], Any] | None = None,
     cli: bool = True,
+    positional: bool = False,
 ) -> Any:
     """A config field with its command-line form.
 
-    ``help`` is the flag's help text (say the default in it when it is not obvious). The flag is
+    ``help`` is the flag's help text (say the default in it when it is not obvious; for a bool
+    defaulting to True it describes ``--no-name``). The flag is
     ``--field-name``; ``flags`` adds aliases (``("-b",)``). ``choices`` limits the values, ``parse``
     turns the command-line string into the value (``keep_fraction``), ``group`` is the help
     section, and ``cli=False`` keeps a field out of the CLI (Python-only: a model object, a
     callback). A field without a default is a required flag. ``list``/``tuple`` fields repeat their
     flag (``--teacher A --teacher B``); a bool defaulting to False is ``--name``, one defaulting to
-    True is ``--no-name``.
+    True is ``--no-name``, one defaulting to None gets both. ``positional=True`` makes the field a
+    positional argument (``ddpipe show DIR``) instead of a flag.
     """
     meta = {
         "help": help,
@@ -65,6 +71,7 @@ def option(
         "group": group,
         "parse": parse,
         "cli": cli,
+        "positional": positional,
     }
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
@@ -114,6 +121,60 @@ def check_choice(error: type[Exception], name: str, value: Any, allowed: Iterabl
         raise error(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
 
 
+def check_int(
+    error: type[Exception], name: str, value: Any, *, min: int | None = None, max: int | None = None,
+    allow_none: bool = False,
+) -> None:
+    """Raise ``error`` naming ``name`` unless ``value`` is an integer in the range (None allowed if asked)."""
+    if value is None and allow_none:
+        return
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise error(f"{name} must be an integer, got {value!r}")
+    check_range(error, name, value, min=min, max=max, allow_none=allow_none)
+
+
+def check_out_path(error: type[Exception], name: str, path: Any, *, kind: str = "directory") -> None:
+    """Raise ``error`` naming ``name`` when ``path`` is empty or names an existing file where a
+    ``kind`` (a directory) is to be written."""
+    import os
+
+    if path is None or not str(os.fspath(path)).strip():
+        raise error(f"{name} is required")
+    p = os.path.expanduser(os.fspath(path))
+    if "://" not in p and os.path.exists(p) and not os.path.isdir(p):
+        raise error(f"{name} {p} is an existing file, not a {kind}; choose another path")
+
+
+def parse_key_values(error: type[Exception], name: str, items: Any) -> dict:
+    """``("width=48", "norm=\"bn\"")`` (values read as JSON where they parse, else strings) or a dict
+    -> a dict with ``-`` in keys turned into ``_``; anything else raises ``error`` naming ``name``."""
+    import json
+
+    if items is None:
+        return {}
+    if isinstance(items, dict):
+        pairs = list(items.items())
+    else:
+        if isinstance(items, str):
+            items = (items,)
+        pairs = []
+        for item in items:
+            if not isinstance(item, str) or "=" not in item or not item.split("=", 1)[0].strip():
+                raise error(f"{name} expects KEY=VALUE, got {item!r}")
+            k, v = item.split("=", 1)
+            try:
+                pairs.append((k, json.loads(v)))
+            except json.JSONDecodeError:
+                pairs.append((k, v))
+    out = {}
+    for k, v in pairs:
+        key = str(k).strip().replace("-", "_")
+        if not key.isidentifier():
+            raise error(f"{name}: {k!r} is not a keyword argument name")
+        out[key] = v
+    return out
+
+
 # --- configs and results as JSON ----------------------------------------------------------------------
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -158,3 +219,20 @@ class Result:
 
     def to_dict(self) -> dict:
         return _plain(self)
+
+    # read-only mapping access to the same keys as results.json (``result["final"]["top1"]``)
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return _plain(getattr(self, key))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.__dataclass_fields__
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Result":
+        """The result back from its ``to_dict()`` (a results.json), ignoring keys it does not hold."""
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})

@@ -1,42 +1,42 @@
 """``ddpipe demo store``: the label store end to end in a few seconds, on labels from the teacher model.
 
-Writes a small store (2,000 images, 100 classes, 40 epochs, batch 128, top-10 fp16, CutMix)
-from the seeded teacher-logit model in :mod:`ddpipe.bench.teacher_model`, prunes it to 1/40,
+Writes a small store (2,000 images, 100 classes, 40 epochs, batch 128, top-10 fp16, CutMix): the
+units of ddpipe's own relabel schedule (:mod:`ddpipe.pipeline.schedule`, the ``sre2l`` recipe) with
+labels from the seeded teacher-logit model in :mod:`ddpipe.bench.teacher_model`, prunes it to 1/40,
 shows both next to SRe2L's layout, then damages one byte of a copy and shows that ``verify``
 names the damaged unit and array and that reading that unit raises ``ChunkCorruptError``.
+Needs neither torch nor scipy (the base install).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import sys
 import time
+from dataclasses import dataclass
 
+from ddpipe.config import option
 from ddpipe.errors import DDPipeError
 
 NUM_CLASSES, IPC, EPOCHS, BATCH, K = 100, 20, 40, 128, 10
 
 
 def _write_store(path: str) -> dict:
-    from ddpipe.bench.teacher_model import RelabelSchedule, TeacherModel
-    from ddpipe.labelstore import StoreSpec, Unit, create_store
+    """Relabel the way ``ddpipe relabel`` does: ddpipe's own schedule (the SRe2L recipe: RandomResizedCrop,
+    flip, CutMix) over 224 px images, with the teacher model's top-k labels added to each unit."""
+    from dataclasses import replace
 
-    spec = StoreSpec(
-        num_samples=NUM_CLASSES * IPC, num_classes=NUM_CLASSES, epochs=EPOCHS, batch_size=BATCH, k=K,
-        value_codec="fp16", temperature=1.0, seed=0,
-        augmentation={"crop": "RandomResizedCrop", "scale": [0.08, 1.0], "flip": 0.5, "mix": "cutmix", "mix_alpha": 1.0},
-        teacher_hash="bench.teacher_model",
-    )
-    sched = RelabelSchedule(spec.num_samples, BATCH, seed=0, image_size=224, output_size=224, mix="cutmix")
+    from ddpipe.bench.teacher_model import TeacherModel, square_schedule
+    from ddpipe.labelstore import create_store
+
+    sched = square_schedule(NUM_CLASSES * IPC, 224, BATCH, EPOCHS, seed=0, schedule="sre2l")
+    spec = sched.store_spec(NUM_CLASSES, K, value_codec="fp16", temperature=1.0, teacher_hash="bench.teacher_model")
     teacher = TeacherModel(NUM_CLASSES, IPC, seed=0)
     with create_store(path, spec, overwrite=True, provenance={"labels": "bench.teacher_model (demo)"}) as w:
         for e in range(EPOCHS):
             for b in range(spec.batches_per_epoch):
-                su = sched.unit(e, b)
-                w.write(Unit(e, b, su.sample_ids, su.crops, su.flips, su.mix_kind, su.mix_perm, su.mix_lambda,
-                             su.mix_box, topk=teacher.topk(su, K)))
+                unit = sched.unit(e, b)
+                w.write(replace(unit, topk=teacher.topk(unit, K)))
     return {"units": spec.full_units, "samples": spec.num_samples * EPOCHS}
 
 
@@ -144,13 +144,21 @@ def _report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def run_demo(args) -> int:
-    out = os.path.abspath(args.out)
+@dataclass(frozen=True, kw_only=True)
+class StoreDemoConfig:
+    """``ddpipe demo store``: where the demo writes (it replaces what an earlier demo left there)."""
+
+    out: str = option("demo_out/store", help="working directory (default ./demo_out/store)")
+
+
+def run(config: StoreDemoConfig) -> dict:
+    """Write, prune, damage and verify a store under ``config.out``; the result as a dict
+    (``result["corruption"]["caught"]`` says whether the damage was found)."""
+    out = os.path.abspath(os.path.expanduser(config.out))
     if os.path.exists(out) and not os.path.isdir(out):
         raise DDPipeError(f"--out {out} exists and is not a directory")
-    result = demo(out)
-    if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(result) + "\n")
-    else:
-        sys.stdout.write(_report(result) + "\n")
-    return 0 if result["corruption"]["caught"] else 1
+    return demo(out)
+
+
+def summary_text(result: dict) -> str:
+    return _report(result)

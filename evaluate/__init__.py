@@ -1,7 +1,15 @@
-"""ddpipe.evaluate: datasets, models, squeeze (teacher training), and the shared train loop.
+"""ddpipe.evaluate: the phases (squeeze, recover, relabel, prune, train, show, demo), datasets, models,
+teachers and the one training loop.
 
-Attributes load on first use (``ddpipe.evaluate.load_dataset`` …), so importing the package, or
-``ddpipe.evaluate.squeeze`` for its flags, does not import torch. See ``docs/evaluate.md``.
+Every phase is a module with a frozen config, ``run(config) -> result`` and ``summary_text(result)``
+(``docs/api.md``)::
+
+    from ddpipe.evaluate import squeeze
+    result = squeeze.run(squeeze.SqueezeConfig(out="runs/teacher", dataset="digits", epochs=2))
+
+The configs and results are also attributes of this package (``ddpipe.evaluate.SqueezeConfig`` …).
+Attributes load on first use, so importing the package, or a phase module for its config, does not
+import torch. See ``docs/evaluate.md``.
 """
 
 from __future__ import annotations
@@ -34,12 +42,37 @@ _LAZY = {
     "init_distributed": "ddpipe.evaluate.distributed",
     "is_main_process": "ddpipe.evaluate.distributed",
     "save_on_main": "ddpipe.evaluate.distributed",
-    # squeeze
-    "load_teacher": "ddpipe.evaluate.squeeze",
+    # teachers (one owner: ddpipe.evaluate.teacher)
+    "Teacher": "ddpipe.evaluate.teacher",
+    "open_teacher": "ddpipe.evaluate.teacher",
+    "load_teacher": "ddpipe.evaluate.teacher",
+    "write_teacher": "ddpipe.evaluate.teacher",
+    # the phases' configs and results
+    "SqueezeConfig": "ddpipe.evaluate.squeeze",
+    "SqueezeResult": "ddpipe.evaluate.squeeze",
+    "RecoverRunConfig": "ddpipe.evaluate.recover",
+    "RecoverResult": "ddpipe.evaluate.recover",
+    "RelabelConfig": "ddpipe.evaluate.relabel",
+    "RelabelResult": "ddpipe.evaluate.relabel",
+    "PruneConfig": "ddpipe.evaluate.prune",
+    "PruneResult": "ddpipe.evaluate.prune",
+    "TrainConfig": "ddpipe.evaluate.student",
+    "TrainResult": "ddpipe.evaluate.student",
+    "ShowConfig": "ddpipe.evaluate.show",
+    "ShowResult": "ddpipe.evaluate.show",
+    "InfoConfig": "ddpipe.evaluate.info",
+    "VerifyConfig": "ddpipe.evaluate.verify",
+    "DemoConfig": "ddpipe.evaluate.demo",
+    "DemoResult": "ddpipe.evaluate.demo",
+    "TrainingRun": "ddpipe.evaluate.loop",
 }
 
+# the phase modules: ``from ddpipe.evaluate import squeeze`` (``run``, its config, ``summary_text``)
+PHASES = ("squeeze", "recover", "relabel", "prune", "student", "show", "demo", "info", "verify")
+
 _ERRORS = ("EvaluateError", "DatasetNotFoundError", "UnknownDatasetError", "UnknownModelError", "ModelConfigError",
-           "ClassCountMismatchError", "CheckpointError", "RunStateError")
+           "ClassCountMismatchError", "CheckpointError", "RunStateError", "SqueezeError", "RecoverError",
+           "RelabelError", "PruneError", "TrainError", "ShowError", "DemoError", "TeacherError")
 
 
 def __getattr__(name: str):

@@ -6,8 +6,6 @@ the RNG states, so ``--resume`` continues at ``epoch + 1`` exactly where the run
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 
@@ -22,13 +20,27 @@ __all__ = ["resume_checkpoint", "save_atomic", "write_json_atomic", "load_checkp
            "state_dict_hash", "extract_state_dict"]
 
 
+class _Namespace:
+    """Stands in for ``argparse.Namespace`` when unpickling a training script's saved flags with
+    ``weights_only=True`` (torch allows a global by its module and name; this module imports no argparse)."""
+
+    def __repr__(self) -> str:
+        return f"Namespace({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+_Namespace.__module__, _Namespace.__name__, _Namespace.__qualname__ = "argparse", "Namespace", "Namespace"
+
+
 def save_atomic(obj, path: str) -> None:
     """``torch.save(obj, path)`` so that ``path`` is either the old file or the complete new one."""
     replace_atomically(path, lambda f: torch.save(obj, f))
 
 
 def write_json_atomic(obj, path: str) -> None:
-    replace_atomically(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()))
+    """``obj`` (a dict or a typed result) as JSON at ``path``, atomically (see ``ddpipe.evaluate._phase.write_json``)."""
+    from ddpipe.evaluate._phase import write_json
+
+    write_json(obj, path)
 
 
 def load_checkpoint(path: str, trusted: bool = False) -> dict:
@@ -37,11 +49,13 @@ def load_checkpoint(path: str, trusted: bool = False) -> dict:
     ``trusted=True`` allows full unpickling for files you made yourself (e.g. a timm checkpoint
     holding an argparse namespace). A missing or unreadable file is one clear error.
     """
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         # torchvision's and timm's training scripts store their argparse namespace beside the weights
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([_Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as e:  # noqa: BLE001 - any failure to read is one clear error
         lines = str(e).splitlines()

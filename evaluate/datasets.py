@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ddpipe.evaluate.errors import DatasetNotFoundError, EvaluateError, UnknownDatasetError
+from ddpipe.pipeline.stages import IMAGENET_MEAN, IMAGENET_STD  # declared once, in the lower package
 
 __all__ = [
     "Split", "Dataset", "SplitDataset", "register_dataset", "list_datasets", "load_dataset", "real_subset",
@@ -25,8 +26,6 @@ __all__ = [
 ]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package `dataset-fashion-mnist`
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_MEAN = (0.4802, 0.4481, 0.3975)  # Tiny-ImageNet statistics used by SRe2L / LPLD
 TINY_STD = (0.2302, 0.2265, 0.2262)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

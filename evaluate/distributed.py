@@ -1,8 +1,8 @@
 """Distributed setup in one place (torchvision references' ``init_distributed_mode``, trimmed).
 
 Under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` set) it joins the process group, gloo
-on CPU and NCCL on GPU; otherwise it announces one single process. Only the main rank prints and
-writes files (:func:`save_on_main`).
+on CPU and NCCL on GPU; otherwise it runs as one process (silently: a plain run prints nothing about
+distribution). Only the main rank prints and writes files (:func:`save_on_main`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,6 @@ def init_distributed(device: str = "auto", announce: bool = True) -> DistInfo:
         if announce and rank == 0:
             print(f"distributed: {world} processes, backend {backend}", file=sys.stderr, flush=True)
         return DistInfo(True, rank, world, local, backend, f"cuda:{local}" if use_cuda else "cpu")
-    if announce:
-        print("not using distributed mode: one process", file=sys.stderr, flush=True)
     return DistInfo(False, 0, 1, 0, None, "cuda" if use_cuda else "cpu")
 
 

@@ -33,3 +33,40 @@ class CheckpointError(EvaluateError):
 
 class RunStateError(EvaluateError):
     """Raised when an output directory's state conflicts with the flags (existing run, changed config)."""
+
+
+# --- one error class per phase: bad settings raise it when the phase's config is built ---------------------
+class SqueezeError(EvaluateError):
+    """Raised by ``ddpipe squeeze`` / :class:`~ddpipe.evaluate.squeeze.SqueezeConfig` for a bad setting."""
+
+
+class RecoverError(EvaluateError):
+    """Raised by ``ddpipe recover`` / :class:`~ddpipe.evaluate.recover.RecoverRunConfig` for a bad setting."""
+
+
+class TrainError(EvaluateError):
+    """Raised by ``ddpipe train`` / :class:`~ddpipe.evaluate.student.TrainConfig` for a bad setting."""
+
+
+class ShowError(EvaluateError):
+    """Raised by ``ddpipe show`` / :class:`~ddpipe.evaluate.show.ShowConfig` for a bad setting."""
+
+
+class PruneError(EvaluateError):
+    """Raised by ``ddpipe prune`` / :class:`~ddpipe.evaluate.prune.PruneConfig` for a bad setting."""
+
+
+class DemoError(EvaluateError):
+    """Raised by ``ddpipe demo`` / :class:`~ddpipe.evaluate.demo.DemoConfig` for a bad setting."""
+
+
+class RelabelError(EvaluateError):
+    """Raised by ``ddpipe relabel`` / :class:`~ddpipe.evaluate.relabel.RelabelConfig` for a bad setting."""
+
+
+class TeacherError(EvaluateError):
+    """Raised when a teacher cannot be built or loaded as given (:mod:`ddpipe.evaluate.teacher`)."""
+
+
+class TeacherMismatchError(TeacherError):
+    """Raised when a store was not labelled by the given teacher (recorded hash, or re-run top-k)."""

@@ -1,76 +1,166 @@
 """``ddpipe recover``: synthesise (or select) an image set from teacher(s) with a ``ddpipe.synth`` method.
 
-Loads the teacher file(s) written by ``ddpipe squeeze`` (:func:`ddpipe.evaluate.squeeze.load_teacher`)
-and the real training split (:func:`ddpipe.evaluate.datasets.load_dataset`), then calls
-:func:`ddpipe.synth.recover`, which writes ``--out`` as an ImageFolder plus ``manifest.json`` and
-resumes a killed run from its last finished batch. DM's random networks are DM's ConvNet from
-``ddpipe.evaluate.models`` (``--dm-model``). The module imports no torch at import time.
+The library call is ``run(RecoverRunConfig(...)) -> RecoverResult``. It opens the teacher(s)
+(:func:`ddpipe.evaluate.teacher.open_teachers`: a ``ddpipe squeeze`` teacher file, or a plain state
+dict with ``model`` and ``input_size``) and the real training split
+(:func:`ddpipe.evaluate.datasets.load_dataset`), then calls :func:`ddpipe.synth.recover`, which writes
+``out`` as an ImageFolder plus ``manifest.json`` and resumes a killed run from its last finished
+batch; the phase adds ``results.json`` (the result below). DM's random networks are DM's ConvNet
+from ``ddpipe.evaluate.models`` (``dm_model``). The module imports no torch at import time.
+
+Why two config classes: :class:`ddpipe.synth.RecoverConfig` is the *method* (a recipe's loss
+weights, optimiser, iterations ...: what ``synth`` runs); :class:`RecoverRunConfig` is this *phase*
+(which recipe, which teachers and data, where to write, the few recipe fields a user overrides).
+``run`` turns the second into the first with :func:`ddpipe.synth.create_method`.
+
+Defaults fit the data: a method family given without a tag (``sre2l``) runs the dataset's own
+recipe when ``synth`` has one (``sre2l.fmnist`` on Fashion-MNIST, :data:`DATASET_RECIPE_TAGS`),
+else the family's default recipe, and the result (and stderr) says which and why.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from dataclasses import dataclass
 
-__all__ = ["add_arguments", "run", "make_args", "summary_text", "MATCH_TERMS"]
+from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, config_to_dict, option
+from ddpipe.evaluate._phase import RunOptions
+from ddpipe.evaluate.errors import RecoverError
+from ddpipe.evaluate.teacher import TeacherOptions
 
-# the loss terms whose weight --r-bn sets (SRe2L's r_bn, G-VBSM's r_loss)
+__all__ = ["RecoverRunConfig", "RecoverResult", "run", "summary_text", "resolve_recipe", "MATCH_TERMS",
+           "DATASET_RECIPE_TAGS"]
+
+# the loss terms whose weight r_bn sets (SRe2L's r_bn, G-VBSM's r_loss)
 MATCH_TERMS = ("bn_stats", "class_bn_stats", "bn_stats_ema", "conv_stats")
+# dataset -> the recipe tag made for it (synth/config.py); datasets missing here use each family's default
+DATASET_RECIPE_TAGS = {"fashion-mnist": "fmnist"}
+INITS = ("noise", "real", "top", "min", "medium")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The recover flags (kebab-case; None means 'the recipe's value'); returns ``parser``."""
-    m = parser.add_argument_group("method")
-    m.add_argument("--method", default="sre2l",
-                   help="sre2l, cda, lpld, gvbsm, delt, dm, random, herding, or a recipe such as sre2l.in1k "
-                        "(ddpipe.synth.list_methods()); default sre2l (= sre2l.in1k)")
-    m.add_argument("--teacher", action="append", default=[], metavar="CKPT",
-                   help="teacher.pt from `ddpipe squeeze`; repeat for several (G-VBSM uses them round-robin)")
-    m.add_argument("--ipc", type=int, default=10, help="images per class (default 10)")
-    m.add_argument("--iterations", type=int, default=None, help="optimisation steps per batch (default: recipe)")
-    m.add_argument("--lr", type=float, default=None, help="learning rate on the pixels (default: recipe)")
-    m.add_argument("-b", "--batch-size", type=int, default=None, help="images per batch (default: recipe)")
-    m.add_argument("--r-bn", type=float, default=None,
-                   help="weight of the statistic-matching terms (SRe2L r_bn, G-VBSM r_loss; default: recipe)")
-    m.add_argument("--first-bn-multiplier", type=float, default=None, help="first layer's statistic weight (default: recipe)")
-    m.add_argument("--init", choices=["noise", "real", "top", "min", "medium"], default=None,
-                   help="initialisation: noise, random real, or DELT's ranked real images (default: recipe)")
-    m.add_argument("--jitter", type=int, default=None, help="roll jitter in pixels (default: recipe)")
-    m.add_argument("--min-scale", type=float, default=None, help="RandomResizedCrop minimum scale (default: recipe, 0.08)")
-    m.add_argument("--flip", dest="flip", action="store_true", default=None, help="random horizontal flips")
-    m.add_argument("--no-flip", dest="flip", action="store_false", help="no flips (default for datasets whose flips "
-                   "change the label, e.g. digits)")
-    m.add_argument("--round-iterations", type=int, default=None, help="DELT's ROUND_ITR (default: recipe)")
-    m.add_argument("--dm-model", default="convnet", help="DM: the random network's registered model (default convnet)")
-    m.add_argument("--stats-cache", default=None,
-                   help="G-VBSM: .pt file caching the real-data conv statistics (default OUT/gvbsm_stats.pt)")
-    d = parser.add_argument_group("data")
-    d.add_argument("--dataset", default=None,
-                   help="real data: fashion-mnist, digits, imagefolder:<path> (default: the teacher's dataset)")
-    d.add_argument("--data-root", default=None, help="directory holding the dataset's files")
-    o = parser.add_argument_group("output")
-    o.add_argument("--out", required=True, help="output folder (ImageFolder new000/... plus manifest.json)")
-    o.add_argument("--format", dest="image_format", choices=["png", "jpeg"], default="png",
-                   help="image files: png (lossless, default) or jpeg (SRe2L wrote PIL's default quality 75)")
-    o.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality (default 95)")
-    o.add_argument("--overwrite", action="store_true", help="replace a different earlier run in --out")
-    r = parser.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=None, help="seed of initialisation and augmentation (default: recipe, 0)")
-    r.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda (default auto)")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    r.add_argument("--stop-after-batches", type=int, default=None, metavar="N",
-                   help="stop after N batches as if killed; for testing resume")
-    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
-    r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    return parser
+@dataclass(frozen=True, kw_only=True)
+class RecoverRunConfig(TeacherOptions, RunOptions):
+    """Everything ``ddpipe recover`` does, as one value (``None``: the recipe's value). Bad values
+    raise :class:`RecoverError` here. (The method record itself is :class:`ddpipe.synth.RecoverConfig`.)
+    The teacher fields (``teacher``, and ``model``, ``input_size`` ... for plain state dicts) are
+    :class:`ddpipe.evaluate.teacher.TeacherOptions`'; selections and DM need no teacher."""
+
+    error = RecoverError
+    teacher_required = False
+
+    out: str = option(help="output folder (ImageFolder new000/... plus manifest.json and results.json)", group="output")
+    method: str = option("sre2l", group="method",
+                         help="sre2l, cda, lpld, gvbsm, delt, dm, random, herding, or a recipe such as sre2l.in1k "
+                              "(ddpipe.synth.list_methods()); a family runs the dataset's recipe when there is one "
+                              "(sre2l.fmnist on fashion-mnist), else its default (default sre2l)")
+    teacher: tuple[str, ...] = option((), metavar="CKPT", group="teacher",
+                                      help="teacher.pt from `ddpipe squeeze`, or a plain state dict with --model and "
+                                           "--input-size; repeat for several (G-VBSM uses them round-robin); none "
+                                           "for random, herding and dm")
+    ipc: int = option(10, group="method", help="images per class (default 10)")
+    iterations: int | None = option(None, group="method", help="optimisation steps per batch (default: recipe)")
+    lr: float | None = option(None, group="method", help="learning rate on the pixels (default: recipe)")
+    batch_size: int | None = option(None, flags=("-b",), group="method", help="images per batch (default: recipe)")
+    r_bn: float | None = option(None, group="method",
+                                help="weight of the statistic-matching terms (SRe2L r_bn, G-VBSM r_loss; default: recipe)")
+    first_bn_multiplier: float | None = option(None, group="method",
+                                               help="first layer's statistic weight (default: recipe)")
+    init: str | None = option(None, choices=INITS, group="method",
+                              help="initialisation: noise, random real, or DELT's ranked real images (default: recipe)")
+    jitter: int | None = option(None, group="method", help="roll jitter in pixels (default: recipe)")
+    min_scale: float | None = option(None, group="method", help="RandomResizedCrop minimum scale (default: recipe)")
+    flip: bool | None = option(None, group="method",
+                               help="random horizontal flips (default: the recipe's, off for datasets whose flips "
+                                    "change the label, e.g. digits)")
+    round_iterations: int | None = option(None, group="method", help="DELT's ROUND_ITR (default: recipe)")
+    dm_model: str = option("convnet", group="method", help="DM: the random network's registered model (default convnet)")
+    stats_cache: str | None = option(None, group="method",
+                                     help="G-VBSM: .pt file caching the real-data conv statistics "
+                                          "(default OUT/gvbsm_stats.pt)")
+    # data
+    dataset: str | None = option(None, group="data",
+                                 help="real data: fashion-mnist, digits, imagefolder:<path> (default: the teacher's dataset)")
+    data_root: str | None = option(None, group="data", help="directory holding the dataset's files")
+    # output
+    image_format: str = option("png", flags=("--format",), choices=("png", "jpeg"), group="output",
+                               help="image files: png (lossless, default) or jpeg (SRe2L wrote PIL's default quality 75)")
+    jpeg_quality: int = option(95, group="output", help="JPEG quality (default 95)")
+    overwrite: bool = option(False, group="output", help="replace a different earlier run in --out")
+    seed: int | None = option(None, group="run", help="seed of initialisation and augmentation (default: recipe, 0)")
+    stop_after_batches: int | None = option(None, metavar="N", group="run",
+                                            help="stop after N batches as if killed; for testing resume")
+
+    def validate(self) -> None:
+        super().validate()
+        e = self.error
+        check_out_path(e, "out", self.out)
+        if not isinstance(self.method, str) or not self.method.strip():
+            raise e("method is required")
+        check_int(e, "ipc", self.ipc, min=1)
+        check_int(e, "iterations", self.iterations, min=1, allow_none=True)
+        check_range(e, "lr", self.lr, min=0, min_exclusive=True, allow_none=True)
+        check_int(e, "batch_size", self.batch_size, min=1, allow_none=True)
+        check_range(e, "r_bn", self.r_bn, min=0, allow_none=True)
+        check_range(e, "first_bn_multiplier", self.first_bn_multiplier, min=0, allow_none=True)
+        check_choice(e, "init", self.init, (None, *INITS))
+        check_int(e, "jitter", self.jitter, min=0, allow_none=True)
+        check_range(e, "min_scale", self.min_scale, min=0, max=1, min_exclusive=True, allow_none=True)
+        check_int(e, "round_iterations", self.round_iterations, min=1, allow_none=True)
+        check_choice(e, "image_format", self.image_format, ("png", "jpeg"))
+        check_int(e, "jpeg_quality", self.jpeg_quality, min=1, max=100)
+        check_int(e, "seed", self.seed, min=0, allow_none=True)
+        check_int(e, "stop_after_batches", self.stop_after_batches, min=0, allow_none=True)
 
 
-def make_args(out: str, **overrides) -> argparse.Namespace:
-    """The parsed defaults with ``overrides`` applied: the library entry point (``run(make_args(...))``)."""
-    from ddpipe.evaluate._phase import parse_with_overrides
+@dataclass(frozen=True)
+class RecoverResult(Result):
+    """What a recover run wrote to ``results.json`` (the image folder's ``manifest.json`` is synth's own record)."""
 
-    return parse_with_overrides(add_arguments, ["--out", os.fspath(out)], overrides, "recover")
+    phase: str
+    status: str
+    out: str
+    method: str
+    recipe: str
+    recipe_note: str | None
+    dataset: str
+    ipc: int
+    num_classes: int
+    counts: list
+    input_size: int
+    in_chans: int
+    image_format: str
+    batches_total: int
+    batches_done: list
+    resumed_batches: int
+    runs: int
+    wall_time_s: float
+    losses: dict
+    notes: dict
+    teachers: list
+    teacher_hashes: list
+    method_config: dict  # the synth.RecoverConfig that ran (recipe plus overrides)
+    config: dict  # this phase's RecoverRunConfig
+    versions: dict
+    manifest: str
+    extra: dict
+
+
+def resolve_recipe(method: str, dataset: str | None) -> tuple[str, str | None]:
+    """``(recipe, note)``: a family name runs ``family.<dataset tag>`` when registered, else the family's
+    default recipe (the note says so); a full recipe name runs as given."""
+    from ddpipe.synth import default_recipe, is_method
+
+    if "." in method:
+        return default_recipe(method), None
+    tag = DATASET_RECIPE_TAGS.get(dataset or "")
+    if tag and is_method(f"{method}.{tag}"):
+        return f"{method}.{tag}", f"{method} on {dataset}: the dataset's recipe {method}.{tag}"
+    recipe = default_recipe(method)
+    if recipe.split(".", 1)[1] in ("default", "test"):
+        return recipe, None
+    return recipe, (f"{method}: no recipe made for {dataset or 'this dataset'}; running {recipe} (its default) - "
+                    f"pass --method {method}.<tag> to choose (ddpipe.synth.list_methods())")
 
 
 def _real_data(split, input_size: int, in_chans: int):
@@ -101,83 +191,101 @@ def _real_data(split, input_size: int, in_chans: int):
     return RealData(split.labels, fetch=fetch)
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Run recover as the flags say; returns the manifest (also in ``OUT/manifest.json``)."""
-    import torch
+def run(config: RecoverRunConfig) -> RecoverResult:
+    """Run recover as ``config`` says; returns the result (also in ``out/results.json``)."""
+    from ddpipe.evaluate._phase import output_dir, torch_threads
 
+    if not isinstance(config, RecoverRunConfig):
+        raise TypeError(f"recover.run takes a RecoverRunConfig, got {type(config).__name__}")
+    with output_dir(config.out), torch_threads(config.threads):
+        return _run(config)
+
+
+def _run(config: RecoverRunConfig) -> RecoverResult:
+    from ddpipe.evaluate._phase import RESULTS, resolve_device, versions
+    from ddpipe.evaluate.checkpoint import write_json_atomic
     from ddpipe.evaluate.datasets import load_dataset
-    from ddpipe.evaluate.errors import EvaluateError
     from ddpipe.evaluate.models import create_model
-    from ddpipe.evaluate.squeeze import load_teacher
+    from ddpipe.evaluate.teacher import open_teachers
     from ddpipe.synth import create_method, recover
 
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
-        teachers, metas = [], []
-        for path in args.teacher:
-            model, meta = load_teacher(path, device=device)
-            teachers.append(model)
-            metas.append(meta)
-        dataset_name = args.dataset or (metas[0]["dataset"]["name"] if metas else None)
-        if dataset_name is None:
-            raise EvaluateError("recover needs --dataset (or a --teacher whose dataset it can read)")
-        dataset = load_dataset(dataset_name, data_root=args.data_root)
-        for meta in metas:
-            if meta["num_classes"] != dataset.num_classes:
-                raise EvaluateError(f"teacher {meta['path']} predicts {meta['num_classes']} classes but {dataset.name} "
-                                    f"has {dataset.num_classes}; use teachers squeezed on {dataset.name}")
-        if len({(m["input_size"], m["in_chans"]) for m in metas}) > 1:
-            raise EvaluateError("the teachers disagree on input size or channels; use teachers squeezed on one dataset")
-        input_size = metas[0]["input_size"] if metas else dataset.input_size
-        in_chans = metas[0]["in_chans"] if metas else dataset.in_chans
-        mean = metas[0]["mean"] if metas else list(dataset.mean)
-        std = metas[0]["std"] if metas else list(dataset.std)
+    device = resolve_device(config.device)
+    out = os.path.abspath(os.path.expanduser(config.out))
+    teachers = []
+    if config.teacher:
+        teachers = open_teachers(list(config.teacher), device=device, **config.teacher_facts())
+    recorded = (teachers[0].meta.get("dataset") or {}).get("name") if teachers else None
+    dataset_name = config.dataset or recorded
+    if dataset_name is None:
+        raise RecoverError("recover needs dataset (--dataset), or a teacher file that records its dataset")
+    dataset = load_dataset(dataset_name, data_root=config.data_root)
+    for t in teachers:
+        if t.num_classes != dataset.num_classes:
+            raise RecoverError(f"teacher {t.source} predicts {t.num_classes} classes but {dataset.name} has "
+                               f"{dataset.num_classes}; use teachers squeezed on {dataset.name}")
+    first = teachers[0] if teachers else None
+    input_size = first.input_size if first else dataset.input_size
+    in_chans = first.in_chans if first else dataset.in_chans
+    mean = list(first.mean) if first else list(dataset.mean)
+    std = list(first.std) if first else list(dataset.std)
 
-        cfg = create_method(args.method)
-        overrides = dict(iterations=args.iterations, lr=args.lr, batch_size=args.batch_size, init=args.init,
-                         jitter=args.jitter, min_scale=args.min_scale, round_iterations=args.round_iterations,
-                         first_bn_multiplier=args.first_bn_multiplier, seed=args.seed,
-                         flip=dataset.hflip and cfg.flip if args.flip is None else args.flip)
-        if args.r_bn is not None:
-            overrides["loss"] = {k: (args.r_bn if k in MATCH_TERMS else w) for k, w in cfg.loss.items()}
-        cfg = create_method(args.method, **overrides)
+    recipe, note = resolve_recipe(config.method, dataset.name)
+    if note and config.progress:
+        print(f"recover: {note}", file=sys.stderr, flush=True)
+    cfg = create_method(recipe)
+    overrides = dict(iterations=config.iterations, lr=config.lr, batch_size=config.batch_size, init=config.init,
+                     jitter=config.jitter, min_scale=config.min_scale, round_iterations=config.round_iterations,
+                     first_bn_multiplier=config.first_bn_multiplier, seed=config.seed,
+                     flip=dataset.hflip and cfg.flip if config.flip is None else config.flip)
+    if config.r_bn is not None:
+        overrides["loss"] = {k: (config.r_bn if k in MATCH_TERMS else w) for k, w in cfg.loss.items()}
+    cfg = create_method(recipe, **overrides)
 
-        def model_fn():
-            return create_model(args.dm_model, dataset.num_classes, in_chans, input_size)
+    def model_fn():
+        return create_model(config.dm_model, dataset.num_classes, in_chans, input_size)
 
-        res = recover(
-            cfg, teachers=teachers, real=_real_data(dataset.train, input_size, in_chans),
-            num_classes=dataset.num_classes, ipc=args.ipc, mean=mean, std=std, out=args.out, input_size=input_size,
-            in_chans=in_chans, model_fn=model_fn if cfg.method == "dm" else None,
-            teacher_ids=[m["teacher_hash"] for m in metas] or None, device=device, image_format=args.image_format,
-            jpeg_quality=args.jpeg_quality, overwrite=args.overwrite, progress=args.progress,
-            stop_after_batches=args.stop_after_batches, stats_cache=args.stats_cache,
-            extra={"dataset": dataset.name, "classes": list(dataset.classes),
-                   "teachers": [m["path"] for m in metas], "dm_model": args.dm_model if cfg.method == "dm" else None},
-        )
-        return res
-    finally:
-        torch.set_num_threads(threads)
+    manifest = recover(
+        cfg, teachers=[t.model for t in teachers], real=_real_data(dataset.train, input_size, in_chans),
+        num_classes=dataset.num_classes, ipc=config.ipc, mean=mean, std=std, out=out, input_size=input_size,
+        in_chans=in_chans, model_fn=model_fn if cfg.method == "dm" else None,
+        teacher_ids=[t.teacher_hash for t in teachers] or None, device=device, image_format=config.image_format,
+        jpeg_quality=config.jpeg_quality, overwrite=config.overwrite, progress=config.progress,
+        stop_after_batches=config.stop_after_batches, stats_cache=config.stats_cache,
+        extra={"dataset": dataset.name, "classes": list(dataset.classes), "teachers": [t.source for t in teachers],
+               "dm_model": config.dm_model if cfg.method == "dm" else None},
+    )
+    from ddpipe.synth import MANIFEST
+
+    res = RecoverResult(
+        phase="recover", status=manifest["status"], out=manifest["out"], method=cfg.method, recipe=cfg.recipe,
+        recipe_note=note, dataset=dataset.name, ipc=manifest["ipc"], num_classes=manifest["num_classes"],
+        counts=list(manifest["counts"]), input_size=manifest["input_size"], in_chans=manifest["in_chans"],
+        image_format=manifest["image_format"], batches_total=manifest["batches_total"],
+        batches_done=list(manifest["batches_done"]),
+        resumed_batches=manifest.get("resumed_batches", 0), runs=manifest.get("runs", 1),
+        wall_time_s=manifest["wall_time_s"], losses=manifest.get("losses", {}), notes=manifest.get("notes", {}),
+        teachers=[t.source for t in teachers], teacher_hashes=[t.teacher_hash for t in teachers],
+        method_config=cfg.to_dict(), config={**config_to_dict(config), "teacher": config.teacher_texts()},
+        versions=versions(),
+        manifest=os.path.join(manifest["out"], MANIFEST), extra=manifest.get("extra", {}))
+    write_json_atomic(res.to_dict(), os.path.join(manifest["out"], RESULTS))
+    return res
 
 
-def summary_text(res: dict) -> str:
+def summary_text(res: RecoverResult) -> str:
     """The human-readable result lines of a run."""
-    n = sum(res["counts"])
-    lines = [f"recover {res['status']}: {res['recipe']} wrote {n} images ({res['num_classes']} classes x ipc "
-             f"{res['ipc']}) in {res['wall_time_s']:.1f} s -> {res['out']}"]
-    if res.get("resumed_batches"):
-        lines.append(f"  resumed: {res['resumed_batches']} of {res['batches_total']} batches were already done")
-    ends = [v for v in res.get("losses", {}).values() if v]
+    if isinstance(res, dict):  # a results.json read back
+        res = RecoverResult.from_dict(res)
+    n = sum(res.counts)
+    lines = [f"recover {res.status}: {res.recipe} wrote {n} images ({res.num_classes} classes x ipc "
+             f"{res.ipc}) in {res.wall_time_s:.1f} s -> {res.out}"]
+    if res.recipe_note:
+        lines.append(f"  {res.recipe_note}")
+    if res.resumed_batches:
+        lines.append(f"  resumed: {res.resumed_batches} of {res.batches_total} batches were already done")
+    ends = [v for v in res.losses.values() if v]
     if ends:
         last = ends[-1]
         lines.append("  last batch loss: " + ", ".join(f"{k} {v['start']:.4g} -> {v['end']:.4g}" for k, v in last.items()))
-    lines.append(f"  manifest {os.path.join(res['out'], 'manifest.json')}")
+    lines.append(f"  results {os.path.join(res.out, 'results.json')}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _args = add_arguments(argparse.ArgumentParser(prog="ddpipe recover")).parse_args()
-    print(summary_text(run(_args)), file=sys.stderr)

@@ -1,198 +1,268 @@
 """``ddpipe relabel``: run the teacher(s) over the replay schedule and write the label store.
 
-The schedule (order, crops, flips, mixes) is generated from ``--seed`` by ``ddpipe.pipeline``;
-the relabel loader shows the teacher exactly the images the student will see, and
-:func:`ddpipe.pipeline.relabel` writes the top-k soft labels. Several ``--teacher`` flags form
-G-VBSM's ensemble: each teacher's logits are scaled to the mean Frobenius norm of all of them,
-then averaged. ``--keep F`` plans the kept units first, so the teacher only computes those.
-Resuming is running the same command again with ``--resume``: committed shards are skipped.
-Under ``torchrun`` rank 0 creates the store and every rank writes its own shards.
+The library call is ``run(RelabelConfig(...)) -> RelabelResult``::
+
+    from ddpipe.evaluate.relabel import RelabelConfig, run
+    res = run(RelabelConfig(images="runs/images", teacher=("runs/teacher/teacher.pt",), out="runs/labels.zarr",
+                            epochs=300, batch_size=100, topk=10, temperature=4.0))
+
+This module only loads the teachers (:mod:`ddpipe.evaluate.teacher`: ddpipe teacher files, squeeze
+checkpoints, plain torchvision/timm state dicts with ``model``/``num_classes``/``input_size``, or
+``nn.Module`` objects) and calls :func:`ddpipe.pipeline.relabel.relabel` once; that function owns the
+schedule and store spec, the prune plan (``keep``), the store's creation and the rank logic. The
+schedule's output size is the teacher's input size, so a 32 px teacher is shown 32 px crops.
+Several teachers form G-VBSM's ensemble (:class:`~ddpipe.evaluate.teacher.Ensemble`). ``keep``
+plans the kept units first, so the teacher only computes those. Resuming is the same config
+with ``resume=True`` (``--resume``): committed shards are skipped. Under ``torchrun`` rank 0
+creates the store and every rank writes its own shards.
+
+**Outputs.** The store at ``out``: a local path (relative, absolute, ``~``, with or without a trailing
+slash) or a URL zarr accepts (``file://``, ``memory://``, ``s3://`` ...; written at the URL, never
+under the current directory). The run's ``results.json`` (the :class:`RelabelResult`, with the full
+config) is written *inside* the store, ``<out>/results.json`` (as ``ddpipe prune`` does for its
+output): a file at the group's root that is not Zarr metadata. tensorstore, ``ddpipe info``,
+``ddpipe verify`` and training ignore it and it travels with the store when the folder is copied;
+zarr-python reads the store as before and only warns (``ZarrUserWarning: Object at results.json is
+not recognized as a component of a Zarr hierarchy``) when it lists the group's members. It is
+written last, by rank 0, once every rank's shards are committed; a resumed run rewrites it.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
+from dataclasses import dataclass, fields
+from typing import Any
 
-__all__ = ["add_arguments", "run", "make_args", "Ensemble", "summary_text"]
+from ddpipe._format import keep_fraction
+from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, option
+from ddpipe.evaluate._phase import RESULTS, ResumeOption, RunOptions
+from ddpipe.evaluate.errors import RelabelError
+from ddpipe.evaluate.teacher import TeacherOptions
 
+__all__ = ["RelabelConfig", "RelabelResult", "run", "summary_text", "results_path"]
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from ddpipe.labelstore import list_codecs
-
-    d = parser.add_argument_group("inputs")
-    d.add_argument("--images", required=True, help="the image set: an ImageFolder, a .npz of uint8 images, or .tar shards")
-    d.add_argument("--teacher", action="append", required=True, metavar="CKPT",
-                   help="a teacher written by `ddpipe squeeze`; repeat for a G-VBSM ensemble")
-    s = parser.add_argument_group("schedule and labels")
-    s.add_argument("--out", required=True, help="path of the label store to write")
-    s.add_argument("--epochs", type=int, default=300, help="student epochs the labels cover (default 300, SRe2L)")
-    s.add_argument("-b", "--batch-size", type=int, default=1024, help="relabel = replay batch size (default 1024, SRe2L)")
-    s.add_argument("--schedule", default="sre2l", help="schedule recipe: sre2l, sre2l-mixup, lpld-in21k, ... (default sre2l)")
-    s.add_argument("--mix", choices=["none", "cutmix", "mixup"], default=None, help="override the recipe's mix")
-    s.add_argument("--min-scale", type=float, default=None, help="override the recipe's smallest crop area (e.g. 0.08)")
-    s.add_argument("--topk", type=int, default=10, help="soft-label entries kept per sample (default 10)")
-    s.add_argument("--codec", choices=list_codecs(), default="fp16", help="value codec (default fp16)")
-    s.add_argument("-T", "--temperature", type=float, default=20.0,
-                   help="stored values are softmax(logits / T); train with the same T (default 20, SRe2L)")
-    s.add_argument("--seed", type=int, default=42, help="schedule seed (default 42, SRe2L's --fkd-seed)")
-    p = parser.add_argument_group("pruning (LPLD)")
-    p.add_argument("--keep", type=float, default=None, help="keep this fraction of units; the teacher computes only those")
-    p.add_argument("--granularity", choices=["batch", "epoch"], default="batch", help="prune batches or whole epochs")
-    p.add_argument("--prune-seed", type=int, default=0, help="seed of the random choice of kept units (default 0)")
-    r = parser.add_argument_group("run")
-    r.add_argument("--loader", choices=["torch", "dali"], default="torch", help="image backend (default torch)")
-    r.add_argument("-j", "--workers", type=int, default=2, help="loader workers (default 2)")
-    r.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    r.add_argument("--resume", action="store_true", help="continue a store that already exists at --out")
-    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
-    r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    return parser
+MIXES = ("none", "cutmix", "mixup")
+GRANULARITIES = ("batch", "epoch")
+LOADERS = ("torch", "dali")
 
 
-def make_args(out: str, images: str, teachers: list[str], **overrides) -> argparse.Namespace:
-    """Parsed defaults plus ``overrides``: the library entry point (``run(make_args(...))``)."""
-    from ddpipe.evaluate._phase import parse_with_overrides
+@dataclass(frozen=True, kw_only=True)
+class RelabelConfig(TeacherOptions, ResumeOption, RunOptions):
+    """Everything ``ddpipe relabel`` takes; every field is a flag (``--field-name``) of the same meaning.
+    The teacher fields (``teacher``, ``model``, ``num_classes``, ``input_size`` ...) are
+    :class:`~ddpipe.evaluate.teacher.TeacherOptions`; ``device``, ``threads``, ``progress`` and ``resume``
+    the shared run options.
 
-    argv = ["--out", os.fspath(out), "--images", os.fspath(images), *sum((["--teacher", t] for t in teachers), [])]
-    return parse_with_overrides(add_arguments, argv, overrides, "relabel")
-
-
-class Ensemble:
-    """Teachers as one callable: G-VBSM's norm-equalised logit average (one teacher: its logits).
-
-    Counts forward passes (``calls``) and images (``images``) so callers can show what was computed.
+    Bad values raise :class:`~ddpipe.evaluate.errors.RelabelError` naming the field when the config is built.
     """
 
-    def __init__(self, models, device):
-        self.models = list(models)
-        self.device = device
-        self.calls = 0
-        self.images = 0
+    error = RelabelError
 
-    def __call__(self, images):
-        import torch
+    images: str = option(help="the image set: an ImageFolder, a .npz of uint8 images, or .tar shards", group="inputs")
+    # --- schedule and labels ------------------------------------------------------------------------
+    out: str = option(help="the label store to write: a path or a URL (file://, memory://, s3:// ...)",
+                      group="schedule and labels")
+    epochs: int = option(300, help="student epochs the labels cover (default 300, SRe2L)", group="schedule and labels")
+    batch_size: int = option(1024, flags=("-b",), group="schedule and labels",
+                             help="relabel = replay batch size (default 1024, SRe2L)")
+    schedule: str = option("sre2l", group="schedule and labels",
+                           help="schedule recipe: sre2l, sre2l-mixup, lpld-in21k, ... (default sre2l)")
+    mix: str | None = option(None, choices=MIXES, group="schedule and labels", help="override the recipe's mix")
+    min_scale: float | None = option(None, group="schedule and labels",
+                                     help="override the recipe's smallest crop area, in (0, 1] (e.g. 0.08)")
+    topk: int = option(10, group="schedule and labels",
+                       help="soft-label entries kept per sample, 1 .. the teacher's classes (default 10)")
+    codec: str = option("fp16", group="schedule and labels", help="value codec: fp32, fp16 or uint8 (default fp16)")
+    temperature: float = option(20.0, flags=("-T",), group="schedule and labels",
+                                help="stored values are softmax(logits / T), T > 0; train with the same T "
+                                     "(default 20, SRe2L)")
+    seed: int = option(42, group="schedule and labels", help="schedule seed, >= 0 (default 42, SRe2L's --fkd-seed)")
+    # --- pruning (LPLD) -----------------------------------------------------------------------------
+    keep: float | None = option(None, parse=keep_fraction, group="pruning (LPLD)",
+                                help="keep this fraction of units, in (0, 1] (0.025, 1/40 or 40x); the teacher "
+                                     "computes only those")
+    granularity: str = option("batch", choices=GRANULARITIES, group="pruning (LPLD)",
+                              help="prune batches or whole epochs (default batch)")
+    prune_seed: int = option(0, group="pruning (LPLD)", help="seed of the random choice of kept units, >= 0 (default 0)")
+    # --- run ------------------------------------------------------------------------------------------
+    loader: str = option("torch", choices=LOADERS, group="run", help="image backend (default torch)")
+    workers: int = option(2, flags=("-j",), group="run", help="loader workers, >= 0 (default 2)")
 
-        with torch.no_grad():
-            x = images.to(self.device)
-            outs = torch.stack([m(x).float() for m in self.models])  # [T, b, C]
-            if len(self.models) > 1:
-                norms = outs.flatten(1).norm(dim=1)  # Frobenius norm per teacher
-                outs = outs / norms[:, None, None] * norms.mean()
-        self.calls += 1
-        self.images += int(images.shape[0])
-        return outs.mean(0).cpu()
+    def validate(self) -> None:
+        super().validate()
+        e = self.error
+        for name in ("images", "out"):
+            value = getattr(self, name)
+            if not isinstance(value, (str, os.PathLike)) or not os.fspath(value).strip():
+                raise e(f"{name} must be a path, got {value!r}")
+        check_out_path(e, "out", self.out, kind="label store (a directory)")
+        check_int(e, "epochs", self.epochs, min=1)
+        check_int(e, "batch_size", self.batch_size, min=1)
+        check_int(e, "topk", self.topk, min=1)
+        if self.num_classes is not None and self.topk > self.num_classes:
+            raise e(f"topk must be <= num_classes ({self.num_classes}), got {self.topk}")
+        check_range(e, "temperature", self.temperature, min=0.0, min_exclusive=True)
+        check_int(e, "seed", self.seed, min=0)
+        check_int(e, "prune_seed", self.prune_seed, min=0)
+        check_int(e, "workers", self.workers, min=0)
+        check_range(e, "min_scale", self.min_scale, min=0.0, max=1.0, min_exclusive=True, allow_none=True)
+        check_range(e, "keep", self.keep, min=0.0, max=1.0, min_exclusive=True, allow_none=True)
+        if self.mix is not None:
+            check_choice(e, "mix", self.mix, MIXES)
+        check_choice(e, "granularity", self.granularity, GRANULARITIES)
+        check_choice(e, "loader", self.loader, LOADERS)
+        from ddpipe.labelstore import list_codecs
+
+        check_choice(e, "codec", self.codec, list_codecs())
+        if not isinstance(self.schedule, str) or not self.schedule:
+            raise e(f"schedule must be a recipe name, got {self.schedule!r}")
+
+    def to_dict(self) -> dict:
+        """The config as JSON (teachers given as objects are recorded by their description)."""
+        out = {f.name: list(getattr(self, f.name)) if isinstance(getattr(self, f.name), tuple) else getattr(self, f.name)
+               for f in fields(self)}
+        out["teacher"] = self.teacher_texts()
+        return out
 
 
-def load_teachers(paths: list[str], device: str):
-    """Teachers plus their shared facts (classes, channels, input size, mean/std); one error on a mismatch."""
-    from ddpipe.evaluate.errors import ClassCountMismatchError
-    from ddpipe.evaluate.squeeze import load_teacher
+@dataclass(frozen=True, kw_only=True)
+class RelabelResult(Result):
+    """What a relabel run did; :meth:`to_dict` is what ``<store>/results.json`` holds."""
 
-    models, metas = [], []
-    for path in paths:
-        model, meta = load_teacher(path, device)
-        models.append(model)
-        metas.append(meta)
-    first = metas[0]
-    for m in metas[1:]:
-        for key in ("num_classes", "in_chans", "input_size"):
-            if m[key] != first[key]:
-                raise ClassCountMismatchError(
-                    f"teachers disagree on {key}: {first['path']} has {first[key]}, {m['path']} has {m[key]}"
-                )
-    return models, metas
-
-
-def teacher_hash(metas: list[dict]) -> str:
-    import hashlib
-
-    if len(metas) == 1:
-        return metas[0]["teacher_hash"]
-    return hashlib.sha256("+".join(m["teacher_hash"] for m in metas).encode()).hexdigest()
+    phase: str = "relabel"
+    store: str  # the store written: an absolute path, or the URL as given
+    results: str | None  # where results.json was written (None on ranks other than 0)
+    units: int  # units in the store
+    units_written: int  # units computed and written by this run, over all ranks (the rest were committed already)
+    teacher_forward_calls: int  # one (ensemble) forward pass per unit written
+    images_labelled: int  # images shown to the teacher(s), over all ranks
+    samples_per_s: float | None
+    wall_time_s: float
+    teachers: list  # each teacher's description (source, kind, hash, facts)
+    teacher_hash: str  # the store's teacher_hash (an ensemble's combined hash)
+    image_set_hash: str
+    spec: dict  # the store's spec
+    world_size: int
+    config: dict
+    versions: dict
 
 
-def run(args: argparse.Namespace) -> dict:
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def resolve_out(out: Any) -> str:
+    """The store's location in labelstore's normal form (:func:`ddpipe.labelstore.location.store_location`):
+    an absolute local path (relative paths, ``~``, trailing slashes and ``file://`` URLs resolved), or a
+    URL (``memory://``, ``s3://`` ...) left a URL."""
+    from ddpipe.labelstore.location import store_location
+
+    return store_location(out)
+
+
+def results_path(store: Any) -> str:
+    """Where relabel writes its ``results.json``: inside the store (``<store>/results.json``)."""
+    s = resolve_out(store)
+    return s.rstrip("/") + "/" + RESULTS if _is_url(s) else os.path.join(s, RESULTS)
+
+
+def _write_results(result: dict, path: str) -> None:
+    import json
+
+    from ddpipe._files import replace_atomically
+    from ddpipe._format import json_default
+
+    text = (json.dumps(result, indent=2, default=json_default) + "\n").encode()
+    if _is_url(path):
+        import fsspec
+
+        with fsspec.open(path, "wb") as f:
+            f.write(text)
+    else:
+        replace_atomically(path, lambda f: f.write(text))
+
+
+def run(config: RelabelConfig) -> RelabelResult:
+    """Relabel as ``config`` says; returns the result also written to ``<store>/results.json``."""
+    if not isinstance(config, RelabelConfig):
+        raise RelabelError(f"run takes a RelabelConfig, not a {type(config).__name__}")
+    from ddpipe.evaluate._phase import torch_threads
+
+    with torch_threads(config.threads):
+        return _run(config)
+
+
+def _run(config: RelabelConfig) -> RelabelResult:
     import torch
 
-    from ddpipe import __version__
-    from ddpipe.evaluate.checkpoint import write_json_atomic
-    from ddpipe.evaluate.distributed import barrier, init_distributed, is_main_process
-    from ddpipe.evaluate.errors import ClassCountMismatchError, EvaluateError, RunStateError
-    from ddpipe.labelstore import create_store, plan_units
-    from ddpipe.labelstore.prune import pruned_spec
+    from ddpipe.evaluate._phase import versions
+    from ddpipe.evaluate.distributed import init_distributed, is_main_process
+    from ddpipe.evaluate.errors import ClassCountMismatchError
+    from ddpipe.evaluate.teacher import Ensemble, open_teachers, teacher_hash
     from ddpipe.pipeline import LoaderConfig, open_source, recipe
-    from ddpipe.pipeline.relabel import relabel, relabel_spec
+    from ddpipe.pipeline.relabel import relabel
 
     t0 = time.perf_counter()
-    out = os.path.abspath(os.fspath(args.out))
-    dist = init_distributed(args.device, announce=args.progress)
-    exists = os.path.exists(os.path.join(out, "zarr.json"))
-    if exists and not args.resume:
-        raise RunStateError(f"{out} already holds a store; pass --resume to continue it (or choose another --out)")
-    if args.epochs < 1 or args.batch_size < 1:
-        raise EvaluateError("--epochs and --batch-size must be at least 1")
+    out = resolve_out(config.out)
+    dist = init_distributed(config.device, announce=config.progress)
+    device = torch.device(dist.device)
 
     # 1. teachers and images
-    device = torch.device(dist.device)
-    models, metas = load_teachers(args.teacher, device)
-    t = metas[0]
-    source = open_source(args.images)
+    teachers = open_teachers(list(config.teacher), device=device, **config.teacher_facts())
+    t = teachers[0]
+    if config.topk > t.num_classes:
+        raise RelabelError(f"topk must be <= the teacher's {t.num_classes} classes, got {config.topk}")
+    source = open_source(config.images)
     n_classes_seen = int(source.labels.max()) + 1 if len(source.labels) else 0
-    if n_classes_seen > t["num_classes"]:
+    if n_classes_seen > t.num_classes:
         raise ClassCountMismatchError(
-            f"the images at {args.images} have labels up to class {n_classes_seen - 1} but the teacher predicts "
-            f"{t['num_classes']} classes; relabel with a teacher of the same dataset"
+            f"the images at {config.images} have labels up to class {n_classes_seen - 1} but the teacher predicts "
+            f"{t.num_classes} classes; relabel with a teacher of the same dataset"
         )
 
-    # 2. schedule and store spec (the teacher's input size and normalisation)
-    overrides = {"output_size": (t["input_size"], t["input_size"])}
-    if args.mix:
-        overrides["mix"] = args.mix
-    if args.min_scale is not None:
-        overrides["scale"] = (args.min_scale, 1.0)
-    schedule = recipe(args.schedule, **overrides)
-    thash = teacher_hash(metas)
-    _sched, spec = relabel_spec(source, schedule, epochs=args.epochs, batch_size=args.batch_size,
-                                num_classes=t["num_classes"], k=args.topk, seed=args.seed, value_codec=args.codec,
-                                temperature=args.temperature, teacher_hash=thash)
-    plan = None
-    if args.keep is not None:
-        plan = plan_units(spec, args.keep, args.granularity, args.prune_seed)
-        spec = pruned_spec(spec, args.keep, args.granularity, args.prune_seed)
-    if dist.rank == 0 and not exists:  # one process creates; the others open it after the barrier
-        create_store(out, spec, plan, provenance={"teachers": [m["path"] for m in metas]})
-    barrier()
-
-    # 3. relabel this rank's shards
-    teacher = Ensemble(models, device)
-    loader = LoaderConfig(backend=args.loader, channels=t["in_chans"], mean=tuple(t["mean"]), std=tuple(t["std"]),
-                          num_workers=args.workers, mix=True)
-    summary = relabel(out, source, teacher, schedule=schedule, epochs=args.epochs, batch_size=args.batch_size,
-                      num_classes=t["num_classes"], k=args.topk, seed=args.seed, value_codec=args.codec,
-                      temperature=args.temperature, teacher_hash=thash, plan=plan,
-                      granularity=args.granularity, prune_seed=args.prune_seed, loader=loader,
-                      rank=dist.rank, world_size=dist.world_size, progress=args.progress and is_main_process())
-    barrier()
-    seconds = time.perf_counter() - t0
-    result = {
-        "phase": "relabel", "store": out, "units": summary["units"], "units_written": summary["units_written"],
-        "teacher_forward_calls": teacher.calls, "images_labelled": teacher.images,
-        "samples_per_s": teacher.images / summary["seconds"] if summary["seconds"] > 0 else None,
-        "wall_time_s": seconds, "teachers": [m["path"] for m in metas], "teacher_hash": thash,
-        "image_set_hash": summary["image_set_hash"], "spec": spec.to_dict(), "world_size": dist.world_size,
-        "config": {k: v for k, v in vars(args).items() if not callable(v)},
-        "versions": {"ddpipe": __version__, "torch": str(torch.__version__), "python": sys.version.split()[0]},
-    }
-    if is_main_process():
-        write_json_atomic(result, out.rstrip("/") + ".results.json")
+    # 2. the schedule at the teacher's input size and normalisation; pipeline.relabel does the rest
+    overrides: dict[str, Any] = {"output_size": (t.input_size, t.input_size)}
+    if config.mix:
+        overrides["mix"] = config.mix
+    if config.min_scale is not None:
+        overrides["scale"] = (config.min_scale, 1.0)
+    schedule = recipe(config.schedule, **overrides)
+    thash = teacher_hash(teachers)
+    ensemble = Ensemble(teachers, device)
+    loader = LoaderConfig(backend=config.loader, channels=t.in_chans, mean=tuple(t.mean), std=tuple(t.std),
+                          num_workers=config.workers, mix=True)
+    described = [x.describe() for x in teachers]
+    summary = relabel(
+        out, source, ensemble, schedule=schedule, epochs=config.epochs, batch_size=config.batch_size,
+        num_classes=t.num_classes, k=config.topk, seed=config.seed, value_codec=config.codec,
+        temperature=config.temperature, teacher_hash=thash, keep=config.keep, granularity=config.granularity,
+        prune_seed=config.prune_seed, loader=loader, rank=dist.rank, world_size=dist.world_size,
+        progress=config.progress and is_main_process(), exist_ok=config.resume,
+        provenance={"teachers": [{k: d[k] for k in ("source", "kind", "teacher_hash")} for d in described]},
+    )
+    main = is_main_process()
+    result = RelabelResult(
+        store=out, results=results_path(out) if main else None, units=summary["units"],
+        units_written=summary["units_written_all"], teacher_forward_calls=summary["units_written_all"],
+        images_labelled=summary["images_labelled_all"],
+        samples_per_s=summary["images_labelled_all"] / summary["seconds"] if summary["seconds"] > 0 else None,
+        wall_time_s=time.perf_counter() - t0, teachers=described, teacher_hash=thash,
+        image_set_hash=summary["image_set_hash"], spec=summary["spec"], world_size=dist.world_size,
+        config=config.to_dict(), versions=versions(),
+    )
+    if main:
+        _write_results(result.to_dict(), result.results)
     return result
 
 
-def summary_text(res: dict) -> str:
-    rate = f"{res['samples_per_s']:.0f} samples/s" if res["samples_per_s"] else "-"
-    return (f"relabel: {res['units_written']} of {res['units']} units computed by the teacher "
-            f"({res['teacher_forward_calls']} forward passes, {res['images_labelled']} images, {rate}) "
-            f"in {res['wall_time_s']:.1f} s\n  store {res['store']}\n  results {res['store'].rstrip('/')}.results.json")
+def summary_text(result: RelabelResult | dict) -> str:
+    """The human-readable lines of a result."""
+    r = result.to_dict() if hasattr(result, "to_dict") else result
+    rate = f"{r['samples_per_s']:.0f} samples/s" if r["samples_per_s"] else "-"
+    lines = [f"relabel: {r['units_written']} of {r['units']} units computed by the teacher "
+             f"({r['teacher_forward_calls']} forward passes, {r['images_labelled']} images, {rate}) "
+             f"in {r['wall_time_s']:.1f} s", f"  store {r['store']}"]
+    if r.get("results"):
+        lines.append(f"  results {r['results']}")
+    return "\n".join(lines)

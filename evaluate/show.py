@@ -1,35 +1,59 @@
 """``ddpipe show DIR --out grid.png``: one picture of an image set, one row per class.
 
-Reads an ImageFolder (what ``ddpipe recover`` writes: class folders and files sorted by name),
-takes the first ``--per-class`` images of each class, enlarges small images with nearest-neighbour
-so every cell is at least ``--min-cell`` pixels, and writes one PNG grid. Grayscale sets stay grayscale.
+The library call is ``run(ShowConfig(src=DIR)) -> ShowResult``. It reads an ImageFolder (what
+``ddpipe recover`` writes: class folders and files sorted by name), takes the first ``per_class``
+images of each class, enlarges small images with nearest-neighbour so every cell is at least
+``min_cell`` pixels, and writes one PNG grid. Grayscale sets stay grayscale. Needs Pillow only.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+from dataclasses import dataclass
 
-__all__ = ["add_arguments", "run", "make_args", "summary_text", "make_grid"]
+from ddpipe.config import Result, check_int, option
+from ddpipe.evaluate.errors import ShowError
+
+__all__ = ["ShowConfig", "ShowResult", "run", "summary_text", "make_grid"]
 
 _EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("src", metavar="DIR", help="an ImageFolder: DIR/<class>/<image>")
-    parser.add_argument("--out", default=None, help="the grid PNG to write (default DIR/grid.png)")
-    parser.add_argument("--per-class", type=int, default=10, help="images per row (default 10)")
-    parser.add_argument("--max-classes", type=int, default=100, help="rows at most (default 100)")
-    parser.add_argument("--min-cell", type=int, default=64, help="enlarge images to at least this many pixels (default 64)")
-    parser.add_argument("--pad", type=int, default=2, help="pixels between cells (default 2)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    return parser
+@dataclass(frozen=True, kw_only=True)
+class ShowConfig:
+    """What ``ddpipe show`` draws. Bad values raise :class:`ShowError` here."""
+
+    src: str = option(positional=True, metavar="DIR", help="an ImageFolder: DIR/<class>/<image>")
+    out: str | None = option(None, help="the grid PNG to write (default DIR/grid.png)")
+    per_class: int = option(10, help="images per row (default 10)")
+    max_classes: int = option(100, help="rows at most (default 100)")
+    min_cell: int = option(64, help="enlarge images to at least this many pixels (default 64)")
+    pad: int = option(2, help="pixels between cells (default 2)")
+
+    def __post_init__(self) -> None:
+        e = ShowError
+        if not self.src:
+            raise e("src is required")
+        check_int(e, "per_class", self.per_class, min=1)
+        check_int(e, "max_classes", self.max_classes, min=1)
+        check_int(e, "min_cell", self.min_cell, min=1)
+        check_int(e, "pad", self.pad, min=0)
+        if self.out is not None and os.path.isdir(os.path.expanduser(self.out)):
+            raise e(f"out {self.out} is a directory; give the path of the PNG to write")
 
 
-def make_args(src: str, **overrides) -> argparse.Namespace:
-    from ddpipe.evaluate._phase import parse_with_overrides
+@dataclass(frozen=True)
+class ShowResult(Result):
+    """The grid written: its path, the class rows and its size."""
 
-    return parse_with_overrides(add_arguments, [os.fspath(src)], overrides, "show")
+    phase: str
+    src: str
+    out: str
+    classes: list
+    rows: int
+    per_class: int
+    size: list
+    mode: str
 
 
 def make_grid(rows: list[list], pad: int = 2, min_cell: int = 64):
@@ -50,36 +74,41 @@ def make_grid(rows: list[list], pad: int = 2, min_cell: int = 64):
     return grid
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(config: ShowConfig) -> ShowResult:
+    """Draw the grid ``config`` asks for; returns what was written."""
     from PIL import Image
 
-    from ddpipe.evaluate.errors import EvaluateError
-
-    src = os.path.abspath(os.path.expanduser(args.src))
+    src = os.path.abspath(os.path.expanduser(config.src))
     if not os.path.isdir(src):
-        raise EvaluateError(f"{src} is not a directory; give an ImageFolder such as a `ddpipe recover --out` folder")
-    classes = sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)))[: args.max_classes]
+        raise ShowError(f"{src} is not a directory; give an ImageFolder such as a `ddpipe recover --out` folder")
+    classes = sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)))[: config.max_classes]
     rows, names = [], []
     for cls in classes:
-        files = sorted(f for f in os.listdir(os.path.join(src, cls)) if f.lower().endswith(_EXTS))[: args.per_class]
+        files = sorted(f for f in os.listdir(os.path.join(src, cls)) if f.lower().endswith(_EXTS))[: config.per_class]
         if not files:
             continue
         row = []
         for f in files:
-            with Image.open(os.path.join(src, cls, f)) as img:
-                img.load()
-                row.append(img.copy())
+            path = os.path.join(src, cls, f)
+            try:
+                with Image.open(path) as img:
+                    img.load()
+                    row.append(img.copy())
+            except (OSError, SyntaxError) as err:  # PIL: truncated or not an image
+                raise ShowError(f"{path} is not a readable image ({err})") from None
         rows.append(row)
         names.append(cls)
     if not rows:
-        raise EvaluateError(f"{src} holds no images in class folders (expected DIR/<class>/<image>.png|jpg)")
-    grid = make_grid(rows, pad=args.pad, min_cell=args.min_cell)
-    out = os.path.abspath(args.out or os.path.join(src, "grid.png"))
+        raise ShowError(f"{src} holds no images in class folders (expected DIR/<class>/<image>.png|jpg)")
+    grid = make_grid(rows, pad=config.pad, min_cell=config.min_cell)
+    out = os.path.abspath(os.path.expanduser(config.out or os.path.join(src, "grid.png")))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     grid.save(out, format="PNG")
-    return {"src": src, "out": out, "classes": names, "rows": len(rows), "per_class": max(len(r) for r in rows),
-            "size": list(grid.size), "mode": grid.mode}
+    return ShowResult(phase="show", src=src, out=out, classes=names, rows=len(rows),
+                      per_class=max(len(r) for r in rows), size=list(grid.size), mode=grid.mode)
 
 
-def summary_text(res: dict) -> str:
-    return f"show: {res['rows']} classes x up to {res['per_class']} images -> {res['out']} ({res['size'][0]}x{res['size'][1]} px)"
+def summary_text(res: ShowResult) -> str:
+    if isinstance(res, dict):  # a results.json read back
+        res = ShowResult.from_dict(res)
+    return f"show: {res.rows} classes x up to {res.per_class} images -> {res.out} ({res.size[0]}x{res.size[1]} px)"

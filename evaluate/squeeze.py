@@ -1,410 +1,285 @@
 """``ddpipe squeeze``: train a teacher on real data, or wrap local weights as a teacher.
 
-A run writes into ``--out``: ``checkpoint.pth`` (one dict, replaced atomically after every epoch),
-``results.json`` (full config, per-epoch metrics, wall time; rewritten every epoch) and, at the end,
-``teacher.pt`` (state dict, model config, dataset facts and a sha256 ``teacher_hash``), which
-:func:`load_teacher` reads back for recover and relabel. ``--resume`` continues a killed run at the
-epoch after its last checkpoint and reaches bit-identical weights (every epoch's randomness is a
-pure function of ``--seed`` and the epoch). ``--init FILE`` starts from a torchvision, timm or
-ddpipe state dict; with ``--epochs 0`` it only validates and writes ``teacher.pt``.
+The library call is ``run(SqueezeConfig(...)) -> SqueezeResult``; ``ddpipe squeeze`` builds the
+config from its flags. A run writes into ``out``: ``checkpoint.pth`` (one dict, replaced atomically
+after every epoch), ``results.json`` (the result: full config, per-epoch metrics, wall time;
+rewritten every epoch) and, at the end, ``teacher.pt`` (state dict, model config, dataset facts and
+a sha256 ``teacher_hash``; the format is :mod:`ddpipe.evaluate.teacher`'s), which recover and
+relabel read back.
+``resume`` continues a killed run at the epoch after its last checkpoint and reaches bit-identical
+weights (every epoch's randomness is a pure function of ``seed`` and the epoch). ``init`` starts
+from a torchvision, timm or ddpipe state dict; with ``epochs=0`` it only validates and writes
+``teacher.pt``. The epoch loop is :class:`ddpipe.evaluate.loop.TrainingRun`, shared with ``train``.
 
 The module imports no torch at import time, so ``ddpipe --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-import time
+from dataclasses import dataclass
 
-__all__ = ["add_arguments", "run", "make_args", "load_teacher", "load_init_weights", "summary_text",
-           "TEACHER_FORMAT", "DEFAULT_MODEL"]
+from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, config_to_dict, option, \
+    parse_key_values
+from ddpipe.evaluate._phase import ResumeOption, RunOptions
+from ddpipe.evaluate.errors import SqueezeError
+# the teacher file format, loading and writing have one owner: ddpipe.evaluate.teacher (re-exported here)
+from ddpipe.evaluate.teacher import TEACHER_FORMAT, load_init_weights, load_teacher, write_teacher
 
-TEACHER_FORMAT = "ddpipe-teacher-v1"
+__all__ = ["SqueezeConfig", "SqueezeResult", "run", "summary_text", "load_teacher", "load_init_weights",
+           "write_teacher", "TEACHER_FORMAT", "DEFAULT_MODEL"]
+
 DEFAULT_MODEL = "convnet_d3_w32_bn"
-# flags that change the weights: a resumed run must use the same values
+# settings that change the weights: a resumed run must use the same values
 _RESUME_KEYS = ("dataset", "data_root", "model", "model_args", "epochs", "batch_size", "opt", "lr", "momentum",
                 "weight_decay", "warmup_epochs", "label_smoothing", "aug", "crop_padding", "seed", "max_train_samples",
                 "init", "reset_head", "classwise_bn")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The squeeze flags (kebab-case, every default stated); returns ``parser`` for chaining."""
-    d = parser.add_argument_group("data")
-    d.add_argument("--dataset", default="fashion-mnist",
-                   help="fashion-mnist, digits, imagefolder:<path> or an ImageFolder path (default fashion-mnist)")
-    d.add_argument("--data-root", default=None,
-                   help="directory holding the dataset's files (default: the Debian package's location)")
-    d.add_argument("--download", action="store_true", help="fetch a missing dataset with torchvision (needs network)")
-    d.add_argument("--max-train-samples", type=int, default=None,
-                   help="train on a seeded random subset of this many images (default: all)")
-    d.add_argument("--aug", choices=["standard", "none"], default="standard",
-                   help="standard: random crop with padding (<=32 px) or RandomResizedCrop, plus flip (default)")
-    d.add_argument("--crop-padding", type=int, default=None,
-                   help="zero padding of the standard random crop (default: 4 at 32 px, 2 at 28 px, 1 at 8 px)")
-    d.add_argument("-j", "--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    m = parser.add_argument_group("model")
-    m.add_argument("--model", default=DEFAULT_MODEL,
-                   help="a registered model (ddpipe.evaluate.models.list_models()) or timm:<name> "
-                   f"(default {DEFAULT_MODEL})")
-    m.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra model keyword argument, repeatable, e.g. --model-arg width=48 (values parsed as JSON)")
-    m.add_argument("--init", default=None, metavar="FILE",
-                   help="start from this local state dict (torchvision, timm or ddpipe teacher/checkpoint)")
-    m.add_argument("--reset-head", action="store_true",
-                   help="with --init: drop a classifier whose class count differs and train a new one")
-    m.add_argument("--classwise-bn", choices=["none", "ema", "exact"], default="none",
-                   help="after training, one eval pass over the augmented train set recording per-class BN "
-                   "statistics (LPLD's forward_once): ema = LPLD's momentum 0.1, exact = pooled (default none)")
-    o = parser.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=4, help="training epochs; 0 only validates --init weights (default 4)")
-    o.add_argument("-b", "--batch-size", type=int, default=128, help="batch size per process (default 128)")
-    o.add_argument("--opt", choices=["sgd", "adamw"], default="sgd", help="optimizer (default sgd, Nesterov momentum)")
-    o.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default: sgd 0.2 x batch/256 x world size, adamw 1e-3)")
-    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    o.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=None,
-                   help="weight decay on conv/linear kernels only (default: sgd 5e-4, adamw 0.01)")
-    o.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs before the cosine decay (default 0)")
-    o.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0)")
-    r = parser.add_argument_group("run")
-    r.add_argument("--out", required=True, help="output directory (teacher.pt, checkpoint.pth, results.json)")
-    r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth if it exists")
-    r.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a run")
-    r.add_argument("--seed", type=int, default=0, help="seed of initialisation, order and augmentation (default 0)")
-    r.add_argument("--val-every", type=int, default=1, help="validate every N epochs and after the last (default 1)")
-    r.add_argument("--stop-after-epoch", type=int, default=None, metavar="E",
-                   help="stop as if killed once epoch E (0-based) is checkpointed; for testing --resume")
-    r.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda (default auto)")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    r.add_argument("--no-deterministic", dest="deterministic", action="store_false",
-                   help="allow non-deterministic kernels (faster on GPU; breaks bit-identical resume)")
-    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
-    r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    return parser
+@dataclass(frozen=True, kw_only=True)
+class SqueezeConfig(RunOptions, ResumeOption):
+    """Everything ``ddpipe squeeze`` does, as one value. Bad values raise :class:`SqueezeError` here."""
+
+    error = SqueezeError
+
+    out: str = option(help="output directory (teacher.pt, checkpoint.pth, results.json)", group="run")
+    # data
+    dataset: str = option("fashion-mnist", group="data",
+                          help="fashion-mnist, digits, imagefolder:<path> or an ImageFolder path (default fashion-mnist)")
+    data_root: str | None = option(None, group="data",
+                                   help="directory holding the dataset's files (default: the Debian package's location)")
+    download: bool = option(False, group="data", help="fetch a missing dataset with torchvision (needs network)")
+    max_train_samples: int | None = option(None, group="data",
+                                           help="train on a seeded random subset of this many images (default: all)")
+    aug: str = option("standard", choices=("standard", "none"), group="data",
+                      help="standard: random crop with padding (<=32 px) or RandomResizedCrop, plus flip (default)")
+    crop_padding: int | None = option(None, group="data",
+                                      help="zero padding of the standard random crop (default: 4 at 32 px, 2 at 28 px, 1 at 8 px)")
+    workers: int = option(0, flags=("-j",), group="data", help="DataLoader worker processes (default 0)")
+    # model
+    model: str = option(DEFAULT_MODEL, group="model",
+                        help="a registered model (ddpipe.evaluate.models.list_models()) or timm:<name> "
+                             f"(default {DEFAULT_MODEL})")
+    model_args: tuple[str, ...] = option((), flags=("--model-arg",), metavar="KEY=VALUE", group="model",
+                                         help="extra model keyword argument, repeatable, e.g. --model-arg width=48 "
+                                              "(values parsed as JSON; the API also takes a dict)")
+    init: str | None = option(None, metavar="FILE", group="model",
+                              help="start from this local state dict (torchvision, timm or ddpipe teacher/checkpoint)")
+    reset_head: bool = option(False, group="model",
+                              help="with --init: drop a classifier whose class count differs and train a new one")
+    classwise_bn: str = option("none", choices=("none", "ema", "exact"), group="model",
+                               help="after training, one eval pass over the augmented train set recording per-class BN "
+                                    "statistics (LPLD's forward_once): ema = LPLD's momentum 0.1, exact = pooled "
+                                    "(default none)")
+    # optimisation
+    epochs: int = option(4, group="optimisation", help="training epochs; 0 only validates --init weights (default 4)")
+    batch_size: int = option(128, flags=("-b",), group="optimisation", help="batch size per process (default 128)")
+    opt: str = option("sgd", choices=("sgd", "adamw"), group="optimisation",
+                      help="optimizer (default sgd, Nesterov momentum)")
+    lr: float | None = option(None, group="optimisation",
+                              help="peak learning rate (default: sgd 0.2 x batch/256 x world size, adamw 1e-3)")
+    momentum: float = option(0.9, group="optimisation", help="SGD momentum (default 0.9)")
+    weight_decay: float | None = option(None, flags=("--wd",), group="optimisation",
+                                        help="weight decay on conv/linear kernels only (default: sgd 5e-4, adamw 0.01)")
+    warmup_epochs: int = option(0, group="optimisation", help="linear warm-up epochs before the cosine decay (default 0)")
+    label_smoothing: float = option(0.0, group="optimisation", help="cross-entropy label smoothing (default 0)")
+    # run
+    overwrite: bool = option(False, group="run", help="start afresh even if OUT holds a run")
+    seed: int = option(0, group="run", help="seed of initialisation, order and augmentation (default 0)")
+    val_every: int = option(1, group="run", help="validate every N epochs and after the last (default 1)")
+    stop_after_epoch: int | None = option(None, metavar="E", group="run",
+                                          help="stop as if killed once epoch E (0-based) is checkpointed; for testing resume")
+    deterministic: bool = option(True, group="run",
+                                 help="allow non-deterministic kernels (deterministic=False: faster on GPU, breaks bit-identical resume)")
+
+    def validate(self) -> None:
+        super().validate()
+        e = self.error
+        check_out_path(e, "out", self.out)
+        check_int(e, "epochs", self.epochs, min=0)
+        check_int(e, "batch_size", self.batch_size, min=1)
+        check_int(e, "workers", self.workers, min=0)
+        check_int(e, "seed", self.seed, min=0)
+        check_int(e, "val_every", self.val_every, min=1)
+        check_int(e, "warmup_epochs", self.warmup_epochs, min=0)
+        check_int(e, "max_train_samples", self.max_train_samples, min=1, allow_none=True)
+        check_int(e, "crop_padding", self.crop_padding, min=0, allow_none=True)
+        check_int(e, "stop_after_epoch", self.stop_after_epoch, min=0, allow_none=True)
+        check_range(e, "lr", self.lr, min=0, min_exclusive=True, allow_none=True)
+        check_range(e, "momentum", self.momentum, min=0)
+        check_range(e, "weight_decay", self.weight_decay, min=0, allow_none=True)
+        check_range(e, "label_smoothing", self.label_smoothing, min=0, max=1)
+        check_choice(e, "aug", self.aug, ("standard", "none"))
+        check_choice(e, "opt", self.opt, ("sgd", "adamw"))
+        check_choice(e, "classwise_bn", self.classwise_bn, ("none", "ema", "exact"))
+        fixed = sorted(set(parse_key_values(e, "model_args", self.model_args)) & {"num_classes", "in_chans", "input_size"})
+        if fixed:
+            raise e(f"model_args: {fixed[0]} is the dataset's (its images and classes), not a model argument; "
+                    "drop --model-arg " + fixed[0] + "=...")
+        if self.init is not None and not os.path.isfile(os.path.expanduser(self.init)):
+            what = "a directory" if os.path.isdir(os.path.expanduser(self.init)) else "not found"
+            raise e(f"init {self.init}: {what}; give the path of a state-dict file")
+
+    def model_kwargs(self) -> dict:
+        """``model_args`` as keyword arguments of the model."""
+        return parse_key_values(self.error, "model_args", self.model_args)
 
 
-def make_args(out: str, **overrides) -> argparse.Namespace:
-    """The parsed defaults with ``overrides`` applied: the library entry point (``run(make_args(...))``)."""
-    from ddpipe.evaluate._phase import parse_with_overrides
+@dataclass(frozen=True)
+class SqueezeResult(Result):
+    """What a squeeze run wrote to ``results.json`` (``status``: complete, stopped or running)."""
 
-    return parse_with_overrides(add_arguments, ["--out", os.fspath(out)], overrides, "squeeze")
+    phase: str
+    status: str
+    out: str
+    epochs_done: int
+    epochs: int
+    final: dict | None
+    best_top1: float | None
+    wall_time_s: float
+    teacher: str | None
+    teacher_hash: str | None
+    model: dict
+    num_params: int
+    dataset: dict
+    init: dict | None
+    history: list
+    config: dict
+    world_size: int
+    versions: dict
+    classwise_bn: dict | None = None
 
 
-def _parse_model_args(items: list[str]) -> dict:
-    from ddpipe.evaluate.errors import ModelConfigError
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ModelConfigError(f"--model-arg expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip().replace("-", "_")] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip().replace("-", "_")] = v
-    return out
-
-
-def _config(args: argparse.Namespace, world_size: int) -> dict:
+def _resolved_config(config: SqueezeConfig, world_size: int) -> dict:
     """The full, JSON-safe config of a run, with the learning rate and weight decay resolved."""
-    cfg = {k: v for k, v in vars(args).items() if k not in ("func", "command") and not callable(v)}
-    cfg["model_args"] = _parse_model_args(args.model_args)
+    cfg = config_to_dict(config)
+    cfg["model_args"] = config.model_kwargs()
     if cfg["lr"] is None:
-        cfg["lr"] = 0.2 * args.batch_size * world_size / 256 if args.opt == "sgd" else 1e-3
+        cfg["lr"] = 0.2 * config.batch_size * world_size / 256 if config.opt == "sgd" else 1e-3
     if cfg["weight_decay"] is None:
-        cfg["weight_decay"] = 5e-4 if args.opt == "sgd" else 0.01
+        cfg["weight_decay"] = 5e-4 if config.opt == "sgd" else 0.01
     for k in ("init", "data_root", "out"):
         if cfg.get(k):
             cfg[k] = os.path.abspath(os.path.expanduser(cfg[k]))
     return cfg
 
 
-def _log(enabled: bool, text: str) -> None:
-    if enabled:
-        print(text, file=sys.stderr, flush=True)
-
-
-# --- weights in and out ---------------------------------------------------------------------------
-def _classifier_names(model) -> list[str]:
-    """State-dict keys of the final classifier (timm's ``get_classifier``, else the last Linear)."""
-    from torch import nn
-
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(head, nn.Linear):
-        head = None
-        for mod in model.modules():
-            if isinstance(mod, nn.Linear):
-                head = mod
-    if head is None:
-        return []
-    name = next(n for n, mod in model.named_modules() if mod is head)
-    return [f"{name}.{p}" if name else p for p, _ in head.named_parameters(recurse=False)]
-
-
-def load_init_weights(model, path: str, num_classes: int, reset_head: bool = False, what: str = "the dataset") -> dict:
-    """Load a torchvision / timm / ddpipe state dict from ``path`` into ``model``.
-
-    A classifier with another class count is :class:`ClassCountMismatchError` (unless ``reset_head``
-    keeps the new, randomly initialised classifier); any other missing, unexpected or mis-shaped
-    key is one :class:`CheckpointError`. Returns ``{"loaded": n, "reset": [keys]}``.
-    """
-    from ddpipe.evaluate.checkpoint import extract_state_dict, load_checkpoint
-    from ddpipe.evaluate.errors import CheckpointError, ClassCountMismatchError
-    from ddpipe.evaluate.models import convert_to_classwise_bn, has_classwise_bn
-
-    sd = extract_state_dict(load_checkpoint(path), path)
-    if any(k.endswith("class_running_mean") for k in sd) and not has_classwise_bn(model):
-        convert_to_classwise_bn(model, num_classes)
-    target = model.state_dict()
-    reset = []
-    for key in _classifier_names(model):
-        if key in sd and sd[key].shape != target[key].shape:
-            if not reset_head and sd[key].shape[0] != target[key].shape[0]:
-                raise ClassCountMismatchError(
-                    f"{path} has a {sd[key].shape[0]}-class classifier ({key}) but {what} has {num_classes} classes; "
-                    "pass --reset-head to train a new classifier on its features, or pick the matching dataset"
-                )
-            if reset_head:
-                del sd[key]
-                reset.append(key)
-    missing = [k for k in target if k not in sd and k not in reset]
-    unexpected = [k for k in sd if k not in target]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(target[k].shape)}" for k in sd
-             if k in target and sd[k].shape != target[k].shape]
-    if missing or unexpected or wrong:
-        parts = [f"{len(v)} {n} (e.g. {', '.join(v[:3])})" for n, v in
-                 (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", wrong)) if v]
-        cfg = getattr(model, "model_cfg", {})
-        built = f" built for {cfg['in_chans']}-channel {cfg['input_size']} px inputs" if cfg else ""
-        name = cfg.get("name", type(model).__name__)
-        raise CheckpointError(f"{path} does not fit model {name}{built}: {'; '.join(parts)}")
-    model.load_state_dict(sd, strict=not reset)
-    return {"loaded": len(sd), "reset": reset}
-
-
-def load_teacher(path: str, device: str = "cpu", num_classes: int | None = None):
-    """Rebuild a teacher written by squeeze: ``(model in eval mode, meta)``.
-
-    ``meta`` is the file without its weights (model config, dataset facts, mean/std, metrics,
-    ``teacher_hash``). The weights are checked against the hash; ``num_classes``, if given, must match.
-    """
-    from ddpipe.evaluate.checkpoint import load_checkpoint, state_dict_hash
-    from ddpipe.evaluate.errors import CheckpointError, ClassCountMismatchError
-    from ddpipe.evaluate.models import convert_to_classwise_bn, create_model
-
-    obj = load_checkpoint(path)
-    if obj.get("format") != TEACHER_FORMAT:
-        raise CheckpointError(
-            f"{path} is not a ddpipe teacher (format {obj.get('format')!r}, expected {TEACHER_FORMAT!r}); "
-            "wrap torchvision or timm weights with `ddpipe squeeze --init FILE --epochs 0 --out DIR`"
-        )
-    sd = obj["model"]
-    if state_dict_hash(sd) != obj["teacher_hash"]:
-        raise CheckpointError(f"{path}: weights do not match the recorded teacher_hash; the file is damaged")
-    cfg = obj["model_cfg"]
-    if num_classes is not None and cfg["num_classes"] != num_classes:
-        raise ClassCountMismatchError(
-            f"teacher {path} predicts {cfg['num_classes']} classes but the data has {num_classes}; "
-            "use a teacher squeezed on the same dataset"
-        )
-    model = create_model(cfg["name"], cfg["num_classes"], cfg["in_chans"], cfg["input_size"], **cfg["kwargs"])
-    if obj.get("classwise_bn"):
-        convert_to_classwise_bn(model, cfg["num_classes"], obj.get("class_momentum", 0.1))
-    model.load_state_dict(sd)
-    model.to(device).eval()
-    meta = {k: v for k, v in obj.items() if k != "model"}
-    meta["path"] = os.path.abspath(path)
-    return model, meta
-
-
-def write_teacher(model, path: str, dataset, metrics: dict | None, config: dict | None = None) -> str:
-    """Save ``model`` as a ddpipe teacher file (atomically); returns its ``teacher_hash``."""
-    import torch
-
-    from ddpipe.evaluate.checkpoint import save_atomic, state_dict_hash, unwrap_model
-    from ddpipe.evaluate.models import has_classwise_bn, model_config
-
-    inner = unwrap_model(model)
-    sd = {k: v.detach().cpu() for k, v in inner.state_dict().items()}
-    digest = state_dict_hash(sd)
-    classwise = has_classwise_bn(inner)
-    momentum = next((m.class_momentum for m in inner.modules() if hasattr(m, "class_momentum")), None)
-    save_atomic({
-        "format": TEACHER_FORMAT, "model": sd, "model_cfg": model_config(inner), "teacher_hash": digest,
-        "num_classes": dataset.num_classes, "in_chans": dataset.in_chans, "input_size": dataset.input_size,
-        "mean": list(dataset.mean), "std": list(dataset.std), "dataset": dataset.describe(),
-        "classwise_bn": classwise, **({"class_momentum": momentum} if classwise else {}),
-        "metrics": metrics or {}, "config": config or {}, "torch_version": str(torch.__version__),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }, path)
-    return digest
-
-
 # --- the run --------------------------------------------------------------------------------------
-def run(args: argparse.Namespace) -> dict:
-    """Train (or resume) a teacher as the flags say; returns the results dict also written to results.json."""
-    from ddpipe.evaluate._phase import torch_threads
+def run(config: SqueezeConfig) -> SqueezeResult:
+    """Train (or resume) a teacher as ``config`` says; returns the result also written to results.json."""
+    from ddpipe.evaluate._phase import output_dir, torch_threads
 
-    with torch_threads(args.threads):
-        return _run(args)
+    if not isinstance(config, SqueezeConfig):
+        raise TypeError(f"squeeze.run takes a SqueezeConfig, got {type(config).__name__}")
+    with output_dir(config.out), torch_threads(config.threads):
+        return _run(config)
 
 
-def _run(args: argparse.Namespace) -> dict:
+def _run(config: SqueezeConfig) -> SqueezeResult:
     import torch
 
-    from ddpipe import __version__
-    from ddpipe.evaluate.checkpoint import (resume_checkpoint, rng_state, set_rng_state, unwrap_model,
-                                            write_json_atomic)
+    from ddpipe.evaluate._phase import versions
+    from ddpipe.evaluate.checkpoint import unwrap_model
     from ddpipe.evaluate.datasets import load_dataset
-    from ddpipe.evaluate.distributed import barrier, init_distributed, is_main_process, save_on_main
-    from ddpipe.evaluate.errors import EvaluateError
-    from ddpipe.evaluate.models import create_model
-    from ddpipe.evaluate.train import (build_loaders, build_optimizer, build_scheduler, deterministic, seed_epoch,
-                                       seed_everything, train_one_epoch, validate)
+    from ddpipe.evaluate.distributed import barrier, get_world_size, init_distributed
+    from ddpipe.evaluate.loop import TrainingRun
+    from ddpipe.evaluate.teacher import build_model  # create_model with bad arguments as one error
+    from ddpipe.evaluate.train import build_loaders, build_optimizer, build_scheduler, seed_epoch, seed_everything, validate
 
-    t_start = time.perf_counter()
-    # 1. output directory, distributed mode, config
-    dist = init_distributed(args.device, announce=args.progress)
-    main = is_main_process()
-    say = args.progress and main
-    cfg = _config(args, dist.world_size)
+    # 1. distributed mode, config, output directory, the checkpoint to resume
+    init_distributed(config.device, announce=False)  # the world size resolves the default lr
+    cfg = _resolved_config(config, get_world_size())
     out = cfg["out"]
-    ckpt_path, results_path, teacher_path = (os.path.join(out, f) for f in ("checkpoint.pth", "results.json", "teacher.pt"))
-    if args.epochs < 0 or args.batch_size < 1 or args.val_every < 1:
-        raise EvaluateError("--epochs must be >= 0, --batch-size and --val-every >= 1")
-    ckpt = resume_checkpoint(ckpt_path, cfg, _RESUME_KEYS, resume=args.resume, overwrite=args.overwrite,
-                             phase="squeeze")
-    if ckpt is None and args.resume:
-        _log(say, f"squeeze: no checkpoint in {out}, starting afresh")
-    if main:
-        os.makedirs(out, exist_ok=True)
-        if args.overwrite:  # no stale teacher or results from the run being replaced
-            for path in (ckpt_path, results_path, teacher_path):
-                if os.path.exists(path):
-                    os.unlink(path)
-    barrier()
-    device = torch.device(dist.device)
+    tr = TrainingRun("squeeze", out, cfg, _RESUME_KEYS, resume=config.resume, overwrite=config.overwrite,
+                     device=config.device, progress=config.progress, final_file="teacher.pt")
+    teacher_path = tr.final_path
 
     # 2. data
-    dataset = load_dataset(args.dataset, data_root=args.data_root, download=args.download)
+    dataset = load_dataset(config.dataset, data_root=config.data_root, download=config.download)
     train_split = None
-    if args.max_train_samples and args.max_train_samples < len(dataset.train):
+    if config.max_train_samples and config.max_train_samples < len(dataset.train):
         import numpy as np
 
-        pick = np.random.Generator(np.random.PCG64(args.seed)).permutation(len(dataset.train))[: args.max_train_samples]
-        train_split = dataset.train.subset(np.sort(pick))
+        pick = np.random.Generator(np.random.PCG64(config.seed)).permutation(len(dataset.train))
+        train_split = dataset.train.subset(np.sort(pick[: config.max_train_samples]))
     n_train = len(train_split) if train_split is not None else len(dataset.train)
-    _log(say, f"squeeze: {args.model} on {dataset.name} ({n_train} train / {len(dataset.test)} test images, "
-              f"{dataset.num_classes} classes, {dataset.input_size} px), {args.epochs} epochs, out {out}")
+    tr.log(f"squeeze: {config.model} on {dataset.name} ({n_train} train / {len(dataset.test)} test images, "
+           f"{dataset.num_classes} classes, {dataset.input_size} px), {config.epochs} epochs, out {out}")
 
-    # 3. model, criterion, optimiser, schedule
-    seed_everything(args.seed)
-    model = create_model(args.model, dataset.num_classes, dataset.in_chans, dataset.input_size, **cfg["model_args"])
+    # 3. model, criterion, optimiser, schedule; a resumed run's state
+    seed_everything(config.seed)
+    model = build_model(config.model, dataset.num_classes, dataset.in_chans, dataset.input_size, cfg["model_args"])
     init_info = None
-    if args.init and ckpt is None:
-        init_info = load_init_weights(model, cfg["init"], dataset.num_classes, args.reset_head, what=dataset.name)
-    model.to(device)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    optimizer = build_optimizer(model, args.opt, cfg["lr"], args.momentum, cfg["weight_decay"])
-    scheduler = build_scheduler(optimizer, args.epochs, args.warmup_epochs)
-    model_without_ddp = model
-    if dist.distributed:
-        ids = [dist.local_rank] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if config.init and not tr.resumed:
+        init_info = load_init_weights(model, cfg["init"], dataset.num_classes, config.reset_head, what=dataset.name)
+    model.to(tr.device)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    optimizer = build_optimizer(model, config.opt, cfg["lr"], config.momentum, cfg["weight_decay"])
+    scheduler = build_scheduler(optimizer, config.epochs, config.warmup_epochs)
+    model = tr.attach(model, optimizer, scheduler)
+    if tr.resumed:
+        init_info = tr.ckpt.get("init_info")
+    train_loader, val_loader = build_loaders(dataset, config.batch_size, config.workers, config.aug, config.seed,
+                                             train_split, crop_padding=config.crop_padding)
+    describe = {k: v for k, v in dataset.describe().items() if k != "classes"}
+    num_params = sum(p.numel() for p in tr.model_without_ddp.parameters())
 
-    # 4. resume
-    start_epoch, history, elapsed_before = 0, [], 0.0
-    if ckpt is not None:
-        model_without_ddp.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["lr_scheduler"])
-        set_rng_state(ckpt["rng"])
-        start_epoch, history, elapsed_before = ckpt["epoch"] + 1, list(ckpt["history"]), float(ckpt["elapsed_s"])
-        init_info = ckpt.get("init_info")
-        _log(say, f"squeeze: resumed from {ckpt_path} at epoch {start_epoch}")
-    train_loader, val_loader = build_loaders(dataset, args.batch_size, args.workers, args.aug, args.seed, train_split,
-                                             crop_padding=args.crop_padding)
+    def results(status: str, teacher_hash: str | None = None, classwise_bn: dict | None = None) -> SqueezeResult:
+        return SqueezeResult(
+            phase="squeeze", status=status, out=out, epochs_done=len(tr.history), epochs=config.epochs,
+            final=tr.last_val(), best_top1=max((h["val"]["top1"] for h in tr.history if "val" in h), default=None),
+            wall_time_s=tr.elapsed(), teacher=teacher_path if status == "complete" else None,
+            teacher_hash=teacher_hash, model=unwrap_model(model).model_cfg, num_params=num_params, dataset=describe,
+            init=init_info, history=list(tr.history), config=cfg, world_size=tr.dist.world_size, versions=versions(),
+            classwise_bn=classwise_bn)
 
-    def results(status: str) -> dict:
-        last_val = next((h["val"] for h in reversed(history) if "val" in h), None)
-        return {
-            "phase": "squeeze", "status": status, "out": out, "epochs_done": len(history), "epochs": args.epochs,
-            "final": last_val, "best_top1": max((h["val"]["top1"] for h in history if "val" in h), default=None),
-            "wall_time_s": elapsed_before + time.perf_counter() - t_start,
-            "teacher": teacher_path if status == "complete" else None, "teacher_hash": None,
-            "model": unwrap_model(model).model_cfg, "num_params": sum(p.numel() for p in model_without_ddp.parameters()),
-            "dataset": {k: v for k, v in dataset.describe().items() if k != "classes"}, "init": init_info,
-            "history": history, "config": cfg, "world_size": dist.world_size,
-            "versions": {"ddpipe": __version__, "torch": str(torch.__version__), "python": sys.version.split()[0]},
-        }
+    # 4. the epoch loop (shared with train)
+    def batches(epoch: int):
+        seed_epoch(train_loader, config.seed, epoch)
+        return train_loader
 
-    # 5. the epoch loop
-    with deterministic(args.deterministic):
-        for epoch in range(start_epoch, args.epochs):
-            seed_epoch(train_loader, args.seed, epoch)
-            stats = train_one_epoch(model, train_loader, criterion, optimizer, device, epoch, progress=args.progress,
-                                    header=f"epoch {epoch + 1}/{args.epochs}")
-            scheduler.step()
-            if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:
-                stats["val"] = validate(model, val_loader, device, progress=args.progress)
-            history.append(stats)
-            val = stats.get("val")
-            _log(say, f"epoch {epoch + 1}/{args.epochs}: loss {stats['train_loss']:.4f}  train {stats['train_top1']:.2f}%"
-                      + (f"  val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}%" if val else "")
-                      + f"  ({stats['time_s']:.1f} s)")
-            state = {
-                "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
-                "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "config": cfg, "history": history,
-                "rng": rng_state(), "init_info": init_info,
-                "elapsed_s": elapsed_before + time.perf_counter() - t_start,
-            }
-            save_on_main(state, ckpt_path)
-            if main:
-                write_json_atomic(results("running"), results_path)
-            barrier()
-            if args.stop_after_epoch is not None and epoch >= args.stop_after_epoch and epoch + 1 < args.epochs:
-                res = results("stopped")
-                if main:
-                    write_json_atomic(res, results_path)
-                return res
+    status = tr.fit(config.epochs, batches, criterion, val_loader, val_every=config.val_every,
+                    deterministic=config.deterministic, results=results, stop_after_epoch=config.stop_after_epoch,
+                    extra_state={"init_info": init_info})
+    if status == "stopped":
+        return results("stopped")
 
-    # 6. LPLD's class-wise BN statistics (one eval pass over the augmented training data)
+    # 5. LPLD's class-wise BN statistics (one eval pass over the augmented training data)
     class_bn = None
-    if args.classwise_bn != "none":
+    if config.classwise_bn != "none":
         from ddpipe.evaluate.models import collect_class_stats, convert_to_classwise_bn
 
-        convert_to_classwise_bn(model_without_ddp, dataset.num_classes, 0.1 if args.classwise_bn == "ema" else None)
-        seed_epoch(train_loader, args.seed, args.epochs)
-        seen = collect_class_stats(model_without_ddp, train_loader, device, progress=args.progress)
-        class_bn = {"mode": args.classwise_bn, "images": seen}
-        _log(say, f"squeeze: class-wise BN statistics ({args.classwise_bn}) from {seen} images")
+        convert_to_classwise_bn(tr.model_without_ddp, dataset.num_classes, 0.1 if config.classwise_bn == "ema" else None)
+        seed_epoch(train_loader, config.seed, config.epochs)
+        seen = collect_class_stats(tr.model_without_ddp, train_loader, tr.device, progress=config.progress)
+        class_bn = {"mode": config.classwise_bn, "images": seen}
+        tr.log(f"squeeze: class-wise BN statistics ({config.classwise_bn}) from {seen} images")
 
-    # 7. the teacher
-    if not history or "val" not in history[-1]:  # --epochs 0 (or a resumed, finished run without one)
-        history.append({"epoch": args.epochs - 1 if history else -1,
-                        "val": validate(model, val_loader, device, progress=args.progress)})
-    res = results("complete")
-    res["classwise_bn"] = class_bn
-    if main:
-        res["teacher_hash"] = write_teacher(model_without_ddp, teacher_path, dataset, res["final"], cfg)
-        write_json_atomic(res, results_path)
+    # 6. the teacher
+    if not tr.history or "val" not in tr.history[-1]:  # epochs=0 (or a resumed, finished run without one)
+        tr.history.append({"epoch": config.epochs - 1 if tr.history else -1,
+                           "val": validate(model, val_loader, tr.device, progress=config.progress)})
+    digest = None
+    if tr.main:
+        digest = write_teacher(tr.model_without_ddp, teacher_path, dataset, tr.last_val(), cfg)
+    res = results("complete", digest, class_bn)
+    tr.write_results(res)
     barrier()
-    _log(say, f"squeeze: top-1 {res['final']['top1']:.2f}%  top-5 {res['final']['top5']:.2f}%  "
-              f"in {res['wall_time_s']:.1f} s -> {teacher_path}")
+    tr.log(f"squeeze: top-1 {res.final['top1']:.2f}%  top-5 {res.final['top5']:.2f}%  "
+           f"in {res.wall_time_s:.1f} s -> {teacher_path}")
     return res
 
 
-def summary_text(res: dict) -> str:
+def summary_text(res: SqueezeResult) -> str:
     """The human-readable result line(s) of a run."""
-    final = res.get("final") or {}
-    lines = [f"squeeze {res['status']}: {res['model']['name']} on {res['dataset']['name']}, "
-             f"{res['epochs_done']}/{res['epochs']} epochs in {res['wall_time_s']:.1f} s"]
+    if isinstance(res, dict):  # a results.json read back
+        res = SqueezeResult.from_dict(res)
+    final = res.final or {}
+    lines = [f"squeeze {res.status}: {res.model['name']} on {res.dataset['name']}, "
+             f"{res.epochs_done}/{res.epochs} epochs in {res.wall_time_s:.1f} s"]
     if final:
         lines.append(f"  top-1 {final['top1']:.2f}%  top-5 {final['top5']:.2f}%  loss {final['loss']:.4f}")
-    if res.get("teacher"):
-        lines.append(f"  teacher {res['teacher']} (sha256 {res['teacher_hash'][:16]}…)")
-    lines.append(f"  results {os.path.join(res['out'], 'results.json')}")
+    if res.teacher:
+        lines.append(f"  teacher {res.teacher} (sha256 {(res.teacher_hash or '')[:16]}…)")
+    lines.append(f"  results {os.path.join(res.out, 'results.json')}")
     return "\n".join(lines)

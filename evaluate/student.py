@@ -1,86 +1,164 @@
 """``ddpipe train``: train a student on the distilled images and validate it on the real test set.
 
-Three label modes, one loop (``ddpipe.evaluate.train.train_one_epoch``):
+The library call is ``run(TrainConfig(...)) -> TrainResult``. Three label modes, one loop
+(:class:`ddpipe.evaluate.loop.TrainingRun`, shared with squeeze):
 
-- ``--labels STORE``: replay the store (crops, flips, mixes and top-k soft labels read back, never
+- ``labels=STORE``: replay the store (crops, flips, mixes and top-k soft labels read back, never
   re-derived) through the torch or DALI loader; loss ``KL(softmax_T(teacher) || log_softmax(student / T))``
   with the store's temperature (SRe2L's recipe: AdamW 1e-3, weight decay 0.01 on weights only,
   cosine, batch = relabel batch).
-- ``--online-teacher CKPT``: no store; the same schedule is generated from ``--seed`` and the
-  teacher labels each mixed batch live (RDED-style). Targets go through the store's arithmetic
+- ``online_teacher=(CKPT, ...)``: no store; the same schedule is generated from ``schedule_seed`` and
+  the teacher labels each mixed batch live (RDED-style). Targets go through the store's arithmetic
   (softmax at T, top-k, marginal smoothing), so they equal what a store would have replayed.
-- ``--hard-labels``: the same schedule with one-hot labels mixed by lambda (the baseline).
+- ``hard_labels=True``: the same schedule with one-hot labels mixed by lambda (the baseline).
 
-Checkpoints are written atomically every epoch; ``--resume`` continues at the next epoch and gives
+Checkpoints are written atomically every epoch; ``resume`` continues at the next epoch and gives
 the same final weights as an uninterrupted run on the CPU.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-import time
+from dataclasses import dataclass
 
-__all__ = ["add_arguments", "run", "make_args", "summary_text", "kd_loss", "soft_cross_entropy"]
+from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, config_to_dict, option, \
+    parse_key_values
+from ddpipe.evaluate._phase import ResumeOption, RunOptions
+from ddpipe.evaluate.errors import TrainError
+
+__all__ = ["TrainConfig", "TrainResult", "run", "summary_text", "kd_loss", "soft_cross_entropy", "LabelBytesRead"]
 
 _RESUME_KEYS = ("images", "labels", "online_teacher", "hard_labels", "dataset", "model", "model_args", "epochs",
                 "batch_size", "schedule", "mix", "seed", "temperature", "topk", "opt", "lr", "weight_decay")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    d = parser.add_argument_group("data")
-    d.add_argument("--images", required=True, help="the distilled image set (ImageFolder, .npz, .tar shards)")
-    d.add_argument("--dataset", default="fashion-mnist",
-                   help="the real dataset to validate on: fashion-mnist, digits, imagefolder:<path> (default fashion-mnist)")
-    d.add_argument("--data-root", default=None, help="where the dataset's files are (default: the Debian package's location)")
-    lab = parser.add_argument_group("labels (choose one)").add_mutually_exclusive_group(required=True)
-    lab.add_argument("--labels", metavar="STORE", help="replay this label store")
-    lab.add_argument("--online-teacher", metavar="CKPT", action="append",
-                     help="label every batch live with this teacher (repeat for an ensemble)")
-    lab.add_argument("--hard-labels", action="store_true", help="one-hot labels of the images (mixed by lambda)")
-    s = parser.add_argument_group("schedule (online teacher and hard labels; a store carries its own)")
-    s.add_argument("--epochs", type=int, default=None, help="training epochs (default: the store's, else 300)")
-    s.add_argument("-b", "--batch-size", type=int, default=None, help="batch size (default: the store's, else 1024)")
-    s.add_argument("--schedule", default="sre2l", help="schedule recipe (default sre2l)")
-    s.add_argument("--mix", choices=["none", "cutmix", "mixup"], default=None, help="override the recipe's mix")
-    s.add_argument("--min-scale", type=float, default=None, help="override the recipe's smallest crop area")
-    s.add_argument("--schedule-seed", type=int, default=42, help="schedule seed (default 42)")
-    s.add_argument("--topk", type=int, default=None, help="online teacher: keep top-k like a store (default: all classes)")
-    s.add_argument("-T", "--temperature", type=float, default=None,
-                   help="distillation temperature (default: the store's; online teacher 20)")
-    m = parser.add_argument_group("model and optimisation")
-    m.add_argument("--model", default="convnet_d3_w32_bn", help="student model (default convnet_d3_w32_bn)")
-    m.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra model keyword argument, repeatable")
-    m.add_argument("--opt", choices=["adamw", "sgd"], default="adamw", help="optimizer (default adamw, SRe2L)")
-    m.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    m.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=0.01,
-                   help="weight decay on conv/linear kernels only (default 0.01)")
-    m.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    r = parser.add_argument_group("run")
-    r.add_argument("--out", required=True, help="output directory (checkpoint.pth, results.json, student.pt)")
-    r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
-    r.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a run")
-    r.add_argument("--seed", type=int, default=0, help="seed of the student's initialisation (default 0)")
-    r.add_argument("--val-every", type=int, default=10, help="validate every N epochs and after the last (default 10)")
-    r.add_argument("--stop-after-epoch", type=int, default=None, metavar="E", help="stop after epoch E (testing --resume)")
-    r.add_argument("--loader", choices=["torch", "dali"], default="torch", help="image backend (default torch)")
-    r.add_argument("-j", "--workers", type=int, default=2, help="loader workers (default 2)")
-    r.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    r.add_argument("--no-deterministic", dest="deterministic", action="store_false", help="allow non-deterministic kernels")
-    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
-    r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    return parser
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(RunOptions, ResumeOption):
+    """Everything ``ddpipe train`` does, as one value. Give exactly one of ``labels``,
+    ``online_teacher`` and ``hard_labels``. Bad values raise :class:`TrainError` here."""
+
+    error = TrainError
+
+    images: str = option(help="the distilled image set (ImageFolder, .npz, .tar shards)", group="data")
+    out: str = option(help="output directory (checkpoint.pth, results.json, student.pt)", group="run")
+    dataset: str = option("fashion-mnist", group="data",
+                          help="the real dataset to validate on: fashion-mnist, digits, imagefolder:<path> "
+                               "(default fashion-mnist)")
+    data_root: str | None = option(None, group="data",
+                                   help="where the dataset's files are (default: the Debian package's location)")
+    # labels: exactly one
+    labels: str | None = option(None, metavar="STORE", group="labels (choose one)", help="replay this label store")
+    online_teacher: tuple[str, ...] = option((), metavar="CKPT", group="labels (choose one)",
+                                             help="label every batch live with this teacher (repeat for an ensemble)")
+    hard_labels: bool = option(False, group="labels (choose one)", help="one-hot labels of the images (mixed by lambda)")
+    check_teacher: tuple[str, ...] = option((), metavar="CKPT", group="teacher check (stores only)",
+                                            help="before training, re-run this teacher (the store's; repeat for an "
+                                                 "ensemble) on the first units the student replays and stop unless "
+                                                 "the stored labels match (ddpipe.evaluate.check_teacher)")
+    check_units: int = option(4, group="teacher check (stores only)",
+                              help="how many of the first replayed units --check-teacher re-runs (default 4)")
+    # schedule (online teacher and hard labels; a store carries its own)
+    epochs: int | None = option(None, group="schedule", help="training epochs (default: the store's, else 300)")
+    batch_size: int | None = option(None, flags=("-b",), group="schedule",
+                                    help="batch size (default: the store's, else 1024)")
+    schedule: str = option("sre2l", group="schedule", help="schedule recipe (default sre2l)")
+    mix: str | None = option(None, choices=("none", "cutmix", "mixup"), group="schedule",
+                             help="override the recipe's mix")
+    min_scale: float | None = option(None, group="schedule", help="override the recipe's smallest crop area")
+    schedule_seed: int = option(42, group="schedule", help="schedule seed (default 42)")
+    topk: int | None = option(None, group="schedule",
+                              help="online teacher: keep top-k like a store (default: all classes)")
+    temperature: float | None = option(None, flags=("-T",), group="schedule",
+                                       help="distillation temperature (default: the store's; online teacher 20); "
+                                            "a logit store's targets are taken at this temperature")
+    # model and optimisation
+    model: str = option("convnet_d3_w32_bn", group="model and optimisation",
+                        help="student model (default convnet_d3_w32_bn)")
+    model_args: tuple[str, ...] = option((), flags=("--model-arg",), metavar="KEY=VALUE", group="model and optimisation",
+                                         help="extra model keyword argument, repeatable (the API also takes a dict)")
+    opt: str = option("adamw", choices=("adamw", "sgd"), group="model and optimisation",
+                      help="optimizer (default adamw, SRe2L)")
+    lr: float = option(1e-3, group="model and optimisation", help="peak learning rate (default 1e-3)")
+    weight_decay: float = option(0.01, flags=("--wd",), group="model and optimisation",
+                                 help="weight decay on conv/linear kernels only (default 0.01)")
+    momentum: float = option(0.9, group="model and optimisation", help="SGD momentum (default 0.9)")
+    # run
+    overwrite: bool = option(False, group="run", help="start afresh even if OUT holds a run")
+    seed: int = option(0, group="run", help="seed of the student's initialisation (default 0)")
+    val_every: int = option(10, group="run", help="validate every N epochs and after the last (default 10)")
+    stop_after_epoch: int | None = option(None, metavar="E", group="run", help="stop after epoch E (testing resume)")
+    loader: str = option("torch", choices=("torch", "dali"), group="run", help="image backend (default torch)")
+    workers: int = option(2, flags=("-j",), group="run", help="loader workers (default 2)")
+    deterministic: bool = option(True, group="run",
+                                 help="allow non-deterministic kernels (deterministic=False: faster on GPU, breaks bit-identical resume)")
+
+    def validate(self) -> None:
+        super().validate()
+        e = self.error
+        check_out_path(e, "out", self.out)
+        if not self.images:
+            raise e("images is required")
+        modes = [m for m, on in (("labels", self.labels), ("online_teacher", self.online_teacher),
+                                 ("hard_labels", self.hard_labels)) if on]
+        if len(modes) != 1:
+            raise e("give exactly one of labels (--labels STORE), online_teacher (--online-teacher CKPT) and "
+                    f"hard_labels (--hard-labels); got {', '.join(modes) if modes else 'none'}")
+        if self.check_teacher and not self.labels:
+            raise e("check_teacher (--check-teacher) checks a store's labels; give labels (--labels STORE) too")
+        check_int(e, "check_units", self.check_units, min=1)
+        check_int(e, "epochs", self.epochs, min=1, allow_none=True)
+        check_int(e, "batch_size", self.batch_size, min=1, allow_none=True)
+        check_range(e, "min_scale", self.min_scale, min=0, max=1, min_exclusive=True, allow_none=True)
+        check_int(e, "schedule_seed", self.schedule_seed, min=0)
+        check_int(e, "topk", self.topk, min=1, allow_none=True)
+        check_range(e, "temperature", self.temperature, min=0, min_exclusive=True, allow_none=True)
+        check_range(e, "lr", self.lr, min=0, min_exclusive=True)
+        check_range(e, "weight_decay", self.weight_decay, min=0)
+        check_range(e, "momentum", self.momentum, min=0)
+        check_int(e, "seed", self.seed, min=0)
+        check_int(e, "val_every", self.val_every, min=1)
+        check_int(e, "stop_after_epoch", self.stop_after_epoch, min=0, allow_none=True)
+        check_int(e, "workers", self.workers, min=0)
+        check_choice(e, "opt", self.opt, ("adamw", "sgd"))
+        check_choice(e, "loader", self.loader, ("torch", "dali"))
+        check_choice(e, "mix", self.mix, (None, "none", "cutmix", "mixup"))
+        fixed = sorted(set(parse_key_values(e, "model_args", self.model_args)) & {"num_classes", "in_chans", "input_size"})
+        if fixed:
+            raise e(f"model_args: {fixed[0]} is the dataset's (its images and classes), not a model argument; "
+                    "drop --model-arg " + fixed[0] + "=...")
+
+    def model_kwargs(self) -> dict:
+        return parse_key_values(self.error, "model_args", self.model_args)
+
+    @property
+    def mode(self) -> str:
+        return "store" if self.labels else "online-teacher" if self.online_teacher else "hard-labels"
 
 
-def make_args(out: str, images: str, **overrides) -> argparse.Namespace:
-    """Parsed defaults plus ``overrides`` (give one of ``labels``, ``online_teacher``, ``hard_labels``)."""
-    from ddpipe.evaluate._phase import parse_with_overrides
+@dataclass(frozen=True)
+class TrainResult(Result):
+    """What a train run wrote to ``results.json`` (``status``: complete, stopped or running)."""
 
-    argv = ["--out", os.fspath(out), "--images", os.fspath(images), "--hard-labels"]  # one label mode is required
-    return parse_with_overrides(add_arguments, argv, {"hard_labels": False, **overrides}, "train")
+    phase: str
+    status: str
+    mode: str
+    out: str
+    epochs_done: int
+    epochs: int
+    batch_size: int
+    temperature: float
+    final: dict | None
+    wall_time_s: float
+    label_bytes: int
+    label_shards_read: int
+    label_seconds: float | None
+    model: dict
+    history: list
+    config: dict
+    world_size: int
+    versions: dict
+    student: str | None = None
+    teacher_check: dict | None = None  # --check-teacher's result (TeacherCheckResult.to_dict())
 
 
 # --- losses -------------------------------------------------------------------------------------------
@@ -114,6 +192,16 @@ def online_targets(logits, temperature: float, k: int | None):
     return torch.from_numpy(probs)
 
 
+def retemper(targets, store_temperature: float, temperature: float):
+    """A logit store's dense targets (probabilities at the store's temperature ``T_s``, the tail
+    classes sharing one logit) at the training temperature ``T``: ``softmax(log(p) * T_s / T)``, which is
+    ``softmax(row / T)`` of the stored logit row since ``log p = row / T_s - lse`` (docs/format.md §5)."""
+    import torch
+
+    z = torch.log(targets.double().clamp_min(1e-300)) * (float(store_temperature) / float(temperature))
+    return torch.softmax(z, dim=1).to(targets.dtype)
+
+
 def mixed_one_hot(meta, num_classes: int):
     """SRe2L's hard-label baseline under the same mix: lam * y + (1 - lam) * y[perm]."""
     import torch
@@ -128,7 +216,7 @@ def mixed_one_hot(meta, num_classes: int):
 class _Batches:
     """One epoch of ``(images, targets, meta)`` for the chosen label mode (the loop never branches on it)."""
 
-    def __init__(self, args, dataset, dist, device):
+    def __init__(self, args: "TrainConfig", dataset, dist, device):
         from ddpipe.labelstore import open_store
         from ddpipe.pipeline import LoaderConfig, open_source
 
@@ -151,6 +239,13 @@ class _Batches:
                 raise ClassCountMismatchError(
                     f"the store {args.labels} holds {spec.num_classes}-class labels but {dataset.name} has "
                     f"{dataset.num_classes} classes")
+            size = (spec.augmentation or {}).get("output_size")
+            if size and tuple(size) != (dataset.input_size, dataset.input_size):
+                from ddpipe.evaluate.errors import TrainError
+
+                raise TrainError(
+                    f"the store {args.labels} replays {size[0]}x{size[1]} px crops but {dataset.name} is "
+                    f"{dataset.input_size} px; train with the dataset the store was relabelled for")
             if args.batch_size not in (None, spec.batch_size):
                 from ddpipe.pipeline import LoaderSpecError
 
@@ -167,16 +262,20 @@ class _Batches:
                          scale=(args.min_scale, 1.0) if args.min_scale is not None else None)
             self.schedule = Schedule(cfg, args.schedule_seed, self.source.sizes, self.batch_size, self.epochs)
             if args.online_teacher:
-                from ddpipe.evaluate.relabel import Ensemble, load_teachers
+                from ddpipe.evaluate.errors import ClassCountMismatchError, TrainError
+                from ddpipe.evaluate.teacher import Ensemble, open_teachers
 
-                models, metas = load_teachers(args.online_teacher, device)
-                if metas[0]["num_classes"] != dataset.num_classes:
-                    from ddpipe.evaluate.errors import ClassCountMismatchError
-
+                teachers = open_teachers(list(args.online_teacher), device=device)
+                t = teachers[0]
+                if t.num_classes != dataset.num_classes:
                     raise ClassCountMismatchError(
-                        f"teacher {metas[0]['path']} predicts {metas[0]['num_classes']} classes but {dataset.name} "
-                        f"has {dataset.num_classes}")
-                self.teacher = Ensemble(models, device)
+                        f"teacher {t.source} predicts {t.num_classes} classes but {dataset.name} has "
+                        f"{dataset.num_classes}")
+                if (t.input_size, t.in_chans) != (dataset.input_size, dataset.in_chans):
+                    raise TrainError(
+                        f"teacher {t.source} takes {t.in_chans}-channel {t.input_size} px images but {dataset.name} "
+                        f"is {dataset.in_chans}-channel {dataset.input_size} px; use a teacher of this dataset")
+                self.teacher = Ensemble(teachers, device)
 
     def _store_loader(self):
         from ddpipe.pipeline import make_loader
@@ -187,6 +286,12 @@ class _Batches:
         import numpy as np
 
         if self.store is not None:
+            spec = self.store.spec
+            if spec.value_kind == "logits" and self.temperature != spec.temperature:
+                # a logit store: the targets at the training temperature, not the store's
+                for images, targets, meta in self.loader.epoch(epoch):
+                    yield images, retemper(targets, spec.temperature, self.temperature), meta
+                return
             yield from self.loader.epoch(epoch)
             return
         from ddpipe.pipeline import make_relabel_loader
@@ -210,121 +315,108 @@ class _Batches:
 
 
 # --- the run --------------------------------------------------------------------------------------------
-def run(args: argparse.Namespace) -> dict:
-    from ddpipe.evaluate._phase import torch_threads
+def run(config: TrainConfig) -> TrainResult:
+    """Train (or resume) a student as ``config`` says; returns the result also written to results.json."""
+    from ddpipe.evaluate._phase import output_dir, torch_threads
 
-    with torch_threads(args.threads):
-        return _run(args)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"student.run takes a TrainConfig, got {type(config).__name__}")
+    with output_dir(config.out), torch_threads(config.threads):
+        return _run(config)
 
 
-def _run(args: argparse.Namespace) -> dict:
-    import torch
-
-    from ddpipe import __version__
-    from ddpipe.evaluate.checkpoint import (resume_checkpoint, rng_state, set_rng_state, unwrap_model,
-                                            write_json_atomic)
+def _run(config: TrainConfig) -> TrainResult:
+    from ddpipe.evaluate._phase import versions
+    from ddpipe.evaluate.checkpoint import unwrap_model
     from ddpipe.evaluate.datasets import load_dataset
-    from ddpipe.evaluate.distributed import barrier, init_distributed, is_main_process, save_on_main
-    from ddpipe.evaluate.errors import EvaluateError
-    from ddpipe.evaluate.models import create_model
-    from ddpipe.evaluate.squeeze import _parse_model_args
-    from ddpipe.evaluate.train import (build_loaders, build_optimizer, build_scheduler, deterministic,
-                                       seed_everything, train_one_epoch, validate)
+    from ddpipe.evaluate.loop import TrainingRun
+    from ddpipe.evaluate.teacher import build_model  # create_model with bad arguments as one error
+    from ddpipe.evaluate.train import build_loaders, build_optimizer, build_scheduler, seed_everything
 
-    t_start = time.perf_counter()
-    # 1. output directory, distributed mode, config
-    dist = init_distributed(args.device, announce=args.progress)
-    main = is_main_process()
-    say = args.progress and main
-    out = os.path.abspath(args.out)
-    ckpt_path, results_path, student_path = (os.path.join(out, f) for f in ("checkpoint.pth", "results.json", "student.pt"))
-    cfg = {k: v for k, v in vars(args).items() if not callable(v)}
-    cfg["model_args"] = _parse_model_args(args.model_args)
-    ckpt = resume_checkpoint(ckpt_path, cfg, _RESUME_KEYS, resume=args.resume, overwrite=args.overwrite, phase="train")
-    if main:
-        os.makedirs(out, exist_ok=True)
-    device = torch.device(dist.device)
+    # 1. output directory, distributed mode, config, the checkpoint to resume
+    cfg = config_to_dict(config)
+    cfg["model_args"] = config.model_kwargs()
+    for key in ("online_teacher", "check_teacher"):  # Python callers may pass Teacher / nn.Module objects
+        cfg[key] = [os.fspath(t) if isinstance(t, (str, os.PathLike)) else f"<{type(t).__name__}>"
+                    for t in getattr(config, key)]
+    cfg["out"] = out = os.path.abspath(os.path.expanduser(config.out))
+    tr = TrainingRun("train", out, cfg, _RESUME_KEYS, resume=config.resume, overwrite=config.overwrite,
+                     device=config.device, progress=config.progress, final_file="student.pt")
 
     # 2. data: the distilled images with their labels, and the real test set
-    dataset = load_dataset(args.dataset, data_root=args.data_root)
-    batches = _Batches(args, dataset, dist, device)
-    _, val_loader = build_loaders(dataset, 256, 0, "none", args.seed)
-    mode = "store" if args.labels else "online-teacher" if args.online_teacher else "hard-labels"
-    if say:
-        print(f"train: {args.model} on {len(batches.source)} images ({mode}), {batches.epochs} epochs of batch "
-              f"{batches.batch_size}, validating on {dataset.name} ({len(dataset.test)} images)", file=sys.stderr)
-
-    # 3. model, criterion, optimiser, schedule
-    seed_everything(args.seed)
-    model = create_model(args.model, dataset.num_classes, dataset.in_chans, dataset.input_size, **cfg["model_args"])
-    model.to(device)
-    criterion = batches.criterion()
-    optimizer = build_optimizer(model, args.opt, args.lr, args.momentum, args.weight_decay)
-    scheduler = build_scheduler(optimizer, batches.epochs)
-    model_without_ddp = model
-    if dist.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(model)
-
-    # 4. resume
-    start_epoch, history, elapsed_before = 0, [], 0.0
-    if ckpt is not None:
-        model_without_ddp.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["lr_scheduler"])
-        set_rng_state(ckpt["rng"])
-        start_epoch, history, elapsed_before = ckpt["epoch"] + 1, list(ckpt["history"]), float(ckpt["elapsed_s"])
-    label_bytes = LabelBytesRead(batches.store) if batches.store is not None else None
-    if label_bytes is not None:
-        for epoch in range(start_epoch):  # what the sessions before this one read
-            label_bytes.add_epoch(epoch)
-
-    def results(status: str) -> dict:
-        last = next((h["val"] for h in reversed(history) if "val" in h), None)
-        return {
-            "phase": "train", "status": status, "mode": mode, "out": out, "epochs_done": len(history),
-            "epochs": batches.epochs, "batch_size": batches.batch_size, "temperature": batches.temperature,
-            "final": last, "wall_time_s": elapsed_before + time.perf_counter() - t_start,
-            "label_bytes": label_bytes.bytes if label_bytes is not None else 0,
-            "label_shards_read": len(label_bytes.shards) if label_bytes is not None else 0,
-            "label_seconds": batches.loader.label_seconds if batches.store is not None else None,
-            "model": unwrap_model(model).model_cfg, "history": history, "config": cfg, "world_size": dist.world_size,
-            "versions": {"ddpipe": __version__, "torch": str(torch.__version__), "python": sys.version.split()[0]},
-        }
-
-    # 5. the epoch loop
+    dataset = load_dataset(config.dataset, data_root=config.data_root)
+    batches = _Batches(config, dataset, tr.dist, tr.device)
+    teacher_check = None
     try:
-        with deterministic(args.deterministic):
-            for epoch in range(start_epoch, batches.epochs):
-                stats = train_one_epoch(model, batches.epoch(epoch), criterion, optimizer, device, epoch,
-                                        progress=args.progress, header=f"epoch {epoch + 1}/{batches.epochs}")
-                scheduler.step()
-                if label_bytes is not None:
-                    label_bytes.add_epoch(epoch)
-                if (epoch + 1) % args.val_every == 0 or epoch + 1 == batches.epochs:
-                    stats["val"] = validate(model, val_loader, device, progress=args.progress)
-                history.append(stats)
-                if say and "val" in stats:
-                    print(f"epoch {epoch + 1}/{batches.epochs}: loss {stats['train_loss']:.4f}  val top-1 "
-                          f"{stats['val']['top1']:.2f}% top-5 {stats['val']['top5']:.2f}%", file=sys.stderr)
-                save_on_main({
-                    "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "config": cfg, "history": history,
-                    "rng": rng_state(), "elapsed_s": elapsed_before + time.perf_counter() - t_start,
-                }, ckpt_path)
-                if main:
-                    write_json_atomic(results("running"), results_path)
-                barrier()
-                if args.stop_after_epoch is not None and epoch >= args.stop_after_epoch and epoch + 1 < batches.epochs:
-                    return results("stopped")
+        if config.check_teacher:  # before any seeding: the check's randomness cannot reach the weights
+            teacher_check = _check_teacher(config, batches, tr)
+        _, val_loader = build_loaders(dataset, 256, 0, "none", config.seed)
+        tr.log(f"train: {config.model} on {len(batches.source)} images ({config.mode}), {batches.epochs} epochs of "
+               f"batch {batches.batch_size}, validating on {dataset.name} ({len(dataset.test)} images)")
+
+        # 3. model, criterion, optimiser, schedule; a resumed run's state
+        seed_everything(config.seed)
+        model = build_model(config.model, dataset.num_classes, dataset.in_chans, dataset.input_size, cfg["model_args"])
+        model.to(tr.device)
+        criterion = batches.criterion()
+        optimizer = build_optimizer(model, config.opt, config.lr, config.momentum, config.weight_decay)
+        scheduler = build_scheduler(optimizer, batches.epochs)
+        model = tr.attach(model, optimizer, scheduler)
+        label_bytes = LabelBytesRead(batches.store) if batches.store is not None else None
+        if label_bytes is not None:
+            for epoch in range(tr.start_epoch):  # what the sessions before this one read
+                label_bytes.add_epoch(epoch)
+
+        def results(status: str) -> TrainResult:
+            return TrainResult(
+                phase="train", status=status, mode=config.mode, out=out, epochs_done=len(tr.history),
+                epochs=batches.epochs, batch_size=batches.batch_size, temperature=batches.temperature,
+                final=tr.last_val(), wall_time_s=tr.elapsed(),
+                label_bytes=label_bytes.bytes if label_bytes is not None else 0,
+                label_shards_read=len(label_bytes.shards) if label_bytes is not None else 0,
+                label_seconds=batches.loader.label_seconds if batches.store is not None else None,
+                model=unwrap_model(model).model_cfg, history=list(tr.history), config=cfg,
+                world_size=tr.dist.world_size, versions=versions(),
+                student=tr.final_path if status == "complete" else None, teacher_check=teacher_check)
+
+        # 4. the epoch loop (shared with squeeze)
+        status = tr.fit(batches.epochs, batches.epoch, criterion, val_loader, val_every=config.val_every,
+                        deterministic=config.deterministic, results=results, stop_after_epoch=config.stop_after_epoch,
+                        after_epoch=label_bytes.add_epoch if label_bytes is not None else None)
     finally:
         batches.close()
-    if not history:
-        raise EvaluateError(f"nothing to train: --epochs {batches.epochs}")
+    if status == "stopped":
+        return results("stopped")
+    if not tr.history:
+        raise TrainError(f"nothing to train: epochs {batches.epochs}")
     res = results("complete")
-    if main:
-        torch.save({"model": model_without_ddp.state_dict(), "model_cfg": unwrap_model(model).model_cfg}, student_path)
-        write_json_atomic(res, results_path)
+    if tr.main:
+        from ddpipe.evaluate.checkpoint import save_atomic
+
+        save_atomic({"model": tr.model_without_ddp.state_dict(), "model_cfg": unwrap_model(model).model_cfg},
+                    tr.final_path)
+    tr.write_results(res)
     return res
+
+
+def _check_teacher(config: TrainConfig, batches: "_Batches", tr) -> dict:
+    """``check_teacher``: re-run the given teacher on the first ``check_units`` units this run replays
+    (:func:`ddpipe.evaluate.check_teacher.check_teacher`); a mismatch stops the run with one line."""
+    from ddpipe.evaluate.check_teacher import check_teacher
+    from ddpipe.pipeline.schedule import replay_units
+
+    reader = batches.store
+    first_epoch = tr.ckpt["epoch"] + 1 if tr.ckpt is not None else 0
+    units = replay_units(reader.plan, reader.spec, min(first_epoch, reader.spec.epochs - 1))[: config.check_units]
+    res = check_teacher(config.labels, list(config.check_teacher), config.images, units=units, device=tr.device,
+                        loader=config.loader, workers=0)
+    if not res.ok:
+        bad = ", ".join(str(m["unit"]) for m in res.mismatches[:5])
+        raise TrainError(f"--check-teacher: the store's labels of unit(s) {bad} do not match teacher "
+                         f"{', '.join(config.check_teacher)} (worst by {res.max_excess:.3g} beyond the codec's "
+                         "tolerance); relabel with this teacher or train on the right store")
+    tr.log(f"train: --check-teacher: {len(res.checked_units)} unit(s) match the teacher")
+    return res.to_dict()
 
 
 class LabelBytesRead:
@@ -379,9 +471,11 @@ class LabelBytesRead:
         return int(sync(self._store.getsize(key)))
 
 
-def summary_text(res: dict) -> str:
-    f = res.get("final") or {}
+def summary_text(res: TrainResult) -> str:
+    if isinstance(res, dict):  # a results.json read back
+        res = TrainResult.from_dict(res)
+    f = res.final or {}
     top = f"top-1 {f['top1']:.2f}%  top-5 {f['top5']:.2f}%" if f else "not validated"
-    return (f"train {res['status']} ({res['mode']}): {res['epochs_done']}/{res['epochs']} epochs in "
-            f"{res['wall_time_s']:.1f} s, {top}, label bytes read {res['label_bytes']:,}\n"
-            f"  results {os.path.join(res['out'], 'results.json')}")
+    return (f"train {res.status} ({res.mode}): {res.epochs_done}/{res.epochs} epochs in "
+            f"{res.wall_time_s:.1f} s, {top}, label bytes read {res.label_bytes:,}\n"
+            f"  results {os.path.join(res.out, 'results.json')}")

@@ -1,7 +1,8 @@
-"""The training loop every phase shares, in the order of a run (torchvision references' ``train.py``).
+"""The training steps every phase shares, in the order of a run (torchvision references' ``train.py``).
 
-``train_one_epoch`` and ``validate`` are what squeeze uses and what the student phase reuses; the
-helpers above them log progress, seed and pick the optimiser and schedule; ``build_loaders`` turns a
+``train_one_epoch`` and ``validate`` are the steps of the one epoch loop,
+:class:`ddpipe.evaluate.loop.TrainingRun` (squeeze and train); the helpers above them log progress,
+seed and pick the optimiser and schedule; ``build_loaders`` turns a
 :class:`ddpipe.evaluate.datasets.Dataset` into loaders. Progress goes to stderr.
 """
 

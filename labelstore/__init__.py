@@ -1,8 +1,10 @@
-"""ddpipe.labelstore: the Zarr v3 soft-label store (format 2; reads format 1 too; ``docs/format.md``). No torch here.
+"""ddpipe.labelstore: the Zarr v3 soft-label store (format 3; reads formats 1 and 2 too; ``docs/format.md``). No torch here.
 
 Write with :func:`create_store` / :func:`open_writer`, read with :func:`open_store`, shrink with
 :func:`prune_store` (or plan the kept units before relabel with :func:`plan_units`), check with
-:func:`verify_store`, summarise with :func:`store_info`.
+:func:`verify_store`, summarise with :func:`store_info`. Name a store's location with
+:func:`store_location` (relative paths, ``~``, ``file://`` and other URLs, in one normal form) and
+refuse to write an output onto its input with :func:`check_distinct_locations`.
 """
 
 from ddpipe.labelstore.codecs import ValueCodec, get_codec, list_codecs, register_codec
@@ -11,16 +13,22 @@ from ddpipe.labelstore.errors import (
     FormatVersionError,
     ImageSetMismatchError,
     IncompleteUnitError,
+    MetadataEditedError,
+    MisplacedShardError,
     NotAStoreError,
+    SameLocationError,
     SpecError,
+    StoredValueError,
     StoreError,
     StoreExistsError,
+    StoreIOError,
 )
 from ddpipe.labelstore.info import store_info
+from ddpipe.labelstore.location import check_distinct_locations, locations_overlap, same_location, store_location
 from ddpipe.labelstore.prune import plan_units, prune_store
 from ddpipe.labelstore.reader import Slab, StoreReader, UnitData, open_store
 from ddpipe.labelstore.spec import FORMAT_VERSION, MIX_KINDS, StoreSpec, full_plan
-from ddpipe.labelstore.topk import densify, softmax_at, top_k
+from ddpipe.labelstore.topk import dense_logits, densify, logit_probs, logsumexp_at, softmax_at, top_k
 from ddpipe.labelstore.verify import verify_store
 from ddpipe.labelstore.writer import StoreWriter, Unit, create_store, open_writer
 
@@ -31,7 +39,12 @@ __all__ = [
     "FormatVersionError",
     "ImageSetMismatchError",
     "IncompleteUnitError",
+    "MetadataEditedError",
+    "MisplacedShardError",
     "NotAStoreError",
+    "SameLocationError",
+    "StoredValueError",
+    "StoreIOError",
     "Slab",
     "SpecError",
     "StoreError",
@@ -42,18 +55,25 @@ __all__ = [
     "Unit",
     "UnitData",
     "ValueCodec",
+    "check_distinct_locations",
     "create_store",
+    "dense_logits",
     "densify",
     "full_plan",
     "get_codec",
     "list_codecs",
+    "locations_overlap",
+    "logit_probs",
+    "logsumexp_at",
     "open_store",
     "open_writer",
     "plan_units",
     "prune_store",
     "register_codec",
+    "same_location",
     "softmax_at",
     "store_info",
+    "store_location",
     "top_k",
     "verify_store",
 ]

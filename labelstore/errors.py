@@ -33,3 +33,34 @@ class ChunkCorruptError(StoreError):
 
 class ImageSetMismatchError(StoreError):
     """Raised when a store is opened against an image set other than the one it was built from."""
+
+
+class MisplacedShardError(ChunkCorruptError):
+    """Raised when a shard's objects are intact but do not belong where they are: moved to another
+    position or epoch, swapped between arrays, or copied from another store (their content hash or
+    commit record disagrees with this store and position)."""
+
+
+class StoredValueError(ChunkCorruptError):
+    """Raised when stored values are out of their range (a class index >= num_classes, a mix kind
+    or permutation slot that does not exist …): read as they are, they would index out of bounds."""
+
+
+class MetadataEditedError(StoreError):
+    """Raised when a store's group attributes (``zarr.json``) no longer match their checksum."""
+
+
+class SameLocationError(StoreError, ValueError):
+    """Raised when an operation would write its output onto (or inside, or around) its input."""
+
+
+class StoreIOError(StoreError, OSError):
+    """Raised when the filesystem or object store refuses a write or read (ENOSPC, EACCES …).
+
+    The message names the path; ``errno`` is the underlying error number. What was being written
+    is left invisible (an uncommitted shard, or no store at all), never half-valid."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+

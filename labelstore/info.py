@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ddpipe.labelstore.location import store_location
 from ddpipe.labelstore.metadata import is_local
 from ddpipe.labelstore.reader import open_store
 from ddpipe.labelstore.spec import StoreSpec
@@ -62,7 +63,7 @@ def remote_usage(reader) -> tuple[int, dict[str, int]]:
 
 def store_info(path: str | os.PathLike, *, backend: str = "auto") -> dict[str, Any]:
     """The fields of ``ddpipe info --json`` (``docs/format.md`` §info)."""
-    path = os.fspath(path)
+    path = store_location(path)
     r = open_store(path, backend=backend)
     s = r.spec
     total, per_array = disk_usage(path) if is_local(path) else remote_usage(r)
@@ -83,6 +84,8 @@ def store_info(path: str | os.PathLike, *, backend: str = "auto") -> dict[str, A
         "batches_per_epoch": s.batches_per_epoch,
         "k": s.k,
         "value_codec": s.value_codec,
+        "value_kind": s.value_kind,
+        "exact_fields": s.exact_fields,
         "temperature": s.temperature,
         "seed": s.seed,
         "units": r.num_units,

@@ -23,7 +23,13 @@ CROP_SCALE = 65535
 """Crop and cutout boxes are stored as uint16 fixed point: value = round(fraction * 65535)."""
 
 COMMIT_ARRAY = "commit_shard"
-"""uint8 ``[num_shards]``, one unsharded chunk per shard: 1 once every array of the shard is written."""
+"""Format 3: uint8 ``[num_shards, record bytes]``, one unsharded chunk per shard: the shard's commit
+record (``binding.py``), written once every array of the shard is written; all zero = not
+committed. Formats 1-2: uint8 ``[num_shards]``, 1 = committed."""
+
+LEASE_PREFIX = COMMIT_ARRAY + "/lease"
+"""Writers' shard leases live under ``commit_shard/lease/<shard>/<generation>`` (``lease.py``): inside
+an array's prefix, so Zarr readers never list them as nodes."""
 
 FILL_ARRAY = "sample_cutout_fill"
 """uint8 ``[U, B, 3]``: each sample's cutout colour (format 2; absent from format-1 stores)."""
@@ -45,6 +51,12 @@ class ArrayDef:
         return self.dims[:1] == ("slot",)
 
 
+LSE_ARRAY = "label_lse"
+"""Logit stores: float64 ``[U, B]``, ``logsumexp(logits / temperature)`` of each sample's full row."""
+AUX_ARRAY = "sample_aux"
+"""Stores with ``aux_fields``: float64 ``[U, B, len(aux_fields)]``, per-sample values named by the spec."""
+
+
 def array_defs(spec: StoreSpec, format_version: int = FORMAT_VERSION) -> list[ArrayDef]:
     """The data arrays of a store with this spec (not counting ``commit_shard``), as format
     ``format_version`` lays them out (the reader passes the store's own version)."""
@@ -55,11 +67,12 @@ def array_defs(spec: StoreSpec, format_version: int = FORMAT_VERSION) -> list[Ar
         ArrayDef("unit_batch", np.dtype("<i4"), (), -1),
         ArrayDef("unit_count", np.dtype("<i4"), (), 0),
         ArrayDef("unit_mix_kind", np.dtype("u1"), (), 0),
-        ArrayDef("unit_mix_lambda", np.dtype("<f4"), (), 1.0),
+        # exact_fields: lambda as given (SRe2L's Python float), crops as float32 fractions (their FloatTensor)
+        ArrayDef("unit_mix_lambda", np.dtype("<f8") if spec.exact_fields else np.dtype("<f4"), (), 1.0),
         ArrayDef("unit_mix_box", np.dtype("<u2"), (4,), 0, ("box",)),
         ArrayDef("unit_mix_perm", spec.slot_dtype, (b,), 0, ("slot",)),
         ArrayDef("sample_id", np.dtype("<u4"), (b,), PAD_SAMPLE_ID, ("slot",)),
-        ArrayDef("sample_crop", np.dtype("<u2"), (b, 4), 0, ("slot", "box")),
+        ArrayDef("sample_crop", np.dtype("<f4") if spec.exact_fields else np.dtype("<u2"), (b, 4), 0, ("slot", "box")),
         ArrayDef("sample_flip", np.dtype("u1"), (b,), 0, ("slot",)),
         ArrayDef("sample_cutout", np.dtype("<u2"), (b, 4), 0, ("slot", "box")),
     ]
@@ -71,6 +84,10 @@ def array_defs(spec: StoreSpec, format_version: int = FORMAT_VERSION) -> list[Ar
     ]
     if codec.has_scale:
         defs.append(ArrayDef("label_scale", np.dtype("<f4"), (b,), 0, ("slot",)))
+    if spec.value_kind == "logits":
+        defs.append(ArrayDef(LSE_ARRAY, np.dtype("<f8"), (b,), 0, ("slot",)))
+    if spec.aux_fields:
+        defs.append(ArrayDef(AUX_ARRAY, np.dtype("<f8"), (b, len(spec.aux_fields)), 0, ("slot", "aux")))
     return defs
 
 
@@ -120,8 +137,15 @@ def shard_key(array: str, shard: int, ndim: int) -> str:
     return "/".join([array, "c", str(shard)] + ["0"] * (ndim - 1))
 
 
+def commit_record_bytes(spec: StoreSpec) -> int:
+    """Bytes of one commit record of a format-3 store with this spec."""
+    from ddpipe.labelstore.binding import record_bytes
+
+    return record_bytes(len(array_defs(spec)))
+
+
 def create_arrays(group, spec: StoreSpec, num_units: int, zstd_level: int) -> None:
-    """Create every array of the layout in an (empty) zarr group."""
+    """Create every array of the layout (current format) in an (empty) zarr group."""
     from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
     ups = spec.units_per_shard
@@ -144,13 +168,14 @@ def create_arrays(group, spec: StoreSpec, num_units: int, zstd_level: int) -> No
             fill_value=d.fill_value,
             dimension_names=["unit", *d.dims],
         )
+    rec = commit_record_bytes(spec)
     group.create_array(
         COMMIT_ARRAY,
-        shape=(num_shards(num_units, spec),),
+        shape=(num_shards(num_units, spec), rec),
         dtype="u1",
-        chunks=(1,),
+        chunks=(1, rec),
         serializer=BytesCodec(),
         compressors=[Crc32cCodec()],
         fill_value=0,
-        dimension_names=["shard"],
+        dimension_names=["shard", "record"],
     )

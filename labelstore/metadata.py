@@ -8,8 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ddpipe.labelstore.binding import check_checksum, make_checksum, new_store_id, plan_sha256
 from ddpipe.labelstore.errors import FormatVersionError, NotAStoreError, SpecError
-from ddpipe.labelstore.spec import FORMAT_VERSION, READ_FORMAT_VERSIONS, StoreSpec
+from ddpipe.labelstore.location import is_url, store_location
+from ddpipe.labelstore.spec import BOUND_FORMAT_VERSION, FORMAT_VERSION, READ_FORMAT_VERSIONS, StoreSpec
 
 ATTR_KEY = "ddpipe"
 
@@ -20,6 +22,13 @@ class StoreMeta:
     spec: StoreSpec
     num_units: int  # units this store holds (all of the schedule, or the kept subset)
     provenance: dict
+    store_id: str = ""  # format 3: random id made at creation, repeated in every commit record
+    plan_sha256: str = ""  # format 3: SHA-256 of the unit plan (``binding.plan_sha256``)
+
+    @property
+    def bound(self) -> bool:
+        """Format 3 or later: commit records and the attribute checksum are checked."""
+        return self.format_version >= BOUND_FORMAT_VERSION
 
 
 def software_versions() -> dict:
@@ -38,23 +47,30 @@ def software_versions() -> dict:
     }
 
 
-def make_attrs(spec: StoreSpec, num_units: int, provenance: dict | None = None) -> dict:
+def make_attrs(spec: StoreSpec, plan, provenance: dict | None = None, store_id: str | None = None) -> dict:
+    """The group attributes of a new store holding the units of ``plan`` (current format)."""
+    import json
+
     prov = {"software": software_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     prov.update(provenance or {})
-    return {
-        ATTR_KEY: {
-            "format_version": FORMAT_VERSION,
-            "spec": spec.to_dict(),
-            "num_units": int(num_units),
-            "provenance": prov,
-        }
+    body = {
+        "format_version": FORMAT_VERSION,
+        "store_id": store_id or new_store_id(),
+        "spec": spec.to_dict(),
+        "num_units": int(len(plan)),
+        "plan_sha256": plan_sha256(plan),
+        "provenance": prov,
     }
+    body = json.loads(json.dumps(body))  # exactly what zarr.json will hold, so the checksum matches
+    body["checksum"] = make_checksum(body)
+    return {ATTR_KEY: body}
 
 
 def parse_format_version(value: Any, where: str) -> int:
     """The store's format version, if this ddpipe reads it (:data:`READ_FORMAT_VERSIONS`)."""
     if isinstance(value, bool) or not isinstance(value, int) or value not in READ_FORMAT_VERSIONS:
-        known = " or ".join(str(v) for v in READ_FORMAT_VERSIONS)
+        vs = [str(v) for v in READ_FORMAT_VERSIONS]
+        known = vs[0] if len(vs) == 1 else ", ".join(vs[:-1]) + " or " + vs[-1]
         raise FormatVersionError(
             f"{where} has format_version {value!r}; this ddpipe reads format_version {known} "
             "only (upgrade ddpipe to read newer stores)"
@@ -67,22 +83,44 @@ def parse_attrs(attrs: Any, where: str) -> StoreMeta:
         raise NotAStoreError(f"{where} is a Zarr group but not a ddpipe label store (no '{ATTR_KEY}' attributes)")
     a = attrs[ATTR_KEY]
     version = parse_format_version(a.get("format_version"), where)
+    if version >= BOUND_FORMAT_VERSION:
+        check_checksum(a, where)  # before trusting any field: an edited temperature or k is refused
     spec = StoreSpec.from_dict(a.get("spec"))
     num_units = a.get("num_units")
     if not isinstance(num_units, int) or num_units <= 0:
         raise SpecError(f"{where}: num_units must be a positive integer, got {num_units!r}")
-    return StoreMeta(version, spec, num_units, dict(a.get("provenance") or {}))
+    store_id = plan_hash = ""
+    if version >= BOUND_FORMAT_VERSION:
+        store_id, plan_hash = a.get("store_id"), a.get("plan_sha256")
+        if not _is_hex(store_id, 32) or not _is_hex(plan_hash, 64):
+            raise SpecError(f"{where}: store_id / plan_sha256 attributes are missing or malformed")
+    return StoreMeta(version, spec, num_units, dict(a.get("provenance") or {}), store_id, plan_hash)
+
+
+def _is_hex(value: Any, n: int) -> bool:
+    if not isinstance(value, str) or len(value) != n:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True
 
 
 def is_local(path: Any) -> bool:
-    return isinstance(path, (str, os.PathLike)) and "://" not in os.fspath(path)
+    """A local path (also a ``file://`` URL, which :func:`store_location` turns into one)."""
+    if isinstance(path, os.PathLike):
+        return True
+    if not isinstance(path, str):
+        return False
+    return not is_url(path) or path.split("://", 1)[0].lower() in ("file", "local")
 
 
 def open_group(path: Any, mode: str = "r", storage_options: dict | None = None):
     """Open the store's zarr group, turning 'nothing there' into :class:`NotAStoreError`."""
     import zarr
 
-    where = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
+    where = store_location(path)
     if is_local(path) and mode in ("r", "r+") and not os.path.isfile(os.path.join(where, "zarr.json")):
         raise NotAStoreError(f"{where} is not a ddpipe label store (no zarr.json there)")
     kw = {"storage_options": storage_options} if storage_options else {}
@@ -92,9 +130,13 @@ def open_group(path: Any, mode: str = "r", storage_options: dict | None = None):
         raise NotAStoreError(f"{where} is not a ddpipe label store ({e})") from None
     except (ValueError, TypeError) as e:
         raise NotAStoreError(f"{where} is not a readable Zarr v3 group: {e}") from None
+    except OSError as e:
+        from ddpipe.labelstore.objects import io_error
+
+        raise io_error(e, "opening the store", where) from None
 
 
 def read_meta(path: Any, storage_options: dict | None = None, mode: str = "r"):
     """Open ``path`` and return ``(group, StoreMeta)``; the version is checked before anything else."""
     group = open_group(path, mode, storage_options)
-    return group, parse_attrs(dict(group.attrs), str(path))
+    return group, parse_attrs(dict(group.attrs), store_location(path))

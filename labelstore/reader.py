@@ -1,8 +1,13 @@
 """Reading a label store: one unit, an epoch slab, or every unit in training order.
 
 Before a shard is read for the first time the reader checks that it was committed and that each
-array's shard object is present; a read that fails its checksum or decodes badly raises
-:class:`ChunkCorruptError` naming the array and the units. Damaged data is never returned.
+array's shard object is present; for format 3 also that the shard's commit record belongs to this
+store, shard and unit range, and that each object hashes to the SHA-256 it records (the hashing
+runs while the backend decodes). A read that fails its checksum or decodes badly raises
+:class:`ChunkCorruptError`, a shard that is intact but not where it belongs
+:class:`MisplacedShardError`, values out of their range :class:`StoredValueError`, each naming the
+array and the units. The plan the reader checks against is recomputed from the spec. Damaged or
+misplaced data is never returned.
 """
 
 from __future__ import annotations
@@ -17,55 +22,50 @@ import numpy as np
 
 from ddpipe.labelstore.backends import DEFAULT_CACHE_BYTES, make_backend
 from ddpipe.labelstore.codecs import get_codec
+from ddpipe.labelstore.binding import is_committed_row, plan_sha256, recomputed_plan, unpack_record
 from ddpipe.labelstore.errors import (
     ChunkCorruptError,
     ImageSetMismatchError,
     IncompleteUnitError,
+    MisplacedShardError,
     SpecError,
+    StoredValueError,
     StoreError,
 )
 from ddpipe.labelstore.layout import (
+    AUX_ARRAY,
     COMMIT_ARRAY,
     CROP_SCALE,
     FILL_ARRAY,
     FILL_CHANNELS,
+    LSE_ARRAY,
     array_defs,
     augmentation_fill,
     num_shards,
     shard_key,
     shard_units,
 )
+from ddpipe.labelstore.location import store_location
 from ddpipe.labelstore.metadata import StoreMeta, is_local, read_meta
+from ddpipe.labelstore.objects import Objects
 from ddpipe.labelstore.spec import MIX_KINDS, StoreSpec
-from ddpipe.labelstore.topk import densify
+from ddpipe.labelstore.topk import logit_probs
+from ddpipe.labelstore.writer import Unit
 
 
-@dataclass
-class UnitData:
-    """One unit, padding slots removed. Boxes as in :class:`ddpipe.labelstore.writer.Unit`."""
+UnitData = Unit
+"""What the reader returns: the one unit record, :class:`ddpipe.labelstore.writer.Unit` (padding
+slots removed, every array filled in, labels as ``topk``, ``unit`` = its position in the store).
+The name is kept for code written against the reader's former record type."""
 
-    unit: int  # position in the store (training order)
-    epoch: int
-    batch: int
-    sample_ids: np.ndarray  # int64 [b]
-    crops: np.ndarray  # float32 [b, 4] (top, left, height, width) fractions of the source image
-    flips: np.ndarray  # bool [b]
-    cutout: np.ndarray  # int32 [b, 4] (y0, x0, y1, x1) output pixels; all zero = none
-    cutout_fill: np.ndarray  # uint8 [b, 3] each sample's cutout colour (RGB, 0..255)
-    mix_kind: str  # none | cutmix | mixup
-    mix_perm: np.ndarray  # int64 [b]
-    mix_lambda: float
-    mix_box: np.ndarray  # int32 [4] (y0, x0, y1, x1) output pixels
-    indices: np.ndarray  # int64 [b, k]
-    values: np.ndarray  # float32 [b, k] probabilities at the store's temperature
 
-    @property
-    def count(self) -> int:
-        return len(self.sample_ids)
+class DamagedObject(ChunkCorruptError):
+    """Marks, in :meth:`StoreReader.shard_problems`, an object with byte damage (it fails to
+    decode): reads and ``verify`` locate the damaged units by decoding."""
 
-    def dense(self, num_classes: int) -> np.ndarray:
-        """Dense targets ``[b, num_classes]`` by marginal smoothing (``docs/format.md``)."""
-        return densify(self.indices, self.values, num_classes)
+
+class MissingObject(ChunkCorruptError):
+    """Marks, in :meth:`StoreReader.shard_problems`, a committed shard's object that is absent."""
 
 
 @dataclass
@@ -76,20 +76,22 @@ class Slab:
 
     start: int
     arrays: dict[str, np.ndarray]
-    values: np.ndarray  # float32 [n, B, k], decoded
+    values: np.ndarray  # float32 [n, B, k], decoded: probabilities (at the store's temperature for a logit store)
+    logits: np.ndarray | None = None  # float32 [n, B, k]: a logit store's top-k logits as stored
 
     def __len__(self) -> int:
         return len(self.arrays["unit_count"])
 
-    def unit(self, i: int) -> UnitData:
+    def unit(self, i: int) -> Unit:
         a = self.arrays
         b = int(a["unit_count"][i])
-        return UnitData(
+        return Unit(
             unit=self.start + i,
             epoch=int(a["unit_epoch"][i]),
             batch=int(a["unit_batch"][i]),
             sample_ids=a["sample_id"][i, :b].astype(np.int64),
-            crops=(a["sample_crop"][i, :b].astype(np.float32) / np.float32(CROP_SCALE)),
+            crops=(a["sample_crop"][i, :b].copy() if a["sample_crop"].dtype.kind == "f"
+                   else a["sample_crop"][i, :b].astype(np.float32) / np.float32(CROP_SCALE)),
             flips=a["sample_flip"][i, :b].astype(bool),
             cutout=a["sample_cutout"][i, :b].astype(np.int32),
             cutout_fill=a[FILL_ARRAY][i, :b].astype(np.uint8),
@@ -97,11 +99,13 @@ class Slab:
             mix_perm=a["unit_mix_perm"][i, :b].astype(np.int64),
             mix_lambda=float(a["unit_mix_lambda"][i]),
             mix_box=a["unit_mix_box"][i].astype(np.int32),
-            indices=a["label_index"][i, :b].astype(np.int64),
-            values=self.values[i, :b],
+            topk=(a["label_index"][i, :b].astype(np.int64), self.values[i, :b]),
+            topk_logits=None if self.logits is None else (a["label_index"][i, :b].astype(np.int64), self.logits[i, :b]),
+            lse=a[LSE_ARRAY][i, :b].copy() if LSE_ARRAY in a else None,
+            aux=a[AUX_ARRAY][i, :b].copy() if AUX_ARRAY in a else None,
         )
 
-    def __iter__(self) -> Iterator[UnitData]:
+    def __iter__(self) -> Iterator[Unit]:
         return (self.unit(i) for i in range(len(self)))
 
 
@@ -127,21 +131,73 @@ class StoreReader:
                 raise ChunkCorruptError(f"{path}: array {name!r} is missing; the store is damaged or incomplete")
         self._backend = make_backend(backend, group, path, self._local, [*self.array_names, COMMIT_ARRAY], cache_bytes)
         self.backend = self._backend.name
+        self._objects = Objects(path, None if self._local else group.store)
         self._checked: set[int] = set()
         self._lock = threading.Lock()
-        plan_arrays = self._read_checked(["unit_epoch", "unit_batch"], 0, self.num_units, check=False)
-        self.plan = np.stack([plan_arrays["unit_epoch"], plan_arrays["unit_batch"]], axis=1).astype(np.int64)
+        self.plan = self._expected_plan()
         self._flat = self.plan[:, 0] * self.spec.batches_per_epoch + self.plan[:, 1]
         self.refresh()
 
+    def _stored_plan(self) -> np.ndarray:
+        plan_arrays = self._read_checked(["unit_epoch", "unit_batch"], 0, self.num_units, check=False)
+        return np.stack([plan_arrays["unit_epoch"], plan_arrays["unit_batch"]], axis=1).astype(np.int64)
+
+    def _expected_plan(self) -> np.ndarray:
+        """The units this store holds, from the spec where it determines them (the full schedule,
+        or the pruning record's draw), never from the arrays being checked. Format 3 records the
+        plan's hash: a plan the spec does not determine (a prune of a prune, an explicit plan) is
+        read from the plan arrays and must match it. Formats 1-2 have no such hash: a pruned plan
+        the spec does not reproduce is taken from the plan arrays as they are."""
+        if self.meta.bound:
+            plan = recomputed_plan(self.spec, self.num_units, self.meta.plan_sha256)
+            if plan is not None:
+                return plan
+            stored = self._stored_plan()
+            if plan_sha256(stored) != self.meta.plan_sha256:
+                raise MisplacedShardError(
+                    f"{self.path}: arrays 'unit_epoch'/'unit_batch' do not hold the unit plan recorded in the "
+                    "attributes (plan_sha256): shards of the plan arrays were moved, replaced or damaged"
+                )
+            return stored
+        if self.spec.pruning is None:
+            return recomputed_plan(self.spec, self.num_units)
+        stored = self._stored_plan()
+        plan = recomputed_plan(self.spec, self.num_units, plan_sha256(stored))
+        return stored if plan is None else plan
+
     # --- state ----------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Re-read the commit flags (to follow a store that is still being written)."""
+        """Re-read the commit flags / records (to follow a store that is still being written)."""
+        self.damaged_records: set[int] = set()
         try:
-            flags = self._backend.read(COMMIT_ARRAY, 0, self.num_shards)
-        except Exception as e:  # noqa: BLE001 - any backend failure means damaged flags
-            raise ChunkCorruptError(f"{self.path}: array {COMMIT_ARRAY!r} cannot be read: {e}") from None
-        self.committed = np.asarray(flags, dtype=bool)
+            flags = np.asarray(self._backend.read(COMMIT_ARRAY, 0, self.num_shards))
+        except Exception:  # noqa: BLE001 - a damaged record: read them one by one to name it
+            flags = self._read_records_one_by_one()
+        if self.meta.bound:
+            if flags.ndim != 2:
+                raise ChunkCorruptError(f"{self.path}: array {COMMIT_ARRAY!r} has shape {flags.shape}, not [shards, record]")
+            self._records = flags.astype(np.uint8)
+            self.committed = np.array([is_committed_row(r) for r in self._records], dtype=bool)
+        else:
+            self._records = None
+            self.committed = flags.reshape(-1) == 1
+        with self._lock:
+            self._checked = {s for s in self._checked if self.committed[s]}
+
+    def _read_records_one_by_one(self) -> np.ndarray:
+        rows = []
+        shape = None
+        for s in range(self.num_shards):
+            try:
+                row = np.asarray(self._backend.read(COMMIT_ARRAY, s, s + 1))
+                shape = row.shape[1:]
+            except Exception:  # noqa: BLE001 - checksum or decode failure of this record
+                row = None
+                self.damaged_records.add(s)
+            rows.append(row)
+        if shape is None:
+            raise ChunkCorruptError(f"{self.path}: array {COMMIT_ARRAY!r}: no commit record can be read (damaged)")
+        return np.concatenate([r if r is not None else np.zeros((1, *shape), np.uint8) for r in rows])
 
     @property
     def complete_units(self) -> int:
@@ -168,6 +224,8 @@ class StoreReader:
         return range(lo, hi)
 
     def describe_units(self, start: int, stop: int) -> str:
+        if getattr(self, "plan", None) is None:  # while the plan itself is being read
+            return f"unit {start}" if stop - start == 1 else f"units {start}-{stop - 1}"
         e0, b0 = self.plan[start]
         e1, b1 = self.plan[stop - 1]
         if stop - start == 1:
@@ -176,39 +234,105 @@ class StoreReader:
 
     # --- checks -----------------------------------------------------------------------------
     def check_shard(self, shard: int, *, force: bool = False) -> None:
-        """Raise unless ``shard`` is committed and all its objects are present."""
+        """Raise unless ``shard`` is committed, all its objects are present and (format 3) its
+        commit record belongs to this store and position and every object hashes to its digest.
+        Done once per shard (hashing the stored, compressed bytes), before the first decode."""
         if shard in self._checked and not force:
             return
         units = self.shard_units(shard)
+        if shard in self.damaged_records:
+            raise ChunkCorruptError(
+                f"{self.path}: array {COMMIT_ARRAY!r} holding {self.describe_units(units.start, units.stop)}: "
+                f"the commit record of shard {shard} is damaged (checksum or decode failed)"
+            )
         if not self.committed[shard]:
             raise IncompleteUnitError(
                 f"{self.path}: {self.describe_units(units.start, units.stop)} not written yet (shard {shard} is not committed)"
             )
-        for d in self._defs:
-            key = shard_key(d.name, shard, 1 + len(d.trailing))
-            if not self._exists(key):
-                raise ChunkCorruptError(
-                    f"{self.path}: array {d.name!r} chunk {key!r} holding {self.describe_units(units.start, units.stop)} is missing"
-                )
+        # byte damage inside an object is left to the decode, which names the exact units
+        problems = [p for p in self.shard_problems(shard) if p[2] is not DamagedObject]
+        if problems:
+            array, error, cls = problems[0]
+            desc = self.describe_units(units.start, units.stop)
+            if cls is MissingObject:
+                raise ChunkCorruptError(f"{self.path}: array {array!r} {error.removesuffix(' is missing')} holding {desc} is missing")
+            raise cls(f"{self.path}: array {array!r} holding {desc}: {error}")
         with self._lock:
             self._checked.add(shard)
 
-    def _exists(self, key: str) -> bool:
-        if self._local:
-            return os.path.isfile(os.path.join(self.path, key))
-        from zarr.core.sync import sync
+    def shard_problems(self, shard: int) -> list[tuple[str, str, type]]:
+        """Everything wrong with a committed shard's objects and commit record, without decoding:
+        ``(array, message, error class)`` for each problem (empty when the shard is sound). An
+        object whose hash differs and that fails to decode is damaged (:data:`DamagedObject`: the
+        decode names the units); one that decodes but hashes differently was put there whole."""
+        units = self.shard_units(shard)
+        out: list[tuple[str, str, type]] = []
+        record = None
+        if self.meta.bound:
+            record = unpack_record(self._records[shard])
+            if record is None or "error" in record:
+                why = "not committed" if record is None else record["error"]
+                return [(COMMIT_ARRAY, f"shard {shard}: {why}", ChunkCorruptError)]
+            where = []
+            if record["store_id"] != self.meta.store_id:
+                where.append(f"belongs to another store (id {record['store_id'][:12]}…, this store is {self.meta.store_id[:12]}…)")
+            if record["shard"] != shard or record["units"] != units:
+                where.append(
+                    f"was written for shard {record['shard']} (units {record['units'].start}-{record['units'].stop - 1}), "
+                    f"not shard {shard} (units {units.start}-{units.stop - 1})"
+                )
+            if len(record["digests"]) != len(self._defs):
+                where.append(f"lists {len(record['digests'])} arrays, the layout has {len(self._defs)}")
+            if where:
+                msg = "the shard's commit record " + " and ".join(where) + ": the shard was moved or copied here"
+                return [(COMMIT_ARRAY, msg, MisplacedShardError)]
+        for i, d in enumerate(self._defs):
+            key = shard_key(d.name, shard, 1 + len(d.trailing))
+            if record is None:
+                if not self._objects.exists(key):
+                    out.append((d.name, f"chunk {key} is missing", MissingObject))
+                continue
+            digest = self._objects.sha256(key)
+            if digest is None:
+                out.append((d.name, f"chunk {key} is missing", MissingObject))
+            elif digest != record["digests"][i]:
+                try:
+                    self._backend.read(d.name, units.start, units.stop)
+                except Exception:  # noqa: BLE001 - checksum or decode failure: byte damage
+                    out.append((d.name, "checksum or decode failed (damaged chunk)", DamagedObject))
+                    continue
+                out.append((
+                    d.name,
+                    f"object {key} does not match the SHA-256 in its commit record: it was moved from another "
+                    "position, epoch or array, copied from another store, or changed",
+                    MisplacedShardError,
+                ))
+        return out
 
-        return bool(sync(self._group.store.exists(key)))
+    def _exists(self, key: str) -> bool:
+        return self._objects.exists(key)
 
     def _read_checked(self, names, start: int, stop: int, check: bool = True) -> dict[str, np.ndarray]:
         if not 0 <= start < stop <= self.num_units:
             raise SpecError(f"unit range [{start}, {stop}) is outside the store's {self.num_units} units")
+        unchecked = []
         if check:
             ups = self.spec.units_per_shard
             for s in range(start // ups, (stop - 1) // ups + 1):
-                self.check_shard(s)
+                if not self.committed[s] or s not in self._checked:
+                    if not self.committed[s]:
+                        self.check_shard(s)  # raises IncompleteUnitError before any read
+                    unchecked.append(s)
         try:
-            return self._backend.read_many(names, start, stop)
+            # the decode runs in the backend's threads while the shards' objects are hashed here;
+            # nothing decoded is returned unless every check passed
+            collect = self._backend.start_read(names, start, stop)
+        except Exception as e:  # noqa: BLE001 - e.g. a truncated shard index
+            collect = _raiser(e)
+        for s in unchecked:
+            self.check_shard(s)
+        try:
+            return collect()
         except Exception as e:  # noqa: BLE001 - checksum, truncation and decode errors alike
             where = self.describe_units(start, stop)
             bad = self._find_bad_array(names, start, stop)
@@ -225,21 +349,77 @@ class StoreReader:
         return "?"
 
     # --- reads ----------------------------------------------------------------------------------
-    def read_slab(self, start: int, stop: int) -> Slab:
-        """Units ``[start, stop)`` in one read per array."""
+    def read_slab(self, start: int, stop: int, *, check_values: bool = True) -> Slab:
+        """Units ``[start, stop)`` in one read per array. ``check_values=False`` (``verify``, which
+        reports every bad value itself) skips the range checks of :meth:`_check_stored`."""
         arrays = self._read_checked(self.array_names, start, stop)
         if FILL_ARRAY not in arrays:  # format 1: every sample has the schedule's constant colour
             valid = np.arange(self.spec.batch_size)[None, :] < arrays["unit_count"][:, None]
             fill = np.zeros((stop - start, self.spec.batch_size, FILL_CHANNELS), np.uint8)
             fill[valid] = self._default_fill  # padding slots stay 0, as a writer stores them
             arrays[FILL_ARRAY] = fill
+        if check_values:
+            self._check_stored(arrays, start, stop)
         values = self.codec.decode(arrays["label_value"], arrays.get("label_scale"))
+        if self.spec.value_kind == "logits":
+            logits = values
+            values = logit_probs(logits, arrays[LSE_ARRAY], self.spec.num_classes, self.spec.temperature)
+            return Slab(start, arrays, values, logits)
         return Slab(start, arrays, values)
 
-    def read_unit(self, unit: int) -> UnitData:
+    def _check_stored(self, a: dict[str, np.ndarray], start: int, stop: int) -> None:
+        """Refuse units that are not the plan's or hold values no reader can use (a class index
+        >= num_classes, a mix kind or partner slot that does not exist, a count beyond the batch):
+        each would otherwise surface as an IndexError far from the store, or as wrong labels."""
+        spec = self.spec
+        plan = self.plan[start:stop]
+
+        def fail(i: int, array: str, what: str):
+            u = start + int(i)
+            raise StoredValueError(f"{self.path}: array {array!r} holding {self.describe_units(u, u + 1)}: {what}")
+
+        for name, col in (("unit_epoch", 0), ("unit_batch", 1)):
+            bad = np.flatnonzero(a[name].astype(np.int64) != plan[:, col])
+            if bad.size:
+                i = bad[0]
+                raise MisplacedShardError(
+                    f"{self.path}: array {name!r} holding {self.describe_units(start + int(i), start + int(i) + 1)}: "
+                    f"stores (epoch {a['unit_epoch'][i]}, batch {a['unit_batch'][i]}), not the plan's unit: "
+                    "the shard was moved from another position"
+                )
+        counts = a["unit_count"].astype(np.int64)
+        want = np.where(plan[:, 1] == spec.batches_per_epoch - 1, spec.last_batch_size, spec.batch_size)
+        bad = np.flatnonzero(counts != want)
+        if bad.size:
+            fail(bad[0], "unit_count", f"count {counts[bad[0]]}, but the batch holds {want[bad[0]]} samples")
+        bad = np.flatnonzero(a["unit_mix_kind"] >= len(MIX_KINDS))
+        if bad.size:
+            fail(bad[0], "unit_mix_kind", f"mix kind {int(a['unit_mix_kind'][bad[0]])} does not exist")
+        valid = np.arange(spec.batch_size)[None, :] < counts[:, None]
+        for name, limit, what in (
+            ("unit_mix_perm", counts[:, None], "partner slot beyond the batch"),
+            ("sample_id", spec.num_samples, f"sample id >= num_samples {spec.num_samples}"),
+        ):
+            over = (a[name].astype(np.int64) >= limit) & valid
+            bad = np.flatnonzero(over.any(axis=1))
+            if bad.size:
+                fail(bad[0], name, what)
+        if spec.value_kind == "logits":
+            for name in ("label_value", LSE_ARRAY):
+                finite = np.isfinite(a[name].astype(np.float64))
+                bad = np.flatnonzero((~finite.reshape(*finite.shape[:2], -1).all(axis=2) & valid).any(axis=1))
+                if bad.size:
+                    fail(bad[0], name, "a logit or log-sum-exp that is not finite")
+        if spec.num_classes < np.iinfo(a["label_index"].dtype).max + 1:
+            over = (a["label_index"] >= spec.num_classes).any(axis=2) & valid
+            bad = np.flatnonzero(over.any(axis=1))
+            if bad.size:
+                fail(bad[0], "label_index", f"class index >= num_classes {spec.num_classes}")
+
+    def read_unit(self, unit: int) -> Unit:
         return self.read_slab(unit, unit + 1).unit(0)
 
-    def read_batch(self, epoch: int, batch: int) -> UnitData:
+    def read_batch(self, epoch: int, batch: int) -> Unit:
         return self.read_unit(self.unit_index(epoch, batch))
 
     def read_epoch(self, epoch: int) -> Slab:
@@ -268,12 +448,12 @@ class StoreReader:
                 pending = pool.submit(self.read_slab, *bounds[i + 1]) if i + 1 < len(bounds) else None
                 yield slab
 
-    def iter_units(self, start: int = 0, prefetch: bool = True) -> Iterator[UnitData]:
+    def iter_units(self, start: int = 0, prefetch: bool = True) -> Iterator[Unit]:
         """Every unit from ``start`` on, in training order."""
         for slab in self.iter_slabs(start, prefetch):
             yield from slab
 
-    def dense_targets(self, unit: UnitData) -> np.ndarray:
+    def dense_targets(self, unit: Unit) -> np.ndarray:
         return unit.dense(self.spec.num_classes)
 
     def __repr__(self) -> str:
@@ -282,6 +462,13 @@ class StoreReader:
             f"StoreReader({self.path!r}, units={self.num_units}, samples={s.num_samples}, classes={s.num_classes}, "
             f"epochs={s.epochs}, batch={s.batch_size}, k={s.k}, codec={s.value_codec}, backend={self.backend})"
         )
+
+
+def _raiser(e: BaseException):
+    def collect():
+        raise e
+
+    return collect
 
 
 def _short(e: BaseException) -> str:
@@ -303,7 +490,7 @@ def open_store(
     or ``zarr``. ``image_set_hash``: when given, the store must have been built for that image set.
     ``cache_bytes``: the tensorstore backend's cache (shard indexes and recent chunks; default 32 MiB).
     """
-    path = os.fspath(path)
+    path = store_location(path)
     group, meta = read_meta(path, storage_options)
     if image_set_hash is not None and meta.spec.image_set_hash and image_set_hash != meta.spec.image_set_hash:
         raise ImageSetMismatchError(

@@ -16,17 +16,43 @@ import numpy as np
 
 from ddpipe.labelstore.errors import SpecError
 
-FORMAT_VERSION = 2
-"""The on-disk format this code writes (``docs/format.md``). Version 2 added ``sample_cutout_fill``."""
+FORMAT_VERSION = 3
+"""The on-disk format this code writes (``docs/format.md``). Version 2 added ``sample_cutout_fill``;
+version 3 binds content: a store id and a checksum in the attributes, a commit record per shard
+holding the store id, shard, unit range and each array object's SHA-256."""
 
-READ_FORMAT_VERSIONS = (1, 2)
+READ_FORMAT_VERSIONS = (1, 2, 3)
 """The formats this code reads; any other version is refused. Version-1 stores have no
-``sample_cutout_fill``: their per-sample colour is the augmentation record's constant ``fill``."""
+``sample_cutout_fill``: their per-sample colour is the augmentation record's constant ``fill``.
+Version-1 and -2 stores have one-byte commit flags and no content binding."""
+
+BOUND_FORMAT_VERSION = 3
+"""The first format with content binding (store id, attribute checksum, commit records)."""
 
 MIX_KINDS = ("none", "cutmix", "mixup")
 """Stored as ``unit_mix_kind`` = the position in this tuple."""
 
 PRUNE_GRANULARITIES = ("batch", "epoch")
+
+VALUE_KINDS = ("probs", "logits")
+"""What ``label_value`` holds: top-k probabilities at ``temperature`` (``probs``), or the teacher's
+top-k logits with each row's log-sum-exp at ``temperature`` in ``label_lse`` (``logits``), so the
+training temperature is chosen when training (``docs/format.md`` §5)."""
+
+OPTIONAL_SPEC_FIELDS = {"value_kind": "probs", "exact_fields": False, "aux_fields": ()}
+"""Spec fields written into the attributes only when they differ from these defaults, so stores
+that do not use them keep exactly the attributes they had before the fields existed."""
+
+
+def parse_aux_fields(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise SpecError(f"aux_fields must be a list of names, got {value!r}")
+    names = tuple(value)
+    if any(not isinstance(n, str) or not n for n in names) or len(set(names)) != len(names):
+        raise SpecError(f"aux_fields must be distinct non-empty strings, got {value!r}")
+    return names
 
 
 def parse_positive_int(name: str, value: Any) -> int:
@@ -120,6 +146,9 @@ class StoreSpec:
     teacher_hash: str = ""  # hash of the teacher weights that produced the labels
     units_per_shard: int = 0  # units per writer shard; 0 = about one epoch (default_units_per_shard)
     pruning: dict | None = None  # None, or how the units were chosen (see parse_pruning)
+    value_kind: str = "probs"  # probs | logits: what label_value holds (VALUE_KINDS)
+    exact_fields: bool = False  # crops as float32 fractions and lambda as float64, exactly as given
+    aux_fields: tuple = ()  # names of per-sample float64 values kept in sample_aux (an importer's extra fields)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -145,6 +174,14 @@ class StoreSpec:
         ups = parse_nonnegative_int("units_per_shard", self.units_per_shard)
         set_(self, "units_per_shard", ups or default_units_per_shard(self.batches_per_epoch, self.batch_size))
         set_(self, "pruning", parse_pruning(self.pruning))
+        if self.value_kind not in VALUE_KINDS:
+            raise SpecError(f"value_kind must be one of {VALUE_KINDS}, got {self.value_kind!r}")
+        if self.value_kind == "logits" and get_codec(self.value_codec).has_scale:
+            raise SpecError(f"a logit store takes the fp16 or fp32 codec, not {self.value_codec!r} (it quantises probabilities)")
+        if not isinstance(self.exact_fields, (bool, np.bool_)):
+            raise SpecError(f"exact_fields must be true or false, got {self.exact_fields!r}")
+        set_(self, "exact_fields", bool(self.exact_fields))
+        set_(self, "aux_fields", parse_aux_fields(self.aux_fields))
 
     # --- derived shape -------------------------------------------------------------------
     @property
@@ -176,7 +213,13 @@ class StoreSpec:
 
     # --- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for name, default in OPTIONAL_SPEC_FIELDS.items():
+            if d[name] == default:
+                del d[name]
+        if "aux_fields" in d:
+            d["aux_fields"] = list(d["aux_fields"])
+        return d
 
     @classmethod
     def from_dict(cls, data: Any) -> "StoreSpec":

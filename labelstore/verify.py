@@ -1,10 +1,16 @@
 """``verify``: read every byte of a store and check it means what the format says.
 
-Checks, per writer shard: committed (complete); every array's object present; every chunk passes
-its CRC32C checksum and decodes; then, per unit, the stored values make sense: the unit is the one
-the plan says, sample ids and class indices in range and distinct, probabilities in [0, 1] with
-total mass at most 1 (within the codec's error), crop boxes inside the image, the mix permutation
-a permutation. Every problem names the unit, its (epoch, batch) and the array.
+Checks: the group attributes match their checksum (format 3; an edited ``temperature``, ``k`` or
+``num_classes`` raises :class:`MetadataEditedError` naming the field); then per writer shard:
+committed (complete); every array's object present; format 3: the commit record belongs to this
+store, shard and unit range, and every object hashes to the SHA-256 it records (a shard moved
+between positions or epochs, swapped between arrays or copied from another store is named);
+every chunk passes its CRC32C checksum and decodes; then, per unit, the stored values make sense:
+the unit is the one the plan *recomputed from the spec* says (``StoreReader.plan``: the full
+schedule or the pruning record's draw; format 3 checks a plan the spec does not determine against
+its recorded hash), sample ids and class indices in range and distinct, probabilities in [0, 1]
+with total mass at most 1 (within the codec's error), crop boxes inside the image, the mix
+permutation a permutation. Every problem names the unit, its (epoch, batch) and the array.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from ddpipe.labelstore.errors import ChunkCorruptError
-from ddpipe.labelstore.layout import CROP_SCALE, PAD_SAMPLE_ID, shard_key
-from ddpipe.labelstore.reader import StoreReader, open_store
+from ddpipe.labelstore.layout import CROP_SCALE, PAD_SAMPLE_ID
+from ddpipe.labelstore.reader import DamagedObject, StoreReader, open_store
 from ddpipe.labelstore.spec import MIX_KINDS
 
 
@@ -67,9 +73,15 @@ def _check_values(reader: StoreReader, start: int, slab_arrays: dict, values: np
         ids = a["sample_id"][i].astype(np.int64)
         if ids[:n].max() >= spec.num_samples or np.any(ids[n:] != PAD_SAMPLE_ID):
             bad("sample_id", f"sample ids outside [0, {spec.num_samples}) or padding slots not marked")
-        crop = a["sample_crop"][i, :n].astype(np.int64)
-        if np.any(crop[:, 0] + crop[:, 2] > CROP_SCALE + 1) or np.any(crop[:, 1] + crop[:, 3] > CROP_SCALE + 1):
-            bad("sample_crop", "crop box reaches outside the image")
+        if a["sample_crop"].dtype.kind == "f":  # exact_fields: float32 fractions as the source gave them
+            fc = a["sample_crop"][i, :n].astype(np.float64)
+            if (not np.all(np.isfinite(fc)) or fc.min(initial=0) < 0 or np.any(fc[:, 0] + fc[:, 2] > 1 + 1e-3)
+                    or np.any(fc[:, 1] + fc[:, 3] > 1 + 1e-3)):
+                bad("sample_crop", "crop box reaches outside the image")
+        else:
+            crop = a["sample_crop"][i, :n].astype(np.int64)
+            if np.any(crop[:, 0] + crop[:, 2] > CROP_SCALE + 1) or np.any(crop[:, 1] + crop[:, 3] > CROP_SCALE + 1):
+                bad("sample_crop", "crop box reaches outside the image")
         idx = a["label_index"][i, :n].astype(np.int64)
         if idx.max() >= spec.num_classes:
             bad("label_index", f"class index {int(idx.max())} >= num_classes {spec.num_classes}")
@@ -98,21 +110,26 @@ def verify_store(path: str | os.PathLike, *, backend: str = "auto", progress: bo
     checked = 0
     for s in tqdm(range(reader.num_shards), desc="verify", unit="shard", disable=not progress, leave=False):
         units = reader.shard_units(s)
+        before = len(problems)
+        if s in reader.damaged_records:
+            problems.append(_problem(reader, units.start, "commit_shard",
+                                     f"the commit record of shard {s} is damaged (checksum or decode failed)", units.stop - 1))
+            continue
         if not reader.committed[s]:
             problems.append(
                 _problem(reader, units.start, "commit_shard", f"shard {s} not committed (incomplete)", units.stop - 1)
             )
             continue
-        try:
-            reader.check_shard(s, force=True)
-        except ChunkCorruptError:
-            for d in reader._defs:  # name every missing object, not only the first
-                key = shard_key(d.name, s, 1 + len(d.trailing))
-                if not reader._exists(key):
-                    problems.append(_problem(reader, units.start, d.name, f"chunk {key} is missing", units.stop - 1))
+        found = reader.shard_problems(s)  # objects present; format 3: record and content hashes
+        if any(cls is DamagedObject for _a, _e, cls in found):
+            problems.extend(_locate_damage(reader, units))
+        found = [p for p in found if p[2] is not DamagedObject]
+        for array, error, _cls in found:
+            problems.append(_problem(reader, units.start, array, error, units.stop - 1))
+        if len(problems) > before:
             continue
         try:
-            slab = reader.read_slab(units.start, units.stop)
+            slab = reader.read_slab(units.start, units.stop, check_values=False)
         except ChunkCorruptError:
             problems.extend(_locate_damage(reader, units))
             continue

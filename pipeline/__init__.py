@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import importlib
 
+from ddpipe.labelstore import Unit  # the one record of a unit's parameters (and labels)
 from ddpipe.pipeline.errors import ImageSetMismatchError, LoaderSpecError, SourceError
 from ddpipe.pipeline.feed import ScheduleFeed, StoreFeed
 from ddpipe.pipeline.schedule import (
     RECIPES,
     Schedule,
     ScheduleConfig,
-    UnitParams,
     crop_pixels,
     quantise_crops,
     recipe,
@@ -32,6 +32,7 @@ _LAZY = {
     "LoaderConfig": "ddpipe.pipeline.loader",
     "make_loader": "ddpipe.pipeline.loader",
     "make_relabel_loader": "ddpipe.pipeline.loader",
+    "torch_view": "ddpipe.pipeline.loader",
     "relabel_spec": "ddpipe.pipeline.relabel",
     "SRe2LBatches": "ddpipe.pipeline.sre2l_adapter",
     "apply_mix": "ddpipe.pipeline.mix",
@@ -50,7 +51,7 @@ def __getattr__(name: str):
 __all__ = sorted(
     [
         "ArraySource", "ImageFolderSource", "ImageSetMismatchError", "ImageSource", "LoaderSpecError", "RECIPES",
-        "Schedule", "ScheduleConfig", "ScheduleFeed", "SourceError", "StoreFeed", "UnitParams", "WebDatasetSource",
+        "Schedule", "ScheduleConfig", "ScheduleFeed", "SourceError", "StoreFeed", "Unit", "WebDatasetSource",
         "crop_pixels", "open_source", "quantise_crops", "recipe", "replay_units", "shard_for_rank", *_LAZY,
     ]
 )

@@ -190,7 +190,7 @@ class DaliBackend:
         self._needs_reset = True
         self._finished = False
         self._next_epoch = epoch + 1
-        for data in self._iter:
+        for data in self._outputs(keys, start):
             out = data[0]
             if pos >= len(keys):
                 raise LoaderSpecError(f"DALI produced more batches than epoch {epoch} has ({len(keys)})")
@@ -208,6 +208,29 @@ class DaliBackend:
         if pos != len(keys):
             raise LoaderSpecError(f"DALI stopped after {pos} of epoch {epoch}'s {len(keys)} batches")
         self._finished = True
+
+    def _outputs(self, keys: np.ndarray, start: int) -> Iterator:
+        """DALI's batches; a failure inside the pipeline (a JPEG it cannot decode, say) is looked up
+        in the units around it and raised as the one-line :class:`SourceError` naming the file."""
+        it = iter(self._iter)
+        pos = start
+        while True:
+            try:
+                data = next(it)
+            except StopIteration:
+                return
+            except RuntimeError:
+                self._raise_source_error(keys, pos)
+                raise
+            pos += 1
+            yield data
+
+    def _raise_source_error(self, keys: np.ndarray, pos: int) -> None:
+        """Decode the images of the units DALI was working on (this one and those prefetched after it)
+        with the reference decoder: the first that fails raises its :class:`SourceError`."""
+        for k in keys[pos : pos + max(1, self.config.prefetch) + 1]:
+            for i in np.asarray(self.feed.get(int(k)).sample_ids):
+                self.source.pil(int(i), self.channels)
 
     # --- resume --------------------------------------------------------------------------------------
     def state(self) -> dict:

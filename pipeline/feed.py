@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ddpipe.labelstore import open_store
+from ddpipe.labelstore import Unit, open_store
 from ddpipe.pipeline.errors import ImageSetMismatchError, LoaderSpecError
-from ddpipe.pipeline.schedule import Schedule, UnitParams, replay_units, shard_for_rank
+from ddpipe.pipeline.schedule import Schedule, replay_units, shard_for_rank
 
 
 class Feed:
@@ -30,7 +30,7 @@ class Feed:
     def keys(self, epoch: int) -> np.ndarray:
         raise NotImplementedError
 
-    def get(self, key: int) -> UnitParams:
+    def get(self, key: int) -> Unit:
         raise NotImplementedError
 
     def num_epochs(self) -> int | None:
@@ -83,7 +83,7 @@ class StoreFeed(Feed):
             self._keys = {epoch: k}
         return k
 
-    def get(self, key: int) -> UnitParams:
+    def get(self, key: int) -> Unit:
         t0 = time.perf_counter()
         ups = self.spec.units_per_shard
         shard = int(key) // ups
@@ -96,7 +96,7 @@ class StoreFeed(Feed):
                 self._slabs.popitem(last=False)
         else:
             self._slabs.move_to_end(shard)
-        unit = UnitParams.from_unit_data(slab.unit(int(key) - slab.start))
+        unit = slab.unit(int(key) - slab.start)
         self.read_seconds += time.perf_counter() - t0
         return unit
 
@@ -117,7 +117,7 @@ class ScheduleFeed(Feed):
     def num_epochs(self) -> int:
         return 1
 
-    def get(self, key: int) -> UnitParams:
+    def get(self, key: int) -> Unit:
         e, b = self.rows[int(key)]
         return self.schedule.unit(int(e), int(b))
 

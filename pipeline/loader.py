@@ -1,4 +1,4 @@
-"""One loader interface, two backends (``torch`` = reference, ``dali``), for relabel and training.
+"""One loader interface, three backends (``torch`` = reference, ``dali``, ``batched``), for relabel and training.
 
 A loader is an image source, a feed (the store, or a schedule at relabel time) and the per-field
 stages; the backend turns units into normalised image batches and runs the one ``mix`` stage on
@@ -10,6 +10,10 @@ meta are built here for both backends, so no caller branches on the backend::
         for images, targets, meta in loader.epoch(epoch):
             ...
 
+``batched`` (:mod:`ddpipe.pipeline.batched`) crops and resizes decoded uint8 with torch kernels a
+batch at a time, on the CPU or (resident, batched matmuls) on a GPU; ``LoaderConfig(cache=...)``
+gives any backend the decoded uint8 cache (:mod:`ddpipe.pipeline.cache`) instead of the encoded images.
+
 Relabel mode (:func:`make_relabel_loader`) yields the same triple with ``targets = None`` and the
 generated schedule in ``meta``. ``state_dict()`` / ``load_state_dict()`` resume mid-epoch.
 """
@@ -18,27 +22,30 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
+from ddpipe.labelstore import Unit
 from ddpipe.pipeline.errors import LoaderSpecError
 from ddpipe.pipeline.feed import Feed, ScheduleFeed, StoreFeed, check_source_fits
 from ddpipe.pipeline.mix import MixStage
-from ddpipe.pipeline.schedule import Schedule, ScheduleConfig, UnitParams, constant_fill
-from ddpipe.pipeline.sources import ImageSource, open_source
+from ddpipe.pipeline.schedule import Schedule, ScheduleConfig
+from ddpipe.pipeline.sources import ImageSource
 from ddpipe.pipeline.stages import IMAGENET_MEAN, IMAGENET_STD, declare_image, image_stages, run_targets, target_stages
 
-BACKENDS = ("torch", "dali")
+BACKENDS = ("torch", "dali", "batched")
+KERNELS = ("auto", "per-sample", "matmul")
 
 
 @dataclass(frozen=True)
 class LoaderConfig:
     """How images are produced. ``None`` fields take the store's (or schedule's) values."""
 
-    backend: str = "torch"  # torch (reference) | dali
+    backend: str = "torch"  # torch (reference) | dali | batched (uint8 torch kernels, CPU or GPU: pipeline/batched.py)
     output_size: tuple[int, int] | None = None  # default: the schedule's output_size
     channels: int = 3  # 1 = grayscale, 3 = RGB
     mean: Sequence[float] | None = IMAGENET_MEAN  # None: no mean subtraction
@@ -49,11 +56,13 @@ class LoaderConfig:
     cache_shards: int = 2  # label memory: store shards held decoded at once
     targets: str = "dense"  # dense [b, C] float32 | topk (indices, values)
     mix: bool = True  # apply the stored CutMix/Mixup (False: the caller does, e.g. SRe2L's loop)
-    device: str = "auto"  # DALI: auto (GPU when CUDA is present) | cpu | gpu
+    device: str = "auto"  # DALI and batched: auto (GPU when CUDA is present) | cpu | gpu
     batch_size: int | None = None  # if given, must equal the store's batch size
     start_method: str | None = None  # torch workers' start method (None: the platform default)
     dali_start_method: str | None = None  # DALI workers: fork | spawn; None = fork, or spawn inside a process group
     dali_parallel: bool = True  # parallel external_source (False: callback in the main process)
+    cache: str | None = None  # decoded uint8 cache: None | "memory" | a directory (built on first use; pipeline/cache.py)
+    kernel: str = "auto"  # batched: auto (per-sample on the CPU, matmul on a GPU) | per-sample | matmul
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -64,53 +73,59 @@ class LoaderConfig:
             raise LoaderSpecError(f"device must be auto, cpu or gpu, got {self.device!r}")
         if self.channels not in (1, 3):
             raise LoaderSpecError(f"channels must be 1 or 3, got {self.channels!r}")
+        if self.kernel not in KERNELS:
+            raise LoaderSpecError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
 
     def replace(self, **kw: Any) -> "LoaderConfig":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
+def torch_view(unit: Unit) -> Unit:
+    """The torch view of a unit: the same record with every array field as a CPU tensor (copied;
+    ``topk`` as a pair of tensors), the other fields as they are."""
+
+    def tensor(v):
+        if isinstance(v, np.ndarray):
+            return torch.from_numpy(np.array(v))
+        if isinstance(v, tuple):
+            return tuple(tensor(x) for x in v)
+        return v
+
+    return replace(unit, **{f.name: tensor(getattr(unit, f.name)) for f in fields(unit)})
+
+
 @dataclass
 class BatchMeta:
-    """What a batch is: its unit and the schedule that produced it (tensors on the CPU)."""
+    """What a batch is: where the loader stands, the source images' class labels, and the unit.
 
-    epoch: int  # training epoch (relabel: the store epoch)
+    ``params`` is the unit's record (:class:`ddpipe.labelstore.Unit`, numpy) exactly as the store
+    holds it or the schedule generated it: relabel writes it back with the teacher's labels added.
+    Every field of the unit can also be read on the meta itself, from its torch view
+    (:func:`torch_view`): ``meta.mix_perm`` (int64 tensor), ``meta.crops``, ``meta.flips``,
+    ``meta.cutout_fill``, ``meta.mix_kind``, ``meta.unit`` (the store position, -1 at relabel time),
+    ``meta.batch`` (the unit's batch in its store epoch ``params.epoch``).
+    """
+
+    epoch: int  # training epoch (relabel: 0, the one pass)
     position: int  # index of this batch within the epoch, for this rank
-    unit: int  # position in the store (-1 at relabel time)
-    store_epoch: int  # (epoch, batch) the unit was generated for
-    batch: int
-    sample_ids: torch.Tensor  # int64 [b]
     labels: torch.Tensor  # int64 [b] class labels of the source images
-    crops: torch.Tensor  # float32 [b, 4] (top, left, height, width) fractions
-    flips: torch.Tensor  # bool [b]
-    cutout: torch.Tensor  # int32 [b, 4] (y0, x0, y1, x1) output pixels; empty = none
-    cutout_fill: torch.Tensor  # uint8 [b, 3] each sample's cutout colour (RGB 0..255, before normalisation)
-    mix_kind: str
-    mix_perm: torch.Tensor  # int64 [b]
-    mix_lambda: float
-    mix_box: torch.Tensor  # int32 [4] (y0, x0, y1, x1)
-    params: UnitParams = field(repr=False)  # the raw unit (numpy), e.g. for writing it back
+    params: Unit = field(repr=False)  # the unit's record (numpy)
+
+    @cached_property
+    def tensors(self) -> Unit:
+        """The unit as torch tensors (CPU)."""
+        return torch_view(self.params)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or "params" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.tensors, name)
 
 
 class Batch(NamedTuple):
     images: torch.Tensor  # float32 [b, C, H, W]
     targets: Any  # float32 [b, num_classes] | (indices, values) | None at relabel time
     meta: BatchMeta
-
-
-def _meta(unit: UnitParams, epoch: int, position: int, source: ImageSource, fill: np.ndarray) -> BatchMeta:
-    ids = np.asarray(unit.sample_ids, dtype=np.int64)
-    perm = np.arange(len(ids)) if unit.mix_perm is None else unit.mix_perm
-    colours = np.tile(fill, (len(ids), 1)) if unit.cutout_fill is None else unit.cutout_fill
-    return BatchMeta(
-        epoch=epoch, position=position, unit=int(unit.unit), store_epoch=int(unit.epoch), batch=int(unit.batch),
-        sample_ids=torch.from_numpy(ids.copy()), labels=torch.from_numpy(source.labels[ids].copy()),
-        crops=torch.from_numpy(np.asarray(unit.crops, np.float32).copy()),
-        flips=torch.from_numpy(np.asarray(unit.flips, bool).copy()),
-        cutout=torch.from_numpy(np.asarray(unit.cutout, np.int32).copy()),
-        cutout_fill=torch.from_numpy(np.asarray(colours, np.uint8).copy()), mix_kind=unit.mix_kind,
-        mix_perm=torch.from_numpy(np.asarray(perm, np.int64).copy()), mix_lambda=float(unit.mix_lambda),
-        mix_box=torch.from_numpy(np.asarray(unit.mix_box, np.int32).copy()), params=unit,
-    )
 
 
 class Loader:
@@ -125,7 +140,6 @@ class Loader:
         num_classes = feed.spec.num_classes if feed.with_labels else None
         self.target_stages = target_stages(num_classes, config.targets == "dense") if feed.with_labels else []
         self.mix_stage = MixStage(schedule.fill, config.mean, config.std, config.mix)
-        self._fill = constant_fill(schedule.fill)  # meta of units without colours of their own
         self.backend = _make_backend(config, source, feed, self.image_stages, self.mix_stage)
         self._epoch: int | None = None
         self._position = 0
@@ -155,7 +169,7 @@ class Loader:
             t0 = time.perf_counter()
             targets = self._targets(unit)
             self._target_seconds += time.perf_counter() - t0
-            meta = _meta(unit, epoch, pos, self.source, self._fill)
+            meta = BatchMeta(epoch, pos, torch.from_numpy(self.source.labels[np.asarray(unit.sample_ids)]), unit)
             pos += 1
             self._position = pos
             yield Batch(images, targets, meta)
@@ -165,7 +179,7 @@ class Loader:
         for e in range(self.epochs):
             yield from self.epoch(e)
 
-    def _targets(self, unit: UnitParams):
+    def _targets(self, unit: Unit):
         if not self.target_stages:
             return None
         t = run_targets(self.target_stages, unit)
@@ -183,6 +197,15 @@ class Loader:
         if not isinstance(state, dict) or "epoch" not in state or "position" not in state:
             raise LoaderSpecError(f"not a loader state: {state!r}")
         self._resume = dict(state)
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds spent per stage so far (``decode``, ``crop_resize``, ``collate``, ``mix``, summed over
+        worker threads or processes; ``labels``: :attr:`label_seconds`). Backends that cannot see
+        inside their graph (DALI) report ``labels`` only."""
+        get = getattr(self.backend, "stage_seconds", None)
+        out = dict(get()) if get is not None else {}
+        out["labels"] = self.label_seconds
+        return out
 
     @property
     def label_seconds(self) -> float:
@@ -207,12 +230,23 @@ def _make_backend(config: LoaderConfig, source, feed, stages, mix):
 
         return TorchBackend(source, feed, stages, mix, num_workers=config.num_workers, prefetch=config.prefetch,
                             start_method=config.start_method)
+    if config.backend == "batched":
+        from ddpipe.pipeline.batched import BatchedBackend
+
+        return BatchedBackend(source, feed, stages, config, mix)
     from ddpipe.pipeline.dali_backend import DaliBackend
 
     return DaliBackend(source, feed, stages, config, mix)
 
 
 # --- front doors -----------------------------------------------------------------------------------
+def _source(source, config: LoaderConfig) -> ImageSource:
+    """The source, or its decoded cache when ``config.cache`` asks for one (built on first use)."""
+    from ddpipe.pipeline.cache import with_cache
+
+    return with_cache(source, config.cache, channels=config.channels, workers=max(1, config.num_workers))
+
+
 def make_loader(
     source: ImageSource | str | os.PathLike,
     store: str | os.PathLike | Any,
@@ -231,7 +265,7 @@ def make_loader(
     ``rank``/``world_size`` shard each epoch's units (every ``world_size``-th unit from ``rank``).
     """
     config = replace(config or LoaderConfig(), **overrides)
-    source = open_source(source)
+    source = _source(source, config)
     reader = store if hasattr(store, "read_slab") else None
     path = reader.path if reader is not None else os.fspath(store)
     feed = StoreFeed(path, backend=store_backend, rank=rank, world_size=world_size, replay_seed=replay_seed,
@@ -260,11 +294,11 @@ def make_relabel_loader(
     """A relabel loader: the images of ``rows`` ((epoch, batch) pairs; default every unit) exactly as
     training will replay them, with their schedule in ``meta`` and ``targets = None``."""
     config = replace(config or LoaderConfig(), **overrides)
-    source = open_source(source)
+    source = _source(source, config)
     if rows is None:
         e, b = np.divmod(np.arange(schedule.epochs * schedule.batches_per_epoch), schedule.batches_per_epoch)
         rows = np.stack([e, b], axis=1)
     return Loader(source, ScheduleFeed(schedule, rows), config, schedule.config)
 
 
-__all__ = ["Batch", "BatchMeta", "Loader", "LoaderConfig", "make_loader", "make_relabel_loader"]
+__all__ = ["Batch", "BatchMeta", "Loader", "LoaderConfig", "make_loader", "make_relabel_loader", "torch_view"]

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ddpipe.labelstore import MIX_KINDS
 from ddpipe.pipeline.errors import LoaderSpecError
 
 
@@ -43,7 +44,7 @@ def apply_mix(images: torch.Tensor, kind: str, perm, lam: float, box) -> torch.T
         return images
     if kind == "mixup":
         return images.mul(lam).add_(images[perm_t], alpha=1.0 - lam)
-    raise LoaderSpecError(f"unknown mix kind {kind!r}; expected none, cutmix or mixup")
+    raise LoaderSpecError(f"unknown mix kind {kind!r}; expected one of {MIX_KINDS}")
 
 
 @dataclass(frozen=True)

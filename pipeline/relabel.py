@@ -1,22 +1,27 @@
 """The relabel step: generate the schedule, show the teacher exactly what the student will see,
 write the teacher's soft labels and the schedule into a store.
 
-:func:`relabel` is what ``ddpipe relabel`` (``ddpipe.evaluate``) calls; it depends on nothing above
-``ddpipe.pipeline``. Resuming is creating the same store again: committed shards are skipped,
-the rest is recomputed (the schedule is a pure function of the seed, so bytes come out identical).
-A ``plan`` (or ``keep``) of kept units makes a pruned store without running the teacher on the
-units that would be thrown away (LPLD's pruning at generation).
+This module is the one owner of relabel's spec (:func:`relabel_spec`), its prune plan (``keep`` /
+``plan``), the store's creation and the rank logic (rank 0 creates, the other ranks join, each
+rank writes its own writer shards). :func:`relabel` is what ``ddpipe relabel``
+(:mod:`ddpipe.evaluate.relabel`, which only loads the teachers) calls, once; it depends on nothing
+above ``ddpipe.pipeline``. Resuming is creating the same store again (``exist_ok=True``):
+committed shards are skipped, the rest is recomputed (the schedule is a pure function of the seed,
+so bytes come out identical). A ``plan`` (or ``keep``) of kept units makes a pruned store without
+running the teacher on the units that would be thrown away (LPLD's pruning at generation).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 
-from ddpipe.labelstore import StoreError, StoreSpec, Unit, create_store, open_store, open_writer, plan_units
+from ddpipe.labelstore import (StoreError, StoreExistsError, StoreSpec, create_store, open_store, open_writer,
+                               plan_units)
 from ddpipe.labelstore.prune import pruned_spec
 from ddpipe.pipeline.errors import LoaderSpecError
 from ddpipe.pipeline.loader import LoaderConfig, make_relabel_loader
@@ -84,6 +89,8 @@ def relabel(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
+    exist_ok: bool = True,
+    provenance: dict | None = None,
 ) -> dict:
     """Relabel ``source`` with ``teacher`` into ``store``; returns a summary dict.
 
@@ -92,6 +99,14 @@ def relabel(
     (epoch, batch) array of the units to keep, or ``keep`` a fraction drawn with
     :func:`ddpipe.labelstore.plan_units` (``granularity``, ``prune_seed``). With ``world_size > 1``
     each rank writes whole writer shards of its own (shard ``s`` goes to rank ``s % world_size``).
+    ``exist_ok=False`` refuses a store that already exists at ``store`` (``True``: resume it).
+    ``provenance`` is recorded in the store's attributes next to the source's description.
+
+    The summary: ``store``, ``units`` (in the store), ``units_written`` and ``images_labelled`` (by this
+    rank), ``units_written_all`` and ``images_labelled_all`` (by this call over all ranks of a process
+    group), ``units_skipped`` (committed before), ``seconds``, ``image_set_hash`` and ``spec`` (the
+    store's spec as a dict).
+    Inside a process group every rank returns once all ranks have written their shards.
     """
     if teacher_input not in ("torch", "numpy"):
         raise LoaderSpecError(f"teacher_input must be 'torch' or 'numpy', got {teacher_input!r}")
@@ -114,11 +129,12 @@ def relabel(
             else:
                 spec = spec.replace(pruning={"keep": len(plan) / spec.full_units, "granularity": granularity,
                                              "seed": prune_seed, "source_units": spec.full_units})
-    writer = _create_shared(store, spec, plan, rank, world_size, {"relabel": {"source": repr(source)}})
+    prov = {"relabel": {"source": repr(source)}, **(provenance or {})}
+    writer = _create_shared(store, spec, plan, rank, world_size, prov, exist_ok)
     rows = writer.pending_units(rank, world_size)
     total = writer.num_units
     t0 = time.perf_counter()
-    written = 0
+    written = labelled = 0
     bar = _progress(len(rows), progress)
     with writer:
         if len(rows):
@@ -126,19 +142,22 @@ def relabel(
             with make_relabel_loader(source, sched, rows, cfg) as ld:
                 for images, _, meta in ld.epoch(0):
                     u = meta.params
-                    logits = _logits(teacher, images, teacher_input)
-                    writer.write(Unit(
-                        epoch=u.epoch, batch=u.batch, sample_ids=u.sample_ids, crops=u.crops, flips=u.flips,
-                        mix_kind=u.mix_kind, mix_perm=u.mix_perm, mix_lambda=u.mix_lambda, mix_box=u.mix_box,
-                        cutout=u.cutout, cutout_fill=u.cutout_fill, logits=logits,
-                    ))
-                    written += 1
                     bar.update(1)
+                    # another live writer (a second --resume on the same store) holds this unit's
+                    # shard: it computes those labels, this one moves on to the next free shard
+                    if not writer.claim(u.epoch, u.batch):
+                        continue
+                    logits = _logits(teacher, images, teacher_input)
+                    writer.write(replace(u, logits=logits))  # the schedule's unit record, labels added
+                    written += 1
+                    labelled += int(images.shape[0])
     bar.close()
+    # every rank's shards are written when any rank returns; the counts are over all ranks
+    all_written, all_labelled, all_pending = _sum_over_ranks(world_size, (written, labelled, len(rows)))
     return {
-        "store": os.fspath(store), "units": total, "units_written": written,
-        "units_skipped": total - len(rows) if world_size == 1 else None,
-        "seconds": time.perf_counter() - t0, "image_set_hash": spec.image_set_hash,
+        "store": os.fspath(store), "units": total, "units_written": written, "images_labelled": labelled,
+        "units_written_all": all_written, "images_labelled_all": all_labelled, "units_skipped": total - all_pending,
+        "seconds": time.perf_counter() - t0, "image_set_hash": spec.image_set_hash, "spec": spec.to_dict(),
     }
 
 
@@ -149,26 +168,46 @@ def _existing_spec(store) -> StoreSpec | None:
         return None
 
 
-def _create_shared(store, spec, plan, rank: int, world_size: int, provenance: dict):
+def _create(store, spec, plan, provenance: dict, exist_ok: bool):
+    """Create the store, or reopen it to resume (``exist_ok``); an existing store otherwise is one error."""
+    try:
+        return create_store(store, spec, plan, exist_ok=exist_ok, provenance=provenance)
+    except StoreExistsError:
+        if not exist_ok and _existing_spec(store) is not None:
+            raise StoreExistsError(
+                f"{os.fspath(store)} already holds a label store; continue it with --resume (resume=True) "
+                "or choose another output"
+            ) from None
+        raise
+
+
+def _create_shared(store, spec, plan, rank: int, world_size: int, provenance: dict, exist_ok: bool = True):
     """Create (rank 0) or join (other ranks) the store: ranks never race on its creation.
 
-    Inside a torch process group the other ranks wait at a barrier; separate processes without
-    one retry until rank 0's store is complete on disk (up to a minute).
+    Inside a torch process group rank 0 creates it and tells the others whether that worked (so a
+    refusal is raised on every rank, none waits forever); separate processes without one retry
+    until rank 0's store is complete on disk (up to a minute).
     """
     if world_size <= 1:
-        return create_store(store, spec, plan, exist_ok=True, provenance=provenance)
-    try:
+        return _create(store, spec, plan, provenance, exist_ok)
+    if _in_group():
         import torch.distributed as dist
 
-        in_group = dist.is_available() and dist.is_initialized()
-    except ImportError:
-        in_group = False
-    if in_group:
-        writer = create_store(store, spec, plan, exist_ok=True, provenance=provenance) if rank == 0 else None
-        dist.barrier()
+        writer, failure, error = None, [None], None
+        if rank == 0:
+            try:
+                writer = _create(store, spec, plan, provenance, exist_ok)
+            except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+                failure, error = [(type(e), str(e))], e
+        dist.broadcast_object_list(failure, src=0)
+        if failure[0] is not None:
+            if error is not None:
+                raise error
+            kind, message = failure[0]
+            raise (kind if issubclass(kind, StoreError) else StoreError)(message)
         return writer or create_store(store, spec, plan, exist_ok=True, provenance=provenance)
     if rank == 0:
-        return create_store(store, spec, plan, exist_ok=True, provenance=provenance)
+        return _create(store, spec, plan, provenance, exist_ok)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -178,6 +217,25 @@ def _create_shared(store, spec, plan, rank: int, world_size: int, provenance: di
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def _in_group() -> bool:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return False
+    return dist.is_available() and dist.is_initialized()
+
+
+def _sum_over_ranks(world_size: int, counts: tuple[int, ...]) -> tuple[int, ...]:
+    """``counts`` summed over the process group (which doubles as a barrier); this rank's alone outside one."""
+    if world_size <= 1 or not _in_group():
+        return tuple(counts)
+    import torch.distributed as dist
+
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, tuple(int(c) for c in counts))
+    return tuple(sum(g[i] for g in gathered) for i in range(len(counts)))
 
 
 def _progress(total: int, enabled: bool):

@@ -17,18 +17,17 @@ under 65,535 pixels a side.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from typing import Any, Mapping
 
 import numpy as np
 
-from ddpipe.labelstore import StoreSpec
-from ddpipe.labelstore.layout import CROP_SCALE
+from ddpipe.labelstore import MIX_KINDS, StoreSpec, Unit
+from ddpipe.labelstore.layout import CROP_SCALE, FILL_CHANNELS, augmentation_fill
 from ddpipe.pipeline.errors import LoaderSpecError
 
 SCHEDULE_VERSION = 1
-MIX_KINDS = ("none", "cutmix", "mixup")
 
 # Streams of the seed tuple: one generator per purpose, so adding draws to one never moves another.
 _ORDER, _BATCH, _REPLAY = 0, 1, 2
@@ -47,12 +46,17 @@ def _pair(name: str, value: Any, cast=float) -> tuple:
     return (a, b)
 
 
+DDPIPE_ORDER = "ddpipe"
+TORCH_SAMPLER_ORDER = "torch-sampler"
+ORDERS = (DDPIPE_ORDER, TORCH_SAMPLER_ORDER)
+"""Sample orders of an epoch. ``ddpipe``: numpy's permutation of the stream ``(seed, 0, epoch)``.
+``torch-sampler``: the order SRe2L's relabel and ``train_FKD.py`` take from
+``RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))`` iterated once per epoch
+(:func:`torch_sampler_orders`), so a store in this order exports to their label folders."""
+
 RANDOM_FILL = "random"
 """``ScheduleConfig.fill`` for a per-sample cutout colour, uniform in 0..255 per channel (LPLD's
 ``CutoutPILWithCoords``: ``random.randint(0, 255)`` for R, G and B of each image)."""
-
-FILL_CHANNELS = 3
-"""Colours are RGB triples (a constant grey ``(v,)`` is ``(v, v, v)``); grayscale images use the first."""
 
 
 def _parse_fill(value: Any) -> tuple[int, ...] | str:
@@ -72,11 +76,9 @@ def _parse_fill(value: Any) -> tuple[int, ...] | str:
 
 
 def constant_fill(fill: tuple[int, ...] | str) -> np.ndarray:
-    """A constant fill as an RGB triple, uint8 ``[3]`` (zeros for ``"random"``, which has none)."""
-    if fill == RANDOM_FILL:
-        return np.zeros(FILL_CHANNELS, np.uint8)
-    f = np.asarray(fill, dtype=np.uint8).reshape(-1)
-    return np.repeat(f, FILL_CHANNELS) if len(f) == 1 else f[:FILL_CHANNELS]
+    """A constant fill as an RGB triple, uint8 ``[3]`` (zeros for ``"random"``, which has none):
+    the store's rule for its augmentation record (:func:`ddpipe.labelstore.layout.augmentation_fill`)."""
+    return augmentation_fill({"fill": fill})
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,12 @@ class ScheduleConfig:
     mix_alpha: float = 1.0  # Beta(alpha, alpha) for lambda (SRe2L: cutmix 1.0, mixup 0.8)
     cutout: float = 0.0  # cutout box side as a fraction of the output (LPLD 21K: 0.5); 0 = none
     fill: tuple[int, ...] | str = (0, 0, 0)  # cutout colour, 0..255 (1 or 3 values), or "random": one per sample
+    order: str = DDPIPE_ORDER  # "ddpipe" (numpy permutation per (seed, epoch)) | "torch-sampler" (SRe2L's RandomSampler)
 
     def __post_init__(self) -> None:
         s = object.__setattr__
+        if self.order not in ORDERS:
+            raise LoaderSpecError(f"order must be one of {ORDERS}, got {self.order!r}")
         oh, ow = _pair("output_size", self.output_size, int)
         if oh <= 0 or ow <= 0:
             raise LoaderSpecError(f"output_size must be positive, got {self.output_size!r}")
@@ -127,6 +132,8 @@ class ScheduleConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        if d["order"] == DDPIPE_ORDER:
+            del d["order"]  # ddpipe's own order is the default: records written before `order` existed stay equal
         d["schedule_version"] = SCHEDULE_VERSION
         return d
 
@@ -155,6 +162,10 @@ RECIPES: dict[str, dict] = {
     "lpld-in21k": dict(output_size=(224, 224), scale=(0.08, 1.0), flip=0.0, mix="none", cutout=0.5, fill=RANDOM_FILL),
     # LPLD Tiny-ImageNet: 64 px, cutmix-free.
     "lpld-tiny": dict(output_size=(64, 64), scale=(0.08, 1.0), flip=0.5, mix="none"),
+    # SRe2L's relabel in SRe2L's own batch order (torch's RandomSampler, seeded): exportable with
+    # `ddpipe export sre2l` to a folder their unmodified train_FKD.py reads.
+    "sre2l-torch": dict(output_size=(224, 224), scale=(0.08, 1.0), flip=0.5, mix="cutmix", mix_alpha=1.0,
+                        order=TORCH_SAMPLER_ORDER),
 }
 
 
@@ -250,43 +261,7 @@ def cutout_boxes(rng: np.random.Generator, b: int, out_hw: tuple[int, int], fact
     return np.stack([y0, x0, y1, x1], axis=1).astype(np.int32)
 
 
-# --- the schedule of one unit -----------------------------------------------------------------
-@dataclass
-class UnitParams:
-    """One unit's schedule (and, at train time, its soft labels). Field meanings as in the store."""
-
-    epoch: int
-    batch: int
-    sample_ids: np.ndarray  # int64 [b]
-    crops: np.ndarray  # float32 [b, 4] (top, left, height, width) fractions of the source image
-    flips: np.ndarray  # bool [b]
-    cutout: np.ndarray  # int32 [b, 4] (y0, x0, y1, x1) output pixels; all zero = none
-    mix_kind: str = "none"
-    mix_perm: np.ndarray | None = None  # int64 [b]
-    mix_lambda: float = 1.0
-    mix_box: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int32))
-    unit: int = -1  # position in the store (-1: not from a store)
-    indices: np.ndarray | None = None  # int64 [b, k] (train time)
-    values: np.ndarray | None = None  # float32 [b, k]
-    cutout_fill: np.ndarray | None = None  # uint8 [b, 3] each sample's cutout colour (None: the stage's fill)
-
-    @property
-    def count(self) -> int:
-        return len(self.sample_ids)
-
-    @classmethod
-    def from_unit_data(cls, u) -> "UnitParams":
-        return cls(
-            epoch=u.epoch, batch=u.batch, sample_ids=u.sample_ids, crops=u.crops, flips=u.flips,
-            cutout=u.cutout, mix_kind=u.mix_kind, mix_perm=u.mix_perm, mix_lambda=u.mix_lambda,
-            mix_box=u.mix_box, unit=u.unit, indices=u.indices, values=u.values,
-            cutout_fill=getattr(u, "cutout_fill", None),
-        )
-
-    def schedule_only(self) -> "UnitParams":
-        return replace(self, indices=None, values=None)
-
-
+# --- the schedule of one unit ---------------------------------------------------------------------
 class Schedule:
     """The replay schedule of ``epochs`` epochs over ``num_samples`` images in batches of ``batch_size``.
 
@@ -318,6 +293,8 @@ class Schedule:
         self._order = lru_cache(maxsize=2)(self._epoch_order)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self.config.order == TORCH_SAMPLER_ORDER:
+            return torch_sampler_orders(self.num_samples, self.seed, int(epoch) + 1, start=int(epoch))[0]
         return _rng(self.seed, _ORDER, epoch).permutation(self.num_samples).astype(np.int64)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -335,9 +312,9 @@ class Schedule:
                 f"(epoch {epoch}, batch {batch}) is outside the schedule's {self.epochs} epochs x {self.batches_per_epoch} batches"
             )
 
-    def unit(self, epoch: int, batch: int) -> UnitParams:
-        """The crops, flips, cutout (boxes and colours) and mix of one batch; a pure function of
-        (seed, epoch, batch)."""
+    def unit(self, epoch: int, batch: int) -> Unit:
+        """The crops, flips, cutout (boxes and colours) and mix of one batch, as the store's unit record
+        (no labels yet); a pure function of (seed, epoch, batch)."""
         cfg = self.config
         ids = self.batch_ids(epoch, batch)
         b = len(ids)
@@ -364,7 +341,7 @@ class Schedule:
             colours = rng.integers(0, 256, size=(b, FILL_CHANNELS)).astype(np.uint8)
         else:
             colours = np.tile(constant_fill(cfg.fill), (b, 1))
-        return UnitParams(
+        return Unit(
             epoch=int(epoch), batch=int(batch), sample_ids=ids, crops=quantise_crops(frac), flips=flips,
             cutout=cut, mix_kind=kind, mix_perm=perm, mix_lambda=lam, mix_box=box, cutout_fill=colours,
         )
@@ -375,6 +352,49 @@ class Schedule:
             num_samples=self.num_samples, num_classes=num_classes, epochs=self.epochs,
             batch_size=self.batch_size, k=k, seed=self.seed, augmentation=self.config.to_dict(), **kw,
         )
+
+
+# --- torch's RandomSampler, replayed -------------------------------------------------------------
+_SAMPLER_STATES: dict[tuple[int, int], dict[int, Any]] = {}  # (n, seed) -> {epoch: generator state before it}
+_SAMPLER_KEEP = 64  # generator states kept per (n, seed); about 5 KB each
+
+
+def torch_sampler_orders(num_samples: int, seed: int, epochs: int, start: int = 0) -> list[np.ndarray]:
+    """Epochs ``start .. epochs-1`` of ``RandomSampler(range(num_samples), generator=torch.Generator().manual_seed(seed))``
+    iterated once per epoch on one generator, as SRe2L's relabel and ``train_FKD.py`` (and LPLD's and
+    G-VBSM's copies) consume it: int64 sample ids per epoch.
+
+    ``RandomSampler.__iter__`` (``replacement=False``, ``num_samples = n``) yields
+    ``torch.randperm(n, generator)`` and then evaluates ``torch.randperm(n, generator)[:0]`` once the
+    first is exhausted, which a ``BatchSampler`` (with or without ``drop_last``) and the
+    ``DataLoader`` always reach: each epoch draws two permutations and uses the first. Epoch ``e``
+    is therefore permutation ``2e`` of the stream. Needs torch (imported here only); the permutations
+    are those of the installed torch's CPU ``randperm``, stable across the torch 2.x releases.
+    Generator states are cached, so consecutive epochs cost one pair of draws each.
+    """
+    import torch
+
+    n, seed = int(num_samples), int(seed)
+    if n <= 0 or epochs < 0 or not 0 <= start <= epochs:
+        raise LoaderSpecError(f"bad sampler replay request: n={n}, epochs {start}..{epochs}")
+    states = _SAMPLER_STATES.setdefault((n, seed), {})
+    known = [e for e in states if e <= start]
+    g = torch.Generator()
+    if known:
+        e0 = max(known)
+        g.set_state(states[e0])
+    else:
+        e0 = 0
+        g.manual_seed(seed)
+    out = []
+    for e in range(e0, epochs):
+        if e not in states and (len(states) < _SAMPLER_KEEP or e % 16 == 0):
+            states[e] = g.get_state()
+        perm = torch.randperm(n, generator=g)
+        torch.randperm(n, generator=g)  # RandomSampler's discarded draw
+        if e >= start:
+            out.append(perm.numpy().astype(np.int64))
+    return out
 
 
 # --- which stored units an epoch replays --------------------------------------------------------

@@ -153,6 +153,9 @@ class ImageFolderSource(_EncodedSource):
             self.sizes = np.array([_header_size(b, n) for b, n in zip(blobs, names)], dtype=np.int64).reshape(-1, 2)
             self._hash = self._hash_blobs(blobs)
 
+    def describe(self, i: int) -> str:
+        return f"image {i} ({os.path.join(self.root, self.names[i])})"
+
     def _read(self, i: int) -> bytes:
         path = os.path.join(self.root, self.names[i])
         try:
@@ -325,7 +328,8 @@ class ArraySource(ImageSource):
 # --- the one front door -------------------------------------------------------------------------
 def open_source(path: str | os.PathLike | Sequence[str], *, in_memory: bool = True) -> ImageSource:
     """Open an image source from a path: ``*.npz`` (array), ``*.tar`` / brace pattern / a directory
-    of ``.tar`` shards (WebDataset), or a directory of class folders (ImageFolder)."""
+    of ``.tar`` shards (WebDataset), a decoded cache directory (``ddpipe cache``, :mod:`.cache`), or a
+    directory of class folders (ImageFolder)."""
     if isinstance(path, ImageSource):
         return path
     if not isinstance(path, (str, os.PathLike)):
@@ -335,6 +339,10 @@ def open_source(path: str | os.PathLike | Sequence[str], *, in_memory: bool = Tr
         return ArraySource.from_npz(p)
     if p.endswith(".tar") or "{" in p:
         return WebDatasetSource(p)
+    if os.path.isfile(os.path.join(p, "cache.json")):  # a decoded cache (`ddpipe cache`)
+        from ddpipe.pipeline.cache import open_cache
+
+        return open_cache(p)
     if os.path.isdir(p):
         entries = os.listdir(p)
         if any(os.path.isdir(os.path.join(p, e)) for e in entries):

@@ -8,7 +8,7 @@ or ``family.tag``) and writes an ImageFolder plus ``manifest.json``. See docs/sy
 from ddpipe.synth._registry import (create_loss, create_method, default_recipe, is_method, list_losses, list_methods,
                                     method_doc, register_loss, register_method)
 from ddpipe.synth.config import RecoverConfig
-from ddpipe.synth.engine import (Batch, EmbedConvNet, Engine, RealData, delt_schedule, delt_start_rounds, medium_order,
+from ddpipe.synth.engine import (Batch, Engine, RealData, delt_schedule, delt_start_rounds, medium_order,
                                  rank_order, recover)
 from ddpipe.synth.errors import RunStateError, SynthConfigError, SynthError, TeacherError, UnknownLossError, UnknownMethodError
 from ddpipe.synth.losses import LossTerm, Step, densify_loss, dm_mean_loss
@@ -18,7 +18,7 @@ from ddpipe.synth.writer import MANIFEST, read_manifest, to_uint8
 from ddpipe.synth import sre2l, cda, lpld, gvbsm, delt, dm, select  # noqa: F401  (register the recipes)
 
 __all__ = [
-    "Batch", "EmbedConvNet", "Engine", "LossTerm", "MANIFEST", "RealData", "RecoverConfig", "RunStateError", "Step",
+    "Batch", "Engine", "LossTerm", "MANIFEST", "RealData", "RecoverConfig", "RunStateError", "Step",
     "SynthConfigError", "SynthError", "TeacherError", "UnknownLossError", "UnknownMethodError", "collect_class_bn_stats",
     "collect_conv_stats", "create_loss", "create_method", "default_recipe", "delt_schedule", "delt_start_rounds",
     "densify_loss", "dm_mean_loss", "herding_order", "is_method", "list_losses", "list_methods", "medium_order",

@@ -5,9 +5,9 @@ teacher: every iteration draws a freshly initialised network (frozen, train mode
 class, matches the mean embedding of ``batch_real`` random real images to that of the class's
 synthetic images, both passed through the *same* DSA draw; the summed squared distances take one
 SGD step (momentum 0.5) on the pixels. Initialised from random real images, no clamping.
-The network comes from ``model_fn`` (``ddpipe recover`` passes DM's ConvNet from
-``ddpipe.evaluate.models``); without one the engine's :class:`~ddpipe.synth.engine.EmbedConvNet`
-(the same ConvNet trunk: width 128, depth 3, instance norm, average pooling) is used.
+The network comes from ``model_fn``, which the caller must pass: synth defines no network of its
+own (``ddpipe recover`` passes DM's ConvNet from ``ddpipe.evaluate.models``, ``--dm-model``,
+default ``convnet``: width 128, depth 3, instance norm, average pooling).
 """
 
 from ddpipe.synth._registry import register_method

@@ -32,7 +32,7 @@ from ddpipe.synth.stats import (Recorder, class_buffers, collect_class_bn_stats,
 from ddpipe.synth.writer import FORMAT, ImageFolderWriter, to_uint8
 
 __all__ = ["RealData", "Batch", "Engine", "recover", "delt_schedule", "delt_start_rounds", "rank_order",
-           "medium_order", "EmbedConvNet"]
+           "medium_order"]
 
 
 # --- inputs ------------------------------------------------------------------------------------------
@@ -73,32 +73,6 @@ class Batch:
     key: str
     classes: tuple[int, ...]
     indices: tuple[int, ...]  # index of each image within its class (0 .. ipc-1)
-
-
-class EmbedConvNet(nn.Module):
-    """DM's ConvNet trunk (Zhao & Bilen, ``networks.py``): ``depth`` x [conv3x3(width), instance norm
-    (GroupNorm(width, width)), ReLU, avgpool 2]; ``embed`` = flattened features. The default when no
-    ``model_fn`` is given; pass ``model_fn`` to use another network (it needs ``embed`` or is called)."""
-
-    def __init__(self, in_chans: int, input_size: int, width: int = 128, depth: int = 3):
-        super().__init__()
-        layers, side, ch = [], input_size, in_chans
-        for d in range(depth):
-            if side < 2 and d > 0:
-                break
-            pad = 3 if (d == 0 and in_chans == 1) else 1
-            layers += [nn.Conv2d(ch, width, 3, padding=pad), nn.GroupNorm(width, width), nn.ReLU(inplace=True)]
-            side = side + 2 * pad - 2
-            if side >= 2:
-                layers.append(nn.AvgPool2d(2, 2))
-                side //= 2
-            ch = width
-        self.features = nn.Sequential(*layers)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
-
-    forward = embed
 
 
 # --- schedules -------------------------------------------------------------------------------------
@@ -208,6 +182,10 @@ class Engine:
         if needs_real and self.real is None:
             raise SynthConfigError(f"{cfg.recipe or cfg.method} needs the real training data (init {cfg.init!r}, "
                                    f"terms {sorted(self.terms)})")
+        if "dm_mean" in self.terms and self.model_fn is None:
+            raise SynthConfigError(f"{cfg.recipe or cfg.method} draws a fresh network every iteration: pass model_fn, "
+                                   "a function returning a new nn.Module (DM's ConvNet is ddpipe.evaluate.models' "
+                                   "'convnet'; ddpipe recover passes it)")
 
     def prepare(self) -> None:
         """Run each term's one-off preparation (class BN statistics, conv statistics)."""
@@ -258,11 +236,12 @@ class Engine:
         return self._conv[t]
 
     def new_embedding_net(self, gen: torch.Generator) -> nn.Module:
-        """A freshly initialised network for DM (seeded from the batch's stream), frozen, in train mode."""
+        """A freshly initialised network for DM, built by ``model_fn`` (seeded from the batch's stream),
+        frozen, in train mode."""
         seed = int(torch.randint(0, 2**62, (), generator=gen).item())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = self.model_fn() if self.model_fn is not None else EmbedConvNet(self.in_chans, self.input_size)
+            net = self.model_fn()
         net = net.to(self.device).train()
         for p in net.parameters():
             p.requires_grad_(False)
@@ -305,8 +284,9 @@ class Engine:
                                      tuple(i for _ in cls for i in range(ipc))))
         return out
 
-    def _class_order(self, c: int) -> np.ndarray:
-        """Real images of class c in the order init takes them: seeded random, or DELT's ranking."""
+    def class_order(self, c: int) -> np.ndarray:
+        """Real images of class c in the order init (and ``random`` selection) takes them: seeded
+        random, or DELT's ranking."""
         if self.cfg.init == "real" or self.cfg.select == "random":
             if c not in self._real_perm:
                 g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + c)
@@ -335,7 +315,7 @@ class Engine:
             return torch.randn(n, self.in_chans, self.input_size, self.input_size, generator=gen).to(self.device)
         picks = []
         for c, i in zip(batch.classes, batch.indices):
-            order = self._class_order(c)
+            order = self.class_order(c)
             if len(order) == 0:
                 raise SynthConfigError(f"the real data has no image of class {c} to initialise from")
             picks.append(order[i % len(order)])
@@ -517,6 +497,7 @@ def recover(method: str | RecoverConfig, *, teachers: Sequence[nn.Module] = (), 
     bar = tqdm(total=len(todo) * max(1, iters_each), disable=not progress, file=sys.stderr,
                desc=f"recover {cfg.recipe}", unit="it", dynamic_ncols=True)
     stopped = False
+    orders: dict[int, np.ndarray] = {}  # selection baselines: each class's order, computed once per run
     try:
         for count, (n, batch) in enumerate(todo):
             if stop_after_batches is not None and count >= stop_after_batches:
@@ -525,7 +506,7 @@ def recover(method: str | RecoverConfig, *, teachers: Sequence[nn.Module] = (), 
             if cfg.select is not None:
                 from ddpipe.synth.select import select_batch
 
-                images = select_batch(engine, batch)
+                images = select_batch(engine, batch, orders)
                 history: list[dict] = []
                 bar.update(1)
             else:

@@ -22,7 +22,7 @@ from ddpipe.synth.stats import penultimate_features
 if TYPE_CHECKING:
     from ddpipe.synth.engine import Batch, Engine
 
-__all__ = ["herding_order", "select_batch"]
+__all__ = ["class_order", "herding_order", "select_batch"]
 
 
 def herding_order(features: torch.Tensor, k: int) -> list[int]:
@@ -52,17 +52,23 @@ def _herding_class(engine: "Engine", c: int) -> np.ndarray:
     return idx[herding_order(torch.cat(feats), engine.ipc)]
 
 
-def select_batch(engine: "Engine", batch: "Batch") -> np.ndarray:
-    """uint8 [B, H, W, C] real images for the batch's (class, index) pairs."""
+def class_order(engine: "Engine", c: int) -> np.ndarray:
+    """Real images of class ``c`` in the order the engine's selection takes them: herding's, or the
+    engine's seeded random order (:meth:`Engine.class_order`)."""
+    if engine.cfg.select == "herding":
+        return _herding_class(engine, c)
+    return engine.class_order(c)
+
+
+def select_batch(engine: "Engine", batch: "Batch", orders: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """uint8 [B, H, W, C] real images for the batch's (class, index) pairs. ``orders`` caches each
+    class's :func:`class_order` across the batches of one run (the caller keeps it)."""
+    orders = {} if orders is None else orders
     picks = []
-    cache = engine.__dict__.setdefault("_herding", {})
     for c, i in zip(batch.classes, batch.indices):
-        if engine.cfg.select == "herding":
-            if c not in cache:
-                cache[c] = _herding_class(engine, c)
-            order = cache[c]
-        else:
-            order = engine._class_order(c)
+        if c not in orders:
+            orders[c] = class_order(engine, c)
+        order = orders[c]
         if i >= len(order):
             raise SynthConfigError(f"class {c} has {len(order)} real images, fewer than ipc={engine.ipc}")
         picks.append(order[i])

@@ -79,15 +79,27 @@ def test_welch_t_matches_hand_computation():
 
 def test_default_recipe_is_the_demos():
     """The bench's fixed relabel + student recipe is `ddpipe demo`'s unless flags say otherwise."""
-    import argparse
-
     from ddpipe.bench import recover
     from ddpipe.evaluate import demo
 
-    bench_p, demo_p = argparse.ArgumentParser(), argparse.ArgumentParser()
-    recover.add_arguments(bench_p)
-    demo.add_arguments(demo_p)
-    b, d = bench_p.parse_args([]), demo_p.parse_args([])
+    b, d = recover.Config(), demo.DemoConfig()
     for name in ("epochs", "batch_size", "topk", "temperature", "min_scale", "student_model", "teacher_model",
                  "teacher_epochs", "ipc"):
         assert getattr(b, name) == getattr(d, name), name
+
+
+def test_bench_flags_come_from_its_config(capsys):
+    """`ddpipe bench recover --help` lists the Config's fields as flags; a bad value is one line, exit 2."""
+    from ddpipe.bench import recover
+
+    with pytest.raises(SystemExit):
+        main(["bench", "recover", "--help"])
+    text = capsys.readouterr().out
+    for f in ("--methods", "--seeds", "--iterations-scale", "--no-progress", "--json", "-b", "-T"):
+        assert f in text, f
+    assert "--json" not in [n for n in recover.Config.__dataclass_fields__ if n != "json"]
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "recover", "--seeds", "a,b"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "comma-separated integers" in err

@@ -3,9 +3,11 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from ddpipe.cli import main
+from ddpipe.errors import DDPipeError
 
 FIELDS = [
     "preset", "k", "codec", "keep", "bytes", "sre2l_bytes", "ratio",
@@ -41,3 +43,39 @@ def test_bench_store_tiny(tmp_path, capsys):
 def test_bench_store_unknown_preset(tmp_path, capsys):
     assert main(["bench", "store", "--preset", "nope", "--workdir", str(tmp_path)]) == 2
     assert "unknown store preset" in capsys.readouterr().err
+
+
+def test_bench_store_units_are_pipelines_schedule(tmp_path, capsys):
+    """The stores the bench measures hold ddpipe's own relabel schedule (no third crop/CutMix
+    implementation), with the spec's augmentation record saying which."""
+    from dataclasses import replace
+
+    from ddpipe.bench.store import PRESETS, Config, run
+    from ddpipe.labelstore import open_store
+
+    cfg = Config(preset=("tiny-ipc50",), epochs=1, codec=("fp16",), keep=("1",), keep_stores=True, workers=1,
+                 workdir=str(tmp_path / "work"), results_dir=str(tmp_path / "res"), sre2l_mb=0.5, repeats=1,
+                 seq_samples=1000, random_units=5, seed=3)
+    assert cfg.keep == (1.0,) and cfg.preset == ("tiny-ipc50",)
+    assert run(cfg) == 0
+    capsys.readouterr()
+    (store,) = [os.path.join(r, d) for r, ds, _ in os.walk(tmp_path / "work") for d in ds if d.endswith(".zarr")]
+    reader = open_store(store)
+    sched = replace(PRESETS["tiny-ipc50"], epochs=1).relabel_schedule(3)
+    assert reader.spec.augmentation == sched.config.to_dict() and reader.spec.seed == 3
+    for u in (0, 77, reader.num_units - 1):
+        got = reader.read_unit(u)
+        want = sched.unit(got.epoch, got.batch)
+        for f in ("sample_ids", "crops", "flips", "mix_perm", "mix_box"):
+            np.testing.assert_array_equal(getattr(got, f), getattr(want, f))
+
+
+def test_bench_store_config_names_the_bad_field():
+    from ddpipe.bench.store import Config
+
+    with pytest.raises(DDPipeError, match="keep"):
+        Config(keep=("2",))
+    with pytest.raises(DDPipeError, match="k must be"):
+        Config(preset=("tiny-ipc50",), k=500)
+    with pytest.raises(DDPipeError, match="workers"):
+        Config(workers=0)

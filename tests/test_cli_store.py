@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from ddpipe.cli import main as cli
-from ddpipe.labelstore import StoreSpec, create_store
+from ddpipe.labelstore import FORMAT_VERSION, StoreSpec, create_store
 from labelstore_units import all_units
 
 SPEC = StoreSpec(num_samples=100, num_classes=50, epochs=8, batch_size=32, k=10, value_codec="fp16", temperature=4.0)
@@ -37,7 +37,7 @@ def test_info_json(store, capsys):
     info = run_json(capsys, ["info", store, "--json"])
     assert INFO_FIELDS <= info.keys()
     assert info["units"] == info["complete_units"] == 8 * 4
-    assert info["format_version"] == 2 and info["k"] == 10 and info["temperature"] == 4.0
+    assert info["format_version"] == FORMAT_VERSION and info["k"] == 10 and info["temperature"] == 4.0
     on_disk = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(store) for f in fs)
     assert info["bytes_on_disk"] == on_disk
     # SRe2L: fp16 logits + float32 coords + bool flip + int64 mix index per sample, lam + box per file
@@ -97,3 +97,19 @@ def test_console_script_prints_one_json_object(store):
     out = subprocess.run([exe, "info", store, "--json"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr
     assert INFO_FIELDS <= json.loads(out.stdout).keys()
+
+
+def test_store_demo_needs_neither_torch_nor_scipy(tmp_path):
+    """`ddpipe demo store` runs on the base install: torch and scipy made unimportable, it still
+    writes (with pipeline's schedule), prunes and catches the damage."""
+    out = str(tmp_path / "demo")
+    code = (
+        "import sys, json; sys.modules['torch'] = None; sys.modules['scipy'] = None\n"
+        "from ddpipe.demo import demo\n"
+        f"r = demo({out!r})\n"
+        "assert r['corruption']['caught'], r['corruption']\n"
+        "print(json.dumps(r['written']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["units"] == 40 * 16

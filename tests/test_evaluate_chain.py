@@ -19,13 +19,17 @@ SCHED = dict(epochs=8, batch_size=25, min_scale=0.5)
 Q = dict(progress=False, workers=0)
 
 
+def relabel_config(out, images, teachers, **kw):
+    return relabel.RelabelConfig(out=str(out), images=str(images), teacher=tuple(teachers), **kw)
+
+
 def data_object_bytes(store, shards=None):
     """Bytes of the store's data-array objects (no zarr.json, no commit flags), optionally of some shards only."""
     total = 0
     for root, _, files in os.walk(store):
         for f in files:
             parts = os.path.relpath(os.path.join(root, f), store).split(os.sep)
-            if f == "zarr.json" or parts[0] == "commit_shard":
+            if f == "zarr.json" or parts[0] in ("commit_shard", "results.json"):
                 continue
             assert parts[1] == "c", parts
             if shards is None or int(parts[2]) in shards:
@@ -36,7 +40,7 @@ def data_object_bytes(store, shards=None):
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
-    res = squeeze.run(squeeze.make_args(str(root / "teacher"), dataset="digits", epochs=4, progress=False, threads=1))
+    res = squeeze.run(squeeze.SqueezeConfig(out=str(root / "teacher"), dataset="digits", epochs=4, progress=False, threads=1))
     assert res["final"]["top1"] > 80
     ds = load_dataset("digits")
     sub = real_subset(ds, 10, seed=0)
@@ -45,7 +49,7 @@ def chain(tmp_path_factory):
     np.savez(root / "other.npz", images=other.images, labels=other.labels)
     teacher = str(root / "teacher" / "teacher.pt")
     store = str(root / "labels.zarr")
-    rl = relabel.run(relabel.make_args(store, root / "images.npz", [teacher], topk=10, codec="fp32", temperature=4.0,
+    rl = relabel.run(relabel_config(store, root / "images.npz", [teacher], topk=10, codec="fp32", temperature=4.0,
                                        **SCHED, **Q))
     return {"root": root, "teacher": teacher, "images": str(root / "images.npz"), "other": str(root / "other.npz"),
             "store": store, "relabel": rl}
@@ -58,11 +62,11 @@ def test_relabel_writes_a_complete_verified_store(chain):
     r = open_store(chain["store"])
     assert r.complete and r.spec.num_classes == 10 and r.spec.temperature == 4.0
     assert verify_store(chain["store"])["ok"]
-    assert os.path.exists(chain["store"] + ".results.json")
+    assert os.path.exists(os.path.join(chain["store"], "results.json"))
 
 
 def test_relabel_with_keep_runs_the_teacher_only_on_kept_units(chain, tmp_path):
-    rl = relabel.run(relabel.make_args(str(tmp_path / "kept.zarr"), chain["images"], [chain["teacher"]],
+    rl = relabel.run(relabel_config(str(tmp_path / "kept.zarr"), chain["images"], [chain["teacher"]],
                                        keep=0.25, **SCHED, **Q))
     assert rl["units"] == 8 and rl["teacher_forward_calls"] == 8 and rl["images_labelled"] == 200
     r = open_store(tmp_path / "kept.zarr")
@@ -75,7 +79,7 @@ def test_students_train_and_validate(chain, tmp_path, mode):
     if mode == "pruned":
         prune_store(chain["store"], str(tmp_path / "p.zarr"), 0.5)
         kw = dict(labels=str(tmp_path / "p.zarr"))
-    res = student.run(student.make_args(str(tmp_path / "s"), chain["images"], dataset="digits", threads=1, lr=5e-3,
+    res = student.run(student.TrainConfig(out=str(tmp_path / "s"), images=chain["images"], dataset="digits", threads=1, lr=5e-3,
                                         **kw, **Q))
     assert res["status"] == "complete" and res["epochs_done"] == 8
     assert res["final"]["count"] == 359 and res["final"]["top1"] > 15  # above chance (10%) after 32 steps
@@ -101,8 +105,8 @@ def test_online_teacher_sees_the_stored_targets(chain):
 
     dist = init_distributed("cpu", announce=False)
     base = dict(dataset="digits", temperature=4.0, **Q)
-    stored = _Batches(student.make_args("x", chain["images"], labels=chain["store"], **base), ds, dist, "cpu")
-    online = _Batches(student.make_args("x", chain["images"], online_teacher=[chain["teacher"]], **SCHED, **base),
+    stored = _Batches(student.TrainConfig(out="x", images=chain["images"], labels=chain["store"], **base), ds, dist, "cpu")
+    online = _Batches(student.TrainConfig(out="x", images=chain["images"], online_teacher=(chain["teacher"],), **SCHED, **base),
                       ds, dist, "cpu")
     try:
         for epoch in (0, 7):
@@ -118,13 +122,13 @@ def test_online_teacher_sees_the_stored_targets(chain):
 
 def test_killed_train_run_resumes_to_the_same_weights(chain, tmp_path):
     common = dict(dataset="digits", labels=chain["store"], threads=1, **Q)
-    student.run(student.make_args(str(tmp_path / "a"), chain["images"], **common))
-    stopped = student.run(student.make_args(str(tmp_path / "b"), chain["images"], stop_after_epoch=1, **common))
+    student.run(student.TrainConfig(out=str(tmp_path / "a"), images=chain["images"], **common))
+    stopped = student.run(student.TrainConfig(out=str(tmp_path / "b"), images=chain["images"], stop_after_epoch=1, **common))
     assert stopped["status"] == "stopped" and stopped["epochs_done"] == 2 and stopped["epochs"] == 8
     assert stopped["label_bytes"] == data_object_bytes(chain["store"], {0, 1})  # one shard per epoch here
     with pytest.raises(DDPipeError, match="pass --resume"):
-        student.run(student.make_args(str(tmp_path / "b"), chain["images"], **common))
-    resumed = student.run(student.make_args(str(tmp_path / "b"), chain["images"], resume=True, **common))
+        student.run(student.TrainConfig(out=str(tmp_path / "b"), images=chain["images"], **common))
+    resumed = student.run(student.TrainConfig(out=str(tmp_path / "b"), images=chain["images"], resume=True, **common))
     assert resumed["label_bytes"] == data_object_bytes(chain["store"]), "resuming counts both sessions' reads"
     wa = torch.load(tmp_path / "a" / "student.pt")["model"]
     wb = torch.load(tmp_path / "b" / "student.pt")["model"]
@@ -134,25 +138,25 @@ def test_killed_train_run_resumes_to_the_same_weights(chain, tmp_path):
 
 def test_store_built_for_other_images_is_refused(chain, tmp_path):
     with pytest.raises(DDPipeError, match="image set"):
-        student.run(student.make_args(str(tmp_path / "s"), chain["other"], dataset="digits", labels=chain["store"], **Q))
+        student.run(student.TrainConfig(out=str(tmp_path / "s"), images=chain["other"], dataset="digits", labels=chain["store"], **Q))
 
 
 def test_teacher_with_another_class_count_is_refused(chain, tmp_path):
     sub = real_subset(load_dataset("digits"), 2, seed=0)
     np.savez(tmp_path / "twelve.npz", images=sub.images, labels=np.arange(len(sub.labels)) % 12)
     with pytest.raises(ClassCountMismatchError, match="teacher predicts 10 classes"):
-        relabel.run(relabel.make_args(str(tmp_path / "x.zarr"), tmp_path / "twelve.npz", [chain["teacher"]], **SCHED, **Q))
+        relabel.run(relabel_config(str(tmp_path / "x.zarr"), tmp_path / "twelve.npz", [chain["teacher"]], **SCHED, **Q))
 
 
 def test_unknown_model_name(chain, tmp_path):
     with pytest.raises(DDPipeError, match="resnet1"):
-        student.run(student.make_args(str(tmp_path / "s"), chain["images"], dataset="digits", labels=chain["store"],
-                                      model="resnet1", **Q))
+        student.run(student.TrainConfig(out=str(tmp_path / "s"), images=chain["images"], dataset="digits",
+                                        labels=chain["store"], model="resnet1", **Q))
 
 
 def test_existing_store_needs_resume(chain):
-    with pytest.raises(EvaluateError, match="--resume"):
-        relabel.run(relabel.make_args(chain["store"], chain["images"], [chain["teacher"]], **SCHED, **Q))
+    with pytest.raises(DDPipeError, match="--resume"):
+        relabel.run(relabel_config(chain["store"], chain["images"], [chain["teacher"]], **SCHED, **Q))
 
 
 @pytest.mark.slow
@@ -164,7 +168,8 @@ def test_demo_chain_cli_on_digits(tmp_path, capsys):
     from ddpipe.cli import main
 
     argv = ["demo", "--dataset", "digits", "--out", str(tmp_path / "d"), "--teacher-epochs", "2", "--epochs", "4",
-            "--batch-size", "25", "--keep", "0.25", "--seeds", "2", "--no-progress", "--json"]
+            "--batch-size", "25", "--keep", "0.25", "--seeds", "2", "--method", "sre2l", "--iterations", "5",
+            "--no-progress", "--json"]
     assert main(argv) == 0
     res = json.loads(capsys.readouterr().out)
     by = {r["kind"]: r for r in res["rows"]}
@@ -176,6 +181,11 @@ def test_demo_chain_cli_on_digits(tmp_path, capsys):
     assert by["full"]["label_bytes"] == data_object_bytes(tmp_path / "d" / "labels.zarr")
     assert 0 < by["pruned"]["label_bytes"] < by["full"]["label_bytes"] and by["hard"]["label_bytes"] == 0
     assert res["full_minus_pruned"] == pytest.approx(by["full"]["top1"] - by["pruned"]["top1"])
+    # the synthesised images and the random real selection are two runs, side by side in the table
+    assert res["recipe"] == "sre2l.in1k" and "sre2l.in1k images" in by["full"]["run"]
+    assert by["random-real"]["run"].startswith("student: random real images")
+    assert res["synthesised_minus_random"] == pytest.approx(by["full"]["top1"] - by["random-real"]["top1"])
+    assert os.path.exists(tmp_path / "d" / "images-random-ipc10" / "results.json")
     assert os.path.exists(tmp_path / "d" / "results.json")
     assert main(argv + ["--jobs", "1"]) == 0, "a second run resumes every step"
     again = json.loads(capsys.readouterr().out)

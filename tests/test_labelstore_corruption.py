@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 
 from ddpipe.cli import main as cli
-from ddpipe.labelstore import ChunkCorruptError, IncompleteUnitError, StoreSpec, create_store, open_store, verify_store
-from labelstore_units import all_units
+from ddpipe.labelstore import (
+    ChunkCorruptError,
+    IncompleteUnitError,
+    MisplacedShardError,
+    StoredValueError,
+    StoreSpec,
+    create_store,
+    open_store,
+    verify_store,
+)
+from labelstore_units import all_units, downgrade_to_format_2
 
 SPEC = StoreSpec(num_samples=40, num_classes=16, epochs=3, batch_size=8, k=4, value_codec="fp16")
 # units_per_shard defaults to one epoch: 5 units per shard, shard 1 = units 5..9 = epoch 1
@@ -95,7 +104,7 @@ def test_deleted_chunk(store, backend, capsys):
 
 
 def test_deleted_commit_flag_means_incomplete(store, capsys):
-    os.remove(os.path.join(store, "commit_shard", "c", "2"))
+    os.remove(os.path.join(store, "commit_shard", "c", "2", "0"))  # shard 2's commit record
     report = verify_store(store)
     assert [p["array"] for p in report["problems"]] == ["commit_shard"]
     assert report["problems"][0]["epoch"] == 2
@@ -103,9 +112,14 @@ def test_deleted_commit_flag_means_incomplete(store, capsys):
         open_store(store).read_batch(2, 0)
 
 
-def test_values_that_break_the_format_are_reported(store):
+@pytest.mark.parametrize("version", [3, 2])
+def test_values_that_break_the_format_are_reported(store, version):
+    """Format 3 binds each object to its commit record's SHA-256, so a rewrite through zarr is
+    named before any value is decoded; format 2 (no binding) is caught by the value checks."""
     import zarr
 
+    if version == 2:
+        downgrade_to_format_2(store)
     g = zarr.open_group(store, mode="r+")
     idx = g["label_index"]
     block = np.asarray(idx[3:4])
@@ -117,5 +131,13 @@ def test_values_that_break_the_format_are_reported(store):
     ids[7:8] = block
     report = verify_store(store)
     errors = {(p["unit"], p["array"]): p["error"] for p in report["problems"]}
+    if version == 3:
+        assert "does not match the SHA-256 in its commit record" in errors[(0, "label_index")]
+        assert "does not match the SHA-256 in its commit record" in errors[(5, "sample_id")]
+        with pytest.raises(MisplacedShardError, match=r"array 'sample_id' holding units 5-9"):
+            open_store(store).read_unit(7)
+        return
     assert "a class appears twice" in errors[(3, "label_index")]
     assert "sample ids outside" in errors[(7, "sample_id")]
+    with pytest.raises(StoredValueError, match=r"array 'sample_id' holding unit 7 \(epoch 1, batch 2\)"):
+        open_store(store).read_unit(7)  # an out-of-range id is refused on read, never an IndexError

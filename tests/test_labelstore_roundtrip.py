@@ -196,7 +196,7 @@ def test_format_1_store_reads_with_the_constant_fill(tmp_path, backend):
     info = store_info(path, backend=backend)
     assert info["format_version"] == 1 and "sample_cutout_fill" not in info["bytes_by_array"]
     # a writer refuses to add format-2 units to it, with one clear error ...
-    with pytest.raises(FormatVersionError, match="format_version 1; this ddpipe writes format_version 2"):
+    with pytest.raises(FormatVersionError, match="format_version 1; this ddpipe writes format_version 3"):
         open_writer(path)
     with pytest.raises(FormatVersionError, match="prune or relabel into a new store"):
         create_store(path, spec, exist_ok=True)
@@ -226,7 +226,7 @@ def test_format_2_stores_every_fill_object(tmp_path):
         u.cutout_fill = None
     create_store(tmp_path / "s", spec).write_many(units)
     r = open_store(tmp_path / "s")
-    assert r.format_version == FORMAT_VERSION == 2
+    assert r.format_version == FORMAT_VERSION == 3
     objects = sorted(os.listdir(tmp_path / "s" / "sample_cutout_fill" / "c"))
     assert objects == [str(s) for s in range(r.num_shards)]
     assert verify_store(str(tmp_path / "s"))["ok"]

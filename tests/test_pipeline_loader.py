@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dist_pipeline_data import ToyTeacher, class_sorted, digits, fashion_mnist, pattern_images, write_image_folder
-from ddpipe.labelstore import open_store
+from ddpipe.labelstore import FORMAT_VERSION, open_store
 from ddpipe.pipeline import (
     ArraySource,
     ImageSetMismatchError,
@@ -87,6 +87,36 @@ def test_teacher_saw_what_the_student_sees(digits_store):
         np.testing.assert_array_equal(tt.argmax(1).numpy(), u.indices[:, 0])
 
 
+def test_one_unit_record_from_schedule_to_store_to_meta(digits_store):
+    """The schedule's unit, the unit read back and the loader's meta are one record (labelstore's
+    Unit): relabel added the labels to the schedule's unit; the meta carries the read unit and reads
+    its fields from one torch view of it."""
+    from dataclasses import fields
+
+    from ddpipe.labelstore import Unit
+    from ddpipe.pipeline.loader import torch_view
+
+    src, path = digits_store
+    r = open_store(path)
+    sched, _ = relabel_spec(src, ScheduleConfig.from_dict(r.spec.augmentation), epochs=4, batch_size=40,
+                            num_classes=10, k=3)
+    ld = make_loader(src, path, channels=1, mean=(0.5,), std=(0.5,), num_workers=0)
+    for images, targets, meta in ld.epoch(2):
+        read, made = r.read_unit(meta.unit), sched.unit(2, meta.batch)
+        assert type(meta.params) is type(read) is type(made) is Unit
+        for f in fields(Unit):
+            if f.name not in ("logits", "probs", "topk", "unit"):  # labels: the teacher's; unit: the store position
+                np.testing.assert_array_equal(getattr(read, f.name), getattr(made, f.name), err_msg=f.name)
+                np.testing.assert_array_equal(getattr(meta.params, f.name), getattr(read, f.name), err_msg=f.name)
+        view = torch_view(meta.params)
+        for name in ("sample_ids", "crops", "flips", "cutout", "cutout_fill", "mix_perm", "mix_box"):
+            assert isinstance(getattr(meta, name), torch.Tensor) and torch.equal(getattr(meta, name), getattr(view, name))
+            assert getattr(meta, name).numpy().dtype == np.asarray(getattr(read, name)).dtype
+        assert meta.mix_kind == read.mix_kind and meta.mix_lambda == read.mix_lambda and meta.unit == read.unit
+        assert meta.epoch == 2 and meta.params.epoch == 2
+        np.testing.assert_array_equal(meta.labels.numpy(), src.labels[read.sample_ids])
+
+
 def test_targets_are_the_stores_dense_labels(digits_store):
     src, path = digits_store
     r = open_store(path)
@@ -150,7 +180,7 @@ def lpld_store(tmp_path_factory):
 def test_relabel_stores_the_schedules_cutout_colours(lpld_store):
     src, path, cfg = lpld_store
     r = open_store(path)
-    assert r.format_version == 2 and r.spec.augmentation["fill"] == "random"
+    assert r.format_version == FORMAT_VERSION and r.spec.augmentation["fill"] == "random"
     sched, _ = relabel_spec(src, cfg, epochs=2, batch_size=16, num_classes=6, k=3, seed=5)
     colours = []
     for u in r.iter_units():

@@ -187,6 +187,7 @@ RECIPE_DIGESTS = {
     "sre2l-mixup": "32adbe33a6de9dad",
     "lpld-in21k": "52ca4bbbe2a8de52",  # re-recorded: cutout boxes now follow LPLD's inclusive rectangle
     "lpld-tiny": "20f0a9510d7f95c2",
+    "sre2l-torch": "50c5f19975b90f83",  # sre2l's draws in torch's RandomSampler order (recorded when added)
 }
 DIGEST_SIZES = np.stack([np.arange(50) % 7 * 9 + 40, np.arange(50) % 5 * 11 + 48], 1)
 
@@ -256,3 +257,50 @@ def test_random_fill_is_deterministic_uniform_and_per_sample():
         k = const.unit(u.epoch, u.batch)
         for f in ("sample_ids", "crops", "flips", "cutout", "mix_perm", "mix_box"):
             np.testing.assert_array_equal(getattr(u, f), getattr(k, f))
+
+
+# --- the torch-sampler order (SRe2L's RandomSampler replay) -------------------------------------------
+def test_torch_sampler_order_reproduces_random_sampler_batches():
+    """n = 100, B = 32, seed 42, three epochs: the batches SRe2L's DataLoader yields, one generator
+    reused across epochs (its discarded second permutation per epoch included), with and without drop_last."""
+    import torch
+
+    from ddpipe.pipeline.schedule import TORCH_SAMPLER_ORDER, torch_sampler_orders
+
+    n, B = 100, 32
+    s = Schedule(recipe("sre2l", output_size=(16, 16), order=TORCH_SAMPLER_ORDER), 42, np.tile([[20, 24]], (n, 1)), B, 3)
+    for drop_last in (False, True):
+        g = torch.Generator()
+        g.manual_seed(42)
+        sampler = torch.utils.data.RandomSampler(range(n), generator=g)
+        loader = torch.utils.data.DataLoader(range(n), batch_size=B, sampler=sampler, drop_last=drop_last)
+        for e in range(3):
+            batches = [b.numpy() for b in loader]
+            assert len(batches) == (3 if drop_last else 4)
+            for b, want in enumerate(batches):
+                np.testing.assert_array_equal(s.unit(e, b).sample_ids, want)
+    # epochs asked out of order, or alone, give the same permutations
+    later = torch_sampler_orders(n, 42, 3, start=2)[0]
+    np.testing.assert_array_equal(later, s.epoch_order(2))
+    np.testing.assert_array_equal(torch_sampler_orders(n, 42, 1)[0], s.epoch_order(0))
+    # one permutation per epoch would match epoch 0 only (what a replay without the extra draw gets wrong)
+    g = torch.Generator()
+    g.manual_seed(42)
+    naive = [torch.randperm(n, generator=g).numpy() for _ in range(3)]
+    assert np.array_equal(naive[0], s.epoch_order(0)) and not np.array_equal(naive[1], s.epoch_order(1))
+
+
+def test_torch_sampler_order_keeps_every_other_draw_and_the_default_record():
+    from ddpipe.pipeline.schedule import TORCH_SAMPLER_ORDER
+
+    a = _sched(recipe("sre2l", output_size=(32, 32)))
+    b = _sched(recipe("sre2l", output_size=(32, 32), order=TORCH_SAMPLER_ORDER))
+    assert not np.array_equal(a.epoch_order(1), b.epoch_order(1))
+    ua, ub = a.unit(1, 2), b.unit(1, 2)
+    np.testing.assert_array_equal(ua.mix_perm, ub.mix_perm)
+    assert ua.mix_lambda == ub.mix_lambda
+    # ddpipe's order is the default and is not written into the record (older stores' records stay equal)
+    assert "order" not in a.config.to_dict() and b.config.to_dict()["order"] == TORCH_SAMPLER_ORDER
+    assert ScheduleConfig.from_dict(b.config.to_dict()) == b.config
+    with pytest.raises(LoaderSpecError, match="order must be one of"):
+        ScheduleConfig(order="numpy")

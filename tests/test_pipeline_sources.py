@@ -121,6 +121,33 @@ def test_lazy_folder_reports_a_vanished_file(tmp_path, fm):
         src.array(2)
 
 
+@pytest.mark.parametrize("backend,workers", [("torch", 2), ("torch", 0), ("dali", 1), ("batched", 2), ("batched", 0)])
+def test_a_truncated_jpeg_is_one_source_error_naming_the_file(tmp_path, fm, backend, workers):
+    """A JPEG cut short fails where it is decoded (a torch worker, DALI's pipeline, the batched backend's threads) and
+    reaches the caller as one SourceError line naming the file, not a worker or pipeline traceback."""
+    from ddpipe.pipeline import Schedule, recipe
+    from ddpipe.pipeline.dali_backend import dali_available
+    from ddpipe.pipeline.loader import make_relabel_loader
+
+    if backend == "dali" and not dali_available():
+        pytest.skip("DALI is not installed")
+    images, labels = fm
+    root = write_image_folder(str(tmp_path / "f"), images[:16], labels[:16], "jpg")
+    src = open_source(root)
+    bad = os.path.join(root, src.names[9])
+    data = open(bad, "rb").read()
+    with open(bad, "wb") as f:
+        f.write(data[: len(data) - 60])  # the end of the scan data
+    src = open_source(root)  # the header still reads: the damage shows only when decoding
+    sched = Schedule(recipe("lpld-tiny", output_size=(16, 16)), 0, src.sizes, 4, 1)
+    with pytest.raises(SourceError) as info:
+        with make_relabel_loader(src, sched, backend=backend, num_workers=workers, threads=1) as loader:
+            for _ in loader.epoch(0):
+                pass
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and bad in message and "cannot be decoded" in message, message
+
+
 def test_schedules_and_sources_do_not_import_torch(python):
     import subprocess
 

@@ -88,3 +88,56 @@ def test_lossless_store_gives_the_teachers_softmax_at_any_temperature(tmp_path):
         logits = torch.from_numpy(teacher(mixed.numpy())).float()
         for t in (1.0, 5.0, 20.0):
             torch.testing.assert_close(F.softmax(soft / t, 1), F.softmax(logits / t, 1), rtol=1e-3, atol=1e-5)
+
+
+def _small_store(tmp_path, epochs=2, batch_size=32, n=96):
+    images, labels = digits()
+    src = ArraySource(images[:n], labels[:n])
+    relabel(str(tmp_path / "s"), src, ToyTeacher(10), schedule=recipe("sre2l", output_size=(8, 8)), epochs=epochs,
+            batch_size=batch_size, num_classes=10, k=10, value_codec="fp32", temperature=4.0,
+            loader=LoaderConfig(num_workers=0, **KW), teacher_input="numpy")
+    return src, str(tmp_path / "s")
+
+
+def test_batch_size_and_epochs_are_checked_at_construction(tmp_path):
+    import pytest
+
+    from ddpipe.pipeline import LoaderSpecError
+
+    src, store = _small_store(tmp_path)
+    with pytest.raises(LoaderSpecError, match="batch size 64 does not match the store's 32"):
+        SRe2LBatches(src, store, num_workers=0, batch_size=64, **KW)
+    with pytest.raises(LoaderSpecError, match="--epochs 3 but the store holds labels for 2 epochs"):
+        SRe2LBatches(src, store, num_workers=0, batch_size=32, epochs=3, **KW)
+    ok = SRe2LBatches(src, store, num_workers=0, batch_size=32, epochs=2, pin_memory=True, **KW)
+    batches = list(ok)
+    assert len(batches) == len(ok) == 3
+    if not torch.cuda.is_available():  # pin_memory is a no-op without CUDA, as DataLoader's
+        assert not batches[0][0][0].is_pinned()
+
+
+def test_logit_store_through_the_adapter_at_the_loops_temperature(tmp_path):
+    """A logit store (value_kind = logits, k = C): the loop's softmax(soft_label / T) is the teacher's
+    softmax(logits / T) at every T, whatever temperature the store was written with."""
+    from dataclasses import replace
+
+    from ddpipe.labelstore import create_store
+    from ddpipe.pipeline import Schedule
+
+    images, labels = digits()
+    src = ArraySource(images[:64], labels[:64])
+    teacher = ToyTeacher(10)
+    sched = Schedule(recipe("sre2l-mixup", output_size=(8, 8)), 0, src.sizes, 32, 1)
+    spec = sched.store_spec(10, 10, value_codec="fp32", value_kind="logits", temperature=20.0)
+    ref = {}
+    with create_store(str(tmp_path / "l"), spec) as w:
+        for b in range(sched.batches_per_epoch):
+            u = sched.unit(0, b)
+            logits = np.random.default_rng(b).normal(scale=6.0, size=(u.count, 10)).astype(np.float32)
+            ref[b] = logits
+            w.write(replace(u, logits=logits))
+    batches = SRe2LBatches(src, str(tmp_path / "l"), num_workers=0, **KW)
+    for b, (_, _, _, _, soft) in enumerate(batches):
+        for t in (1.0, 4.0, 20.0):
+            torch.testing.assert_close(F.softmax(soft / t, 1), F.softmax(torch.from_numpy(ref[b]).double() / t, 1).float(),
+                                       rtol=1e-4, atol=1e-6)

@@ -57,10 +57,15 @@ def env():
     return dict(ds=ds, teacher=teacher, second=second, real=real)
 
 
+def _dm_net():
+    """DM's random network for 8 px digits: evaluate's ConvNet (synth has none of its own), narrow and shallow."""
+    return create_model("convnet", 10, 1, 8, width=16, depth=2)
+
+
 def _engine(env, name, **overrides):
     cfg = S.create_method(name, **overrides)
     teachers = [env["teacher"], env["second"]] if cfg.method == "gvbsm" else [env["teacher"]]
-    model_fn = (lambda: S.EmbedConvNet(1, 8, width=16, depth=2)) if cfg.method == "dm" else None
+    model_fn = (lambda: _dm_net()) if cfg.method == "dm" else None
     ds = env["ds"]
     return S.Engine(cfg, teachers=teachers, real=env["real"], num_classes=10, ipc=IPC, mean=ds.mean, std=ds.std,
                     model_fn=model_fn)
@@ -99,7 +104,7 @@ def test_every_recipe_writes_a_readable_image_folder(env, name, tmp_path):
     teachers = [env["teacher"], env["second"]] if cfg.method == "gvbsm" else [env["teacher"]]
     res = S.recover(name, teachers=teachers, real=env["real"], num_classes=10, ipc=IPC, mean=ds.mean, std=ds.std,
                     out=str(tmp_path / "set"), progress=False, flip=False,
-                    model_fn=(lambda: S.EmbedConvNet(1, 8, width=16, depth=2)) if cfg.method == "dm" else None)
+                    model_fn=(lambda: _dm_net()) if cfg.method == "dm" else None)
     assert res["status"] == "complete" and res["counts"] == [IPC] * 10 and res["recipe"] == name
     src = open_source(str(tmp_path / "set"))
     assert len(src) == 10 * IPC and src.labels.tolist() == [c for c in range(10) for _ in range(IPC)]
@@ -207,10 +212,17 @@ def test_delt_iteration_budgets_equal_the_formula(env):
     assert torch.allclose(eng.init_images(batch, eng.batch_generator(0)), eng.normalise(env["real"].get(order[:ipc])))
 
 
+def test_dm_needs_a_network_from_the_caller(env):
+    """synth defines no network: DM without model_fn is one clear error at construction."""
+    ds = env["ds"]
+    with pytest.raises(S.SynthConfigError, match="model_fn"):
+        S.Engine(S.create_method("dm.test"), real=env["real"], num_classes=10, ipc=IPC, mean=ds.mean, std=ds.std)
+
+
 def test_one_dm_step_equals_a_hand_computation(env):
     ds = env["ds"]
     torch.manual_seed(5)
-    net = S.EmbedConvNet(1, 8, width=16, depth=2)
+    net = _dm_net()
     cfg = S.create_method("dm.test", iterations=1, dsa="", batch_real=10_000, lr=0.7)  # "" = no DSA (None = recipe)
     eng = S.Engine(cfg, real=env["real"], num_classes=10, ipc=IPC, mean=ds.mean, std=ds.std,
                    model_fn=lambda: copy.deepcopy(net))
@@ -316,24 +328,24 @@ def test_recover_and_show_phases(env, tmp_path):
     path = str(tmp_path / "teacher.pt")
     write_teacher(env["teacher"], path, ds, {"top1": 0.0})
     out = str(tmp_path / "rec")
-    res = phase.run(phase.make_args(out, method="sre2l.test", teacher=[path], ipc=2, iterations=3, progress=False,
-                                    r_bn=0.5))
+    res = phase.run(phase.RecoverRunConfig(out=out, method="sre2l.test", teacher=(path,), ipc=2, iterations=3,
+                                           progress=False, r_bn=0.5))
     assert res["status"] == "complete" and res["extra"]["dataset"] == "digits"
-    assert res["config"]["loss"] == {"ce": 1.0, "bn_stats": 0.5} and res["config"]["flip"] is False
+    assert res["method_config"]["loss"] == {"ce": 1.0, "bn_stats": 0.5} and res["method_config"]["flip"] is False
     assert "recover complete" in phase.summary_text(res)
     # LPLD through the phase with a teacher file carrying class-wise BN buffers: they are used as is
     lpld_teacher = convert_to_classwise_bn(copy.deepcopy(env["teacher"]), 10, momentum=None)
     x = (torch.from_numpy(ds.train.images).permute(0, 3, 1, 2).float() / 255 - ds.mean[0]) / ds.std[0]
     collect_class_stats(lpld_teacher, [(x, torch.from_numpy(ds.train.labels))])
     write_teacher(lpld_teacher, str(tmp_path / "lpld.pt"), ds, {"top1": 0.0})
-    res = phase.run(phase.make_args(str(tmp_path / "lpld"), method="lpld.test", teacher=[str(tmp_path / "lpld.pt")],
-                                    ipc=1, iterations=2, progress=False))
+    res = phase.run(phase.RecoverRunConfig(out=str(tmp_path / "lpld"), method="lpld.test",
+                                           teacher=(str(tmp_path / "lpld.pt"),), ipc=1, iterations=2, progress=False))
     assert res["notes"]["class_bn_stats_teacher0"].startswith("teacher buffers") and res["counts"] == [1] * 10
     # DM through the phase: the random networks are evaluate's ConvNet
-    res = phase.run(phase.make_args(str(tmp_path / "dm"), method="dm.test", dataset="digits", ipc=1, iterations=1,
-                                    progress=False))
+    res = phase.run(phase.RecoverRunConfig(out=str(tmp_path / "dm"), method="dm.test", dataset="digits", ipc=1,
+                                           iterations=1, progress=False))
     assert res["counts"] == [1] * 10 and res["extra"]["dm_model"] == "convnet"
-    grid = show.run(show.make_args(out, out=str(tmp_path / "grid.png"), min_cell=16))
+    grid = show.run(show.ShowConfig(src=out, out=str(tmp_path / "grid.png"), min_cell=16))
     from PIL import Image
 
     with Image.open(grid["out"]) as img:
@@ -357,7 +369,7 @@ def test_sigkill_then_rerun_continues_from_the_last_finished_batch(env, tmp_path
     write_teacher(env["teacher"], path, env["ds"], {"top1": 0.0})
     out = tmp_path / "killed"
     code = ("import torch; torch.set_num_threads(1); from ddpipe.evaluate import recover as p; "
-            f"p.run(p.make_args({str(out)!r}, method='sre2l.test', teacher=[{path!r}], ipc=4, iterations=150, "
+            f"p.run(p.RecoverRunConfig(out={str(out)!r}, method='sre2l.test', teacher=({path!r},), ipc=4, iterations=150, "
             "progress=False))")
     child = subprocess.Popen([sys.executable, "-c", code])
     try:
@@ -380,8 +392,8 @@ def test_sigkill_then_rerun_continues_from_the_last_finished_batch(env, tmp_path
     before = json.loads((out / "manifest.json").read_text())
     assert before["status"] == "running" and 1 <= len(before["batches_done"]) < before["batches_total"]
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("new000/*.png")}
-    res = phase.run(phase.make_args(str(out), method="sre2l.test", teacher=[path], ipc=4, iterations=150,
-                                    progress=False))
+    res = phase.run(phase.RecoverRunConfig(out=str(out), method="sre2l.test", teacher=(path,), ipc=4,
+                                           iterations=150, progress=False))
     assert res["status"] == "complete" and res["resumed_batches"] == len(before["batches_done"])
     assert res["batches_done"][: len(before["batches_done"])] == before["batches_done"]
     assert res["counts"] == [4] * 10

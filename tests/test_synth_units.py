@@ -87,6 +87,24 @@ def test_synth_does_not_import_evaluate_or_pipeline():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_synth_holds_no_model_and_select_uses_the_engines_public_interface():
+    """DM's network is passed in (no nn.Module subclass in synth), and the selection baselines call the
+    engine only through public names (no ``engine._x``)."""
+    import ast
+    import os
+
+    root = os.path.dirname(S.__file__)
+    for name in sorted(os.listdir(root)):
+        if name.endswith(".py"):
+            tree = ast.parse(open(os.path.join(root, name)).read())
+            modules = [ast.unparse(b) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for b in c.bases]
+            assert not [m for m in modules if m.endswith("Module")], f"{name} defines a network"
+    tree = ast.parse(open(os.path.join(root, "select.py")).read())
+    private = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+               and n.value.id == "engine" and n.attr.startswith("_")]
+    assert not private, private
+
+
 # --- DELT ------------------------------------------------------------------------------------------------
 def test_delt_schedule_matches_the_formula():
     sched = S.delt_schedule(50, 4000, 500)  # DELT's IN-1K IPC50 example
@@ -226,11 +244,11 @@ def test_random_selection_from_a_lazily_decoded_image_folder(tmp_path):
             for i in range(n):
                 arr = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
                 Image.fromarray(arr).save(tmp_path / "data" / split / c / f"{i}.png")
-    res = phase.run(phase.make_args(str(tmp_path / "sel"), method="random", dataset=f"imagefolder:{tmp_path / 'data'}",
-                                    ipc=2, progress=False))
+    res = phase.run(phase.RecoverRunConfig(out=str(tmp_path / "sel"), method="random",
+                                           dataset=f"imagefolder:{tmp_path / 'data'}", ipc=2, progress=False))
     assert res["counts"] == [2, 2] and res["input_size"] == 224 and res["extra"]["classes"] == ["cat", "dog"]
     with Image.open(tmp_path / "sel" / "new001" / "class001_id000.png") as img:
         assert img.mode == "RGB" and img.size == (224, 224)
     with pytest.raises(S.SynthConfigError, match="fewer than ipc"):
-        phase.run(phase.make_args(str(tmp_path / "sel4"), method="random", dataset=f"imagefolder:{tmp_path / 'data'}",
-                                  ipc=4, progress=False))
+        phase.run(phase.RecoverRunConfig(out=str(tmp_path / "sel4"), method="random",
+                                         dataset=f"imagefolder:{tmp_path / 'data'}", ipc=4, progress=False))

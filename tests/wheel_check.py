@@ -40,5 +40,14 @@ with tempfile.TemporaryDirectory() as d:
     got = run_chain(d)
 bad = {k: (got[k], v) for k, v in GOLDEN.items() if got[k] != v}
 assert not bad, f"the wheel install gives other results than the source tree: {bad}"
+
+from test_api_doc import _example  # noqa: E402  (docs/api.md's Python example, run from the wheel install)
+
+with tempfile.TemporaryDirectory() as d:
+    tempfile.tempdir = d  # the example's mkdtemp lands here
+    try:
+        exec(compile(_example(), "docs/api.md", "exec"), {"__name__": "api_example"})
+    finally:
+        tempfile.tempdir = None
 print(f"wheel check: {len(names)} modules import from {os.path.dirname(ddpipe.__file__)}; the digits chain "
       f"matches the {len(GOLDEN)} golden hashes")

@@ -1,0 +1,28 @@
+"""ddpipe.pipeline.interop: import and export the label folders of SRe2L, LPLD, LPQLD, G-VBSM and FKD.
+
+``run_import(ImportConfig(...))`` is ``ddpipe import``; ``run_export(ExportConfig(...))`` is
+``ddpipe export``. Folders are read with ``torch.load(weights_only=True)`` and a numpy allow-list
+(:mod:`~ddpipe.pipeline.interop.safe_load`); layouts and what is kept exactly: ``docs/interop.md``.
+"""
+
+from ddpipe.pipeline.interop.errors import InteropError
+from ddpipe.pipeline.interop.exporter import ExportConfig, export_refusal, run_export
+from ddpipe.pipeline.interop.folders import FORMATS, BatchRecord, LabelFolder, detect_format, open_folder
+from ddpipe.pipeline.interop.importer import ImportConfig, run_import
+from ddpipe.pipeline.interop.safe_load import ALLOWED_GLOBALS, load_label_file
+
+__all__ = [
+    "ALLOWED_GLOBALS",
+    "FORMATS",
+    "BatchRecord",
+    "ExportConfig",
+    "ImportConfig",
+    "InteropError",
+    "LabelFolder",
+    "detect_format",
+    "export_refusal",
+    "load_label_file",
+    "open_folder",
+    "run_export",
+    "run_import",
+]
