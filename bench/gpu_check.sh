@@ -67,7 +67,7 @@ fi
 log "equivalence test (tests/test_pipeline_batched.py)"
 T0=$SECONDS
 timeout 240 $VPY -m pytest -q -x -p no:cacheprovider -s tests/test_pipeline_batched.py \
-  -k "gpu_path or resize_matrices or device_selection or streamed" 2>&1 | tee "$OUT/gpu-check-$STAMP-tests.log"
+  -k "gpu_path or resize_matrices or device_selection" 2>&1 | tee "$OUT/gpu-check-$STAMP-tests.log"
 TEST_RC=${PIPESTATUS[0]}
 TEST_S=$((SECONDS - T0))
 log "tests: exit $TEST_RC in ${TEST_S}s"

@@ -350,6 +350,7 @@ def run(config: Config) -> int:
         if phase == "relabel" and res[0].get("image_s") is not None:
             d["teacher_s"], d["image_s"] = res[0]["teacher_s"], res[0]["image_s"]
             d["overhead_share"] = max(0.0, wall - d["teacher_s"] - d["image_s"]) / wall
+            d["overhead_us_per_sample"] = 1e6 * d["overhead_share"] * wall / max(1, sum(r["images"] for r in res))
         rows.append(d)
         print(common.format_table([d], COLUMNS).splitlines()[-1], file=out, flush=True)
         return d

@@ -107,6 +107,16 @@ def output_dir(path: str):
         raise
 
 
+def run_phase(config, cls: type, body, phase: str):
+    """``body(config)`` for a phase whose output is ``config.out``: checks the config's type, sets
+    torch's thread count (``config.threads``) and removes an output folder the run created and left
+    empty when it fails."""
+    if not isinstance(config, cls):
+        raise TypeError(f"{phase}.run takes a {cls.__name__}, got {type(config).__name__}")
+    with output_dir(config.out), torch_threads(config.threads):
+        return body(config)
+
+
 def versions() -> dict:
     """ddpipe, torch and Python versions, as recorded in every results.json."""
     from ddpipe import __version__

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ddpipe.pipeline.backends import BACKENDS as LOADERS
 from ddpipe.config import Result, check_choice, check_int, option
 from ddpipe.evaluate._phase import RunOptions
 from ddpipe.evaluate.errors import TeacherError
@@ -57,7 +58,7 @@ class TeacherCheckConfig(TeacherOptions, RunOptions):
     sample_seed: int = option(0, help="seed of the random choice of units (default 0)")
     check_hash: bool = option(True, help="refuse a teacher whose hash is not the one the store records "
                                          "(--no-check-hash: re-run it anyway and compare the labels)")
-    loader: str = option("torch", choices=("torch", "dali"), help="image backend (default torch)")
+    loader: str = option("torch", choices=LOADERS, help="image backend: torch (the reference), dali or batched (docs/pipeline.md; default torch)")
     workers: int = option(0, flags=("-j",), help="loader workers, >= 0 (default 0)")
     backend: str = option("auto", choices=("auto", "tensorstore", "zarr"),
                           help="store read path (default auto: tensorstore when installed)")
@@ -68,7 +69,7 @@ class TeacherCheckConfig(TeacherOptions, RunOptions):
         check_int(e, "sample", self.sample, min=0)
         check_int(e, "sample_seed", self.sample_seed, min=0)
         check_int(e, "workers", self.workers, min=0)
-        check_choice(e, "loader", self.loader, ("torch", "dali"))
+        check_choice(e, "loader", self.loader, LOADERS)
         check_choice(e, "backend", self.backend, ("auto", "tensorstore", "zarr"))
 
 

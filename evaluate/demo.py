@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from ddpipe.pipeline.backends import BACKENDS as LOADERS
 from ddpipe._format import keep_fraction
 from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, config_to_dict, option
 from ddpipe.evaluate._phase import RunOptions
@@ -60,7 +61,7 @@ class DemoConfig(RunOptions):
     min_scale: float = option(0.25, help="smallest RandomResizedCrop area for 28 px images (default 0.25; ImageNet "
                                          "uses 0.08)")
     seeds: int = option(2, help="train each student with this many seeds and report the mean (default 2)")
-    loader: str = option("torch", choices=("torch", "dali"), help="image backend (default torch)")
+    loader: str = option("torch", choices=LOADERS, help="image backend: torch (the reference), dali or batched (docs/pipeline.md; default torch)")
     workers: int = option(0, flags=("-j",),
                           help="loader worker processes (default 0: an epoch of 100 images costs less than starting "
                                "workers)")
@@ -79,7 +80,7 @@ class DemoConfig(RunOptions):
         check_int(e, "seed", self.seed, min=0)
         check_range(e, "temperature", self.temperature, min=0, min_exclusive=True)
         check_range(e, "min_scale", self.min_scale, min=0, max=1, min_exclusive=True)
-        check_choice(e, "loader", self.loader, ("torch", "dali"))
+        check_choice(e, "loader", self.loader, LOADERS)
         try:
             object.__setattr__(self, "keep", keep_fraction(self.keep))
         except ValueError as err:

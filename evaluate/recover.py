@@ -193,12 +193,9 @@ def _real_data(split, input_size: int, in_chans: int):
 
 def run(config: RecoverRunConfig) -> RecoverResult:
     """Run recover as ``config`` says; returns the result (also in ``out/results.json``)."""
-    from ddpipe.evaluate._phase import output_dir, torch_threads
+    from ddpipe.evaluate._phase import run_phase
 
-    if not isinstance(config, RecoverRunConfig):
-        raise TypeError(f"recover.run takes a RecoverRunConfig, got {type(config).__name__}")
-    with output_dir(config.out), torch_threads(config.threads):
-        return _run(config)
+    return run_phase(config, RecoverRunConfig, _run, "recover")
 
 
 def _run(config: RecoverRunConfig) -> RecoverResult:

@@ -39,12 +39,12 @@ from ddpipe.config import Result, check_choice, check_int, check_out_path, check
 from ddpipe.evaluate._phase import RESULTS, ResumeOption, RunOptions
 from ddpipe.evaluate.errors import RelabelError
 from ddpipe.evaluate.teacher import TeacherOptions
+from ddpipe.labelstore.spec import MIX_KINDS
+from ddpipe.pipeline.backends import BACKENDS as LOADERS
 
 __all__ = ["RelabelConfig", "RelabelResult", "run", "summary_text", "results_path"]
 
-MIXES = ("none", "cutmix", "mixup")
 GRANULARITIES = ("batch", "epoch")
-LOADERS = ("torch", "dali")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,12 +68,15 @@ class RelabelConfig(TeacherOptions, ResumeOption, RunOptions):
                              help="relabel = replay batch size (default 1024, SRe2L)")
     schedule: str = option("sre2l", group="schedule and labels",
                            help="schedule recipe: sre2l, sre2l-mixup, lpld-in21k, ... (default sre2l)")
-    mix: str | None = option(None, choices=MIXES, group="schedule and labels", help="override the recipe's mix")
+    mix: str | None = option(None, choices=MIX_KINDS, group="schedule and labels", help="override the recipe's mix")
     min_scale: float | None = option(None, group="schedule and labels",
                                      help="override the recipe's smallest crop area, in (0, 1] (e.g. 0.08)")
     topk: int = option(10, group="schedule and labels",
                        help="soft-label entries kept per sample, 1 .. the teacher's classes (default 10)")
     codec: str = option("fp16", group="schedule and labels", help="value codec: fp32, fp16 or uint8 (default fp16)")
+    value_kind: str = option("probs", group="schedule and labels", choices=("probs", "logits"),
+                             help="store softmax(logits / T) (probs, default) or the top-k logits and each row's "
+                             "log-sum-exp, so `ddpipe train -T` chooses the temperature (logits; fp16 or fp32 codec)")
     temperature: float = option(20.0, flags=("-T",), group="schedule and labels",
                                 help="stored values are softmax(logits / T), T > 0; train with the same T "
                                      "(default 20, SRe2L)")
@@ -86,7 +89,7 @@ class RelabelConfig(TeacherOptions, ResumeOption, RunOptions):
                               help="prune batches or whole epochs (default batch)")
     prune_seed: int = option(0, group="pruning (LPLD)", help="seed of the random choice of kept units, >= 0 (default 0)")
     # --- run ------------------------------------------------------------------------------------------
-    loader: str = option("torch", choices=LOADERS, group="run", help="image backend (default torch)")
+    loader: str = option("torch", choices=LOADERS, group="run", help="image backend: torch (the reference), dali or batched (docs/pipeline.md; default torch)")
     workers: int = option(2, flags=("-j",), group="run", help="loader workers, >= 0 (default 2)")
 
     def validate(self) -> None:
@@ -109,12 +112,15 @@ class RelabelConfig(TeacherOptions, ResumeOption, RunOptions):
         check_range(e, "min_scale", self.min_scale, min=0.0, max=1.0, min_exclusive=True, allow_none=True)
         check_range(e, "keep", self.keep, min=0.0, max=1.0, min_exclusive=True, allow_none=True)
         if self.mix is not None:
-            check_choice(e, "mix", self.mix, MIXES)
+            check_choice(e, "mix", self.mix, MIX_KINDS)
         check_choice(e, "granularity", self.granularity, GRANULARITIES)
         check_choice(e, "loader", self.loader, LOADERS)
         from ddpipe.labelstore import list_codecs
 
         check_choice(e, "codec", self.codec, list_codecs())
+        check_choice(e, "value_kind", self.value_kind, ("probs", "logits"))
+        if self.value_kind == "logits" and self.codec == "uint8":
+            raise e("value_kind logits needs the fp16 or fp32 codec, not uint8")
         if not isinstance(self.schedule, str) or not self.schedule:
             raise e(f"schedule must be a recipe name, got {self.schedule!r}")
 
@@ -238,7 +244,7 @@ def _run(config: RelabelConfig) -> RelabelResult:
         num_classes=t.num_classes, k=config.topk, seed=config.seed, value_codec=config.codec,
         temperature=config.temperature, teacher_hash=thash, keep=config.keep, granularity=config.granularity,
         prune_seed=config.prune_seed, loader=loader, rank=dist.rank, world_size=dist.world_size,
-        progress=config.progress and is_main_process(), exist_ok=config.resume,
+        progress=config.progress and is_main_process(), exist_ok=config.resume, value_kind=config.value_kind,
         provenance={"teachers": [{k: d[k] for k in ("source", "kind", "teacher_hash")} for d in described]},
     )
     main = is_main_process()

@@ -167,12 +167,9 @@ def _resolved_config(config: SqueezeConfig, world_size: int) -> dict:
 # --- the run --------------------------------------------------------------------------------------
 def run(config: SqueezeConfig) -> SqueezeResult:
     """Train (or resume) a teacher as ``config`` says; returns the result also written to results.json."""
-    from ddpipe.evaluate._phase import output_dir, torch_threads
+    from ddpipe.evaluate._phase import run_phase
 
-    if not isinstance(config, SqueezeConfig):
-        raise TypeError(f"squeeze.run takes a SqueezeConfig, got {type(config).__name__}")
-    with output_dir(config.out), torch_threads(config.threads):
-        return _run(config)
+    return run_phase(config, SqueezeConfig, _run, "squeeze")
 
 
 def _run(config: SqueezeConfig) -> SqueezeResult:

@@ -21,10 +21,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ddpipe.pipeline.backends import BACKENDS as LOADERS
 from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, config_to_dict, option, \
     parse_key_values
 from ddpipe.evaluate._phase import ResumeOption, RunOptions
 from ddpipe.evaluate.errors import TrainError
+from ddpipe.labelstore.spec import MIX_KINDS
 
 __all__ = ["TrainConfig", "TrainResult", "run", "summary_text", "kd_loss", "soft_cross_entropy", "LabelBytesRead"]
 
@@ -62,7 +64,7 @@ class TrainConfig(RunOptions, ResumeOption):
     batch_size: int | None = option(None, flags=("-b",), group="schedule",
                                     help="batch size (default: the store's, else 1024)")
     schedule: str = option("sre2l", group="schedule", help="schedule recipe (default sre2l)")
-    mix: str | None = option(None, choices=("none", "cutmix", "mixup"), group="schedule",
+    mix: str | None = option(None, choices=MIX_KINDS, group="schedule",
                              help="override the recipe's mix")
     min_scale: float | None = option(None, group="schedule", help="override the recipe's smallest crop area")
     schedule_seed: int = option(42, group="schedule", help="schedule seed (default 42)")
@@ -87,7 +89,7 @@ class TrainConfig(RunOptions, ResumeOption):
     seed: int = option(0, group="run", help="seed of the student's initialisation (default 0)")
     val_every: int = option(10, group="run", help="validate every N epochs and after the last (default 10)")
     stop_after_epoch: int | None = option(None, metavar="E", group="run", help="stop after epoch E (testing resume)")
-    loader: str = option("torch", choices=("torch", "dali"), group="run", help="image backend (default torch)")
+    loader: str = option("torch", choices=LOADERS, group="run", help="image backend: torch (the reference), dali or batched (docs/pipeline.md; default torch)")
     workers: int = option(2, flags=("-j",), group="run", help="loader workers (default 2)")
     deterministic: bool = option(True, group="run",
                                  help="allow non-deterministic kernels (deterministic=False: faster on GPU, breaks bit-identical resume)")
@@ -120,8 +122,8 @@ class TrainConfig(RunOptions, ResumeOption):
         check_int(e, "stop_after_epoch", self.stop_after_epoch, min=0, allow_none=True)
         check_int(e, "workers", self.workers, min=0)
         check_choice(e, "opt", self.opt, ("adamw", "sgd"))
-        check_choice(e, "loader", self.loader, ("torch", "dali"))
-        check_choice(e, "mix", self.mix, (None, "none", "cutmix", "mixup"))
+        check_choice(e, "loader", self.loader, LOADERS)
+        check_choice(e, "mix", self.mix, (None, *MIX_KINDS))
         fixed = sorted(set(parse_key_values(e, "model_args", self.model_args)) & {"num_classes", "in_chans", "input_size"})
         if fixed:
             raise e(f"model_args: {fixed[0]} is the dataset's (its images and classes), not a model argument; "
@@ -317,12 +319,9 @@ class _Batches:
 # --- the run --------------------------------------------------------------------------------------------
 def run(config: TrainConfig) -> TrainResult:
     """Train (or resume) a student as ``config`` says; returns the result also written to results.json."""
-    from ddpipe.evaluate._phase import output_dir, torch_threads
+    from ddpipe.evaluate._phase import run_phase
 
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"student.run takes a TrainConfig, got {type(config).__name__}")
-    with output_dir(config.out), torch_threads(config.threads):
-        return _run(config)
+    return run_phase(config, TrainConfig, _run, "student")
 
 
 def _run(config: TrainConfig) -> TrainResult:

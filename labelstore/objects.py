@@ -69,7 +69,15 @@ class Objects:
                 raise io_error(e, "reading", self._path(key)) from None
         from zarr.core.buffer import default_buffer_prototype
 
-        buf = self._sync(self._zstore().get(key, prototype=default_buffer_prototype()))
+        store = self._zstore()
+        fs, path = _conditional_fs(store, key)
+        if fs is not None and "memory" not in _protocols(fs):
+            # s3fs: one GET (its default first asks the size with a HEAD, to split big downloads)
+            try:
+                return bytes(self._sync(fs._cat_file(path, max_concurrency=1)))
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                return None
+        buf = self._sync(store.get(key, prototype=default_buffer_prototype()))
         return None if buf is None else buf.to_bytes()
 
     def sha256(self, key: str) -> bytes | None:
@@ -200,11 +208,15 @@ def _conditional_fs(store, key: str):
     fs = getattr(store, "fs", None)
     if fs is None or not hasattr(fs, "_pipe_file"):
         return None, ""
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    if not set(protocols) & set(CONDITIONAL_WRITE_PROTOCOLS):
+    if not set(_protocols(fs)) & set(CONDITIONAL_WRITE_PROTOCOLS):
         return None, ""
     root = str(getattr(store, "path", "") or "").rstrip("/")
     return fs, f"{root}/{key}" if root else key
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    p = getattr(fs, "protocol", ())
+    return (p,) if isinstance(p, str) else tuple(p)
 
 
 def _unlink_quietly(path: str) -> None:

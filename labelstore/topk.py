@@ -43,7 +43,13 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         above = p2 > kth
         tied = p2 == kth
         need = k - above.sum(axis=-1, keepdims=True)
-        chosen = above | (tied & (np.cumsum(tied, axis=-1) <= need))
+        chosen = above | tied
+        # rows with more values equal to the k-th than places left keep the lowest class indices;
+        # only those need the running count (a cumsum over every row costs as much as the rest)
+        rows = np.flatnonzero(tied.sum(axis=-1) > need[:, 0])
+        if rows.size:
+            t = tied[rows]
+            chosen[rows] = above[rows] | (t & (np.cumsum(t, axis=-1) <= need[rows]))
         idx = np.nonzero(chosen)[1].reshape(-1, k)  # ascending class index within each row
     vals = np.take_along_axis(p2, idx, axis=-1)
     order = np.argsort(-vals, axis=-1, kind="stable")  # stable: equal values keep index order

@@ -38,6 +38,10 @@ _LAZY = {
     "apply_mix": "ddpipe.pipeline.mix",
     "init_distributed": "ddpipe.pipeline.distributed",
     "dali_available": "ddpipe.pipeline.dali_backend",
+    "CachedSource": "ddpipe.pipeline.cache",
+    "build_cache": "ddpipe.pipeline.cache",
+    "open_cache": "ddpipe.pipeline.cache",
+    "BatchedBackend": "ddpipe.pipeline.batched",
 }
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ddpipe.labelstore import Unit
+from ddpipe.pipeline.backends import BACKENDS
 from ddpipe.pipeline.errors import LoaderSpecError
 from ddpipe.pipeline.feed import Feed, ScheduleFeed, StoreFeed, check_source_fits
 from ddpipe.pipeline.mix import MixStage
@@ -37,7 +38,6 @@ from ddpipe.pipeline.schedule import Schedule, ScheduleConfig
 from ddpipe.pipeline.sources import ImageSource
 from ddpipe.pipeline.stages import IMAGENET_MEAN, IMAGENET_STD, declare_image, image_stages, run_targets, target_stages
 
-BACKENDS = ("torch", "dali", "batched")
 KERNELS = ("auto", "per-sample", "matmul")
 
 

@@ -42,6 +42,7 @@ def relabel_spec(
     temperature: float = 1.0,
     teacher_hash: str = "",
     units_per_shard: int = 0,
+    value_kind: str = "probs",
 ) -> tuple[Schedule, StoreSpec]:
     """The schedule over ``source`` and the store spec recording it (with the source's content hash)."""
     cfg = recipe(schedule) if isinstance(schedule, str) else schedule
@@ -51,6 +52,7 @@ def relabel_spec(
     spec = sched.store_spec(
         num_classes, k, value_codec=value_codec, temperature=temperature, image_set_hash=source.content_hash(),
         teacher_hash=teacher_hash, units_per_shard=units_per_shard,
+        **({"value_kind": value_kind} if value_kind != "probs" else {}),  # probs: the spec's default, unrecorded
     )
     return sched, spec
 
@@ -91,8 +93,12 @@ def relabel(
     progress: bool = False,
     exist_ok: bool = True,
     provenance: dict | None = None,
+    value_kind: str = "probs",
 ) -> dict:
     """Relabel ``source`` with ``teacher`` into ``store``; returns a summary dict.
+
+    ``value_kind="logits"`` keeps the teacher's top-k logits and each row's log-sum-exp instead of
+    probabilities at ``temperature``, so training may choose its own temperature (docs/format.md).
 
     ``teacher`` maps a float32 batch ``[b, C, H, W]`` (a torch tensor, or numpy with
     ``teacher_input="numpy"``) to logits ``[b, num_classes]`` (torch or numpy). ``plan`` is an
@@ -114,6 +120,7 @@ def relabel(
     sched, spec = relabel_spec(
         source, schedule, epochs=epochs, batch_size=batch_size, num_classes=num_classes, k=k, seed=seed,
         value_codec=value_codec, temperature=temperature, teacher_hash=teacher_hash, units_per_shard=units_per_shard,
+        value_kind=value_kind,
     )
     if keep is not None:
         if plan is not None:

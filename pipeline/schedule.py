@@ -282,6 +282,7 @@ class Schedule:
         self.epochs = int(epochs)
         self.batches_per_epoch = -(-self.num_samples // self.batch_size)
         self._order = lru_cache(maxsize=2)(self._epoch_order)
+        self._sampler: SamplerReplay | None = None  # torch-sampler order: its replay, made on first use
 
     def __getstate__(self):
         d = dict(self.__dict__)
@@ -294,7 +295,9 @@ class Schedule:
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if self.config.order == TORCH_SAMPLER_ORDER:
-            return torch_sampler_orders(self.num_samples, self.seed, int(epoch) + 1, start=int(epoch))[0]
+            if self._sampler is None:
+                self._sampler = SamplerReplay(self.num_samples, self.seed)
+            return self._sampler.order(epoch)
         return _rng(self.seed, _ORDER, epoch).permutation(self.num_samples).astype(np.int64)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -355,14 +358,10 @@ class Schedule:
 
 
 # --- torch's RandomSampler, replayed -------------------------------------------------------------
-_SAMPLER_STATES: dict[tuple[int, int], dict[int, Any]] = {}  # (n, seed) -> {epoch: generator state before it}
-_SAMPLER_KEEP = 64  # generator states kept per (n, seed); about 5 KB each
-
-
-def torch_sampler_orders(num_samples: int, seed: int, epochs: int, start: int = 0) -> list[np.ndarray]:
-    """Epochs ``start .. epochs-1`` of ``RandomSampler(range(num_samples), generator=torch.Generator().manual_seed(seed))``
-    iterated once per epoch on one generator, as SRe2L's relabel and ``train_FKD.py`` (and LPLD's and
-    G-VBSM's copies) consume it: int64 sample ids per epoch.
+class SamplerReplay:
+    """``RandomSampler(range(num_samples), generator=torch.Generator().manual_seed(seed))`` iterated
+    once per epoch on one generator, as SRe2L's relabel and ``train_FKD.py`` (and LPLD's and
+    G-VBSM's copies) consume it: :meth:`order` gives an epoch's int64 sample ids.
 
     ``RandomSampler.__iter__`` (``replacement=False``, ``num_samples = n``) yields
     ``torch.randperm(n, generator)`` and then evaluates ``torch.randperm(n, generator)[:0]`` once the
@@ -370,31 +369,50 @@ def torch_sampler_orders(num_samples: int, seed: int, epochs: int, start: int = 
     ``DataLoader`` always reach: each epoch draws two permutations and uses the first. Epoch ``e``
     is therefore permutation ``2e`` of the stream. Needs torch (imported here only); the permutations
     are those of the installed torch's CPU ``randperm``, stable across the torch 2.x releases.
-    Generator states are cached, so consecutive epochs cost one pair of draws each.
+    The object keeps generator states (at most ``KEEP`` of them, about 5 KB each), so consecutive
+    epochs cost one pair of draws each; the states live and die with the object, never in the module.
     """
-    import torch
 
-    n, seed = int(num_samples), int(seed)
-    if n <= 0 or epochs < 0 or not 0 <= start <= epochs:
-        raise LoaderSpecError(f"bad sampler replay request: n={n}, epochs {start}..{epochs}")
-    states = _SAMPLER_STATES.setdefault((n, seed), {})
-    known = [e for e in states if e <= start]
-    g = torch.Generator()
-    if known:
-        e0 = max(known)
-        g.set_state(states[e0])
-    else:
-        e0 = 0
-        g.manual_seed(seed)
-    out = []
-    for e in range(e0, epochs):
-        if e not in states and (len(states) < _SAMPLER_KEEP or e % 16 == 0):
-            states[e] = g.get_state()
-        perm = torch.randperm(n, generator=g)
-        torch.randperm(n, generator=g)  # RandomSampler's discarded draw
-        if e >= start:
-            out.append(perm.numpy().astype(np.int64))
-    return out
+    KEEP = 64
+
+    def __init__(self, num_samples: int, seed: int):
+        self.num_samples, self.seed = int(num_samples), int(seed)
+        if self.num_samples <= 0:
+            raise LoaderSpecError(f"bad sampler replay: {self.num_samples} samples")
+        self._states: dict[int, Any] = {}  # epoch -> generator state before it
+
+    def orders(self, epochs: int, start: int = 0) -> list[np.ndarray]:
+        """Epochs ``start .. epochs-1``."""
+        import torch
+
+        if epochs < 0 or not 0 <= start <= epochs:
+            raise LoaderSpecError(f"bad sampler replay request: epochs {start}..{epochs}")
+        known = [e for e in self._states if e <= start]
+        g = torch.Generator()
+        if known:
+            e0 = max(known)
+            g.set_state(self._states[e0])
+        else:
+            e0 = 0
+            g.manual_seed(self.seed)
+        out = []
+        n = self.num_samples
+        for e in range(e0, epochs):
+            if e not in self._states and (len(self._states) < self.KEEP or e % 16 == 0):
+                self._states[e] = g.get_state()
+            perm = torch.randperm(n, generator=g)
+            torch.randperm(n, generator=g)  # RandomSampler's discarded draw
+            if e >= start:
+                out.append(perm.numpy().astype(np.int64))
+        return out
+
+    def order(self, epoch: int) -> np.ndarray:
+        return self.orders(int(epoch) + 1, start=int(epoch))[0]
+
+
+def torch_sampler_orders(num_samples: int, seed: int, epochs: int, start: int = 0) -> list[np.ndarray]:
+    """Epochs ``start .. epochs-1`` of :class:`SamplerReplay` ``(num_samples, seed)``."""
+    return SamplerReplay(num_samples, seed).orders(epochs, start)
 
 
 # --- which stored units an epoch replays --------------------------------------------------------

@@ -122,7 +122,7 @@ def _seed_all(seed: int) -> torch.Generator:
 
 
 def write_sre2l(root: str, n: int = 100, batch_size: int = 32, epochs: int = 3, num_classes: int = 10,
-                mix: str = "cutmix", seed: int = 42, variant: str = "gvbsm-off") -> dict:
+                mix: str = "cutmix", seed: int = 42) -> dict:
     """SRe2L ``generate_soft_label.py --mode fkd_save --use-fp16``: ``epoch_e/batch_b.tar`` lists of 6.
     Returns ``{(e, b): image indices}``."""
     gen = _seed_all(7)

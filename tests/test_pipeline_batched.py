@@ -252,6 +252,14 @@ def test_gpu_path_matches_the_reference(synthetic_jpegs, device):
                                  num_workers=2)
     print(f"{device}: MAE {mean_mae:.3f} levels (max batch {max_mae:.3f})")
     assert max_mae < 1.0, (mean_mae, max_mae)
+    # the fallback for a set that does not fit the device (gathered on the host per batch): same pixels
+    from ddpipe.labelstore import open_store
+
+    src, unit = open_source(folder), open_store(store).read_unit(3)
+    stages = image_stages((48, 40))
+    resident = ImageBatcher(src, stages, device=device, kernel="matmul", threads=0, resident=True)
+    streamed = ImageBatcher(src, stages, device=device, kernel="matmul", threads=0, resident=False)
+    torch.testing.assert_close(resident(unit), streamed(unit), rtol=0, atol=1e-5)
     if device == "gpu":  # and the default kernel on a GPU is this one
         auto = make_loader(open_source(folder), store, backend="batched", device="auto", cache="memory")
         assert auto.backend.images.kernel == "matmul" and auto.backend.device.type == "cuda"

@@ -164,3 +164,19 @@ def test_cli_flag_names_and_defaults():
     assert (c.epochs, c.batch_size, c.schedule, c.topk, c.codec, c.temperature, c.seed, c.keep, c.granularity,
             c.prune_seed, c.loader, c.workers, c.device, c.resume, c.progress) == (
         300, 1024, "sre2l", 10, "fp16", 20.0, 42, None, "batch", 0, "torch", 2, "auto", False, True)
+
+
+def test_a_logit_store_gives_the_probability_store_s_labels_at_its_temperature(env):
+    """--value-kind logits keeps the top-k logits and each row's log-sum-exp: read back at the relabel
+    temperature, the targets are the probability store's (same teacher, same schedule), to fp16 precision."""
+    out = str(env["root"] / "logits.zarr")
+    run(RelabelConfig(images=env["images"], teacher=(env["sd"],), model="resnet18", num_classes=10, input_size=32,
+                      out=out, value_kind="logits", **SCHED))
+    logit, prob = open_store(out), open_store(env["api"])
+    assert logit.spec.value_kind == "logits" and prob.spec.value_kind == "probs"
+    for u in range(prob.num_units):
+        a, b = logit.read_unit(u), prob.read_unit(u)
+        np.testing.assert_array_equal(np.asarray(a.sample_ids), np.asarray(b.sample_ids))
+        np.testing.assert_allclose(a.dense(10), b.dense(10), atol=2e-3)
+    with pytest.raises(RelabelError, match="value_kind"):
+        RelabelConfig(images=env["images"], teacher=(env["sd"],), out=out + "x", value_kind="logits", codec="uint8")

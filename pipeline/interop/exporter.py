@@ -85,7 +85,7 @@ def run_export(config: ExportConfig) -> dict:
     from tqdm import tqdm
 
     from ddpipe.labelstore import check_distinct_locations, open_store
-    from ddpipe.pipeline.schedule import torch_sampler_orders
+    from ddpipe.pipeline.schedule import SamplerReplay
 
     t0 = time.perf_counter()
     check_distinct_locations(config.store, config.out, "export")
@@ -109,8 +109,9 @@ def run_export(config: ExportConfig) -> dict:
     bar = tqdm(total=reader.num_units, desc="export sre2l", unit="batch", file=sys.stderr,
                disable=not config.progress, leave=False)
     try:
+        replay = SamplerReplay(spec.num_samples, SRE2L_SAMPLER_SEED)
         for epoch in range(spec.epochs):
-            order = torch_sampler_orders(spec.num_samples, SRE2L_SAMPLER_SEED, epoch + 1, start=epoch)[0]
+            order = replay.order(epoch)
             d = os.path.join(tmp, f"epoch_{epoch}")
             os.makedirs(d)
             for unit in reader.read_epoch(epoch):

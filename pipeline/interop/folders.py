@@ -242,8 +242,9 @@ class LabelFolder:
         if index is not None:
             self._check_index(index, num_samples)
         orders: dict[int, np.ndarray] = {}
+        replay = None  # the RandomSampler replay, made when a file has no stored indices
         for e, b, path in self.files:
-            rec = parse_batch(load_label_file(path), path, self.fmt if self.fmt != "lpld" else "lpld", e, b)
+            rec = parse_batch(load_label_file(path), path, self.fmt, e, b)
             want = self.batch_size if (self.drop_last or b < bpe - 1) else num_samples - (bpe - 1) * self.batch_size
             if rec.count != want:
                 raise InteropError(
@@ -265,10 +266,11 @@ class LabelFolder:
                     rec.sample_ids = np.asarray(ids, dtype=np.int64)
                 else:
                     if e not in orders:
-                        from ddpipe.pipeline.schedule import torch_sampler_orders
+                        from ddpipe.pipeline.schedule import SamplerReplay
 
+                        replay = replay or SamplerReplay(num_samples, seed)
                         orders.clear()
-                        orders[e] = torch_sampler_orders(num_samples, seed, e + 1, start=e)[0]
+                        orders[e] = replay.order(e)
                     rec.sample_ids = orders[e][b * self.batch_size : b * self.batch_size + rec.count]
             if rec.sample_ids.min(initial=0) < 0 or rec.sample_ids.max(initial=0) >= num_samples:
                 raise InteropError(f"{path}: image indices outside the {num_samples} images of --images")
