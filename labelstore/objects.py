@@ -124,19 +124,24 @@ class Objects:
         return sorted(k.rstrip("/").rsplit("/", 1)[-1] for k in self._sync(collect()))
 
     # --- writes ------------------------------------------------------------------------------
+    def _write_local(self, key: str, data: bytes, place):
+        """Write ``data`` to a complete temporary file beside ``key``'s path, then ``place(tmp, path)``
+        (rename or link it into place); an OSError becomes one StoreIOError naming the path."""
+        path = self._path(key)
+        tmp = f"{path}.{uuid.uuid4().hex}.partial"
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            return place(tmp, path)
+        except OSError as e:
+            _unlink_quietly(tmp)
+            raise io_error(e, "writing", path) from None
+
     def put(self, key: str, data: bytes) -> None:
         """Write a whole object (local: a temporary file renamed into place)."""
         if self.local:
-            path = self._path(key)
-            tmp = f"{path}.{uuid.uuid4().hex}.partial"
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except OSError as e:
-                _unlink_quietly(tmp)
-                raise io_error(e, "writing", path) from None
+            self._write_local(key, data, lambda tmp, path: os.replace(tmp, path))
             return
         from zarr.core.buffer import default_buffer_prototype
 
@@ -147,22 +152,16 @@ class Objects:
         a hard link of a complete temporary file, which fails if the name exists (atomic); other
         stores: their create-only write where they have one, then read back and compared."""
         if self.local:
-            path = self._path(key)
-            tmp = f"{path}.{uuid.uuid4().hex}.partial"
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with open(tmp, "wb") as f:
-                    f.write(data)
+            def link(tmp: str, path: str) -> bool:
                 try:
                     os.link(tmp, path)
+                    return True
                 except FileExistsError:
                     return False
                 finally:
                     _unlink_quietly(tmp)
-            except OSError as e:
-                _unlink_quietly(tmp)
-                raise io_error(e, "writing", path) from None
-            return True
+
+            return self._write_local(key, data, link)
         from zarr.core.buffer import default_buffer_prototype
 
         store = self._zstore()
