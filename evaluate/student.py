@@ -10,7 +10,9 @@ The library call is ``run(TrainConfig(...)) -> TrainResult``. Three label modes,
 - ``online_teacher=(CKPT, ...)``: no store; the same schedule is generated from ``schedule_seed`` and
   the teacher labels each mixed batch live (RDED-style). Targets go through the store's arithmetic
   (softmax at T, top-k, marginal smoothing), so they equal what a store would have replayed.
-- ``hard_labels=True``: the same schedule with one-hot labels mixed by lambda (the baseline).
+- ``hard_labels=True``: the same schedule with one-hot labels mixed by lambda (the baseline);
+  with ``augment="dsa"`` instead the DC / DSA evaluation protocol (the whole image set shuffled
+  every epoch, DSA per image, cross-entropy; :mod:`ddpipe.evaluate.dsa_batches`).
 
 Checkpoints are written atomically every epoch; ``resume`` continues at the next epoch and gives
 the same final weights as an uninterrupted run on the CPU.
@@ -31,7 +33,7 @@ from ddpipe.labelstore.spec import MIX_KINDS
 __all__ = ["TrainConfig", "TrainResult", "run", "summary_text", "kd_loss", "soft_cross_entropy", "LabelBytesRead"]
 
 _RESUME_KEYS = ("images", "labels", "online_teacher", "hard_labels", "dataset", "model", "model_args", "epochs",
-                "batch_size", "schedule", "mix", "seed", "temperature", "topk", "opt", "lr", "weight_decay")
+                "batch_size", "schedule", "mix", "seed", "temperature", "topk", "opt", "lr", "weight_decay", "augment")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +66,10 @@ class TrainConfig(RunOptions, ResumeOption):
     batch_size: int | None = option(None, flags=("-b",), group="schedule",
                                     help="batch size (default: the store's, else 1024)")
     schedule: str = option("sre2l", group="schedule", help="schedule recipe (default sre2l)")
+    augment: str = option("schedule", choices=("schedule", "dsa"), group="schedule",
+                          help="schedule: the schedule's crops, flips and mixes (default); dsa: the DC/DSA evaluation "
+                               "protocol (hard labels only: whole set shuffled per epoch, DSA per image; defaults "
+                               "1000 epochs, batch 256; DC's optimiser is --opt sgd --lr 0.01 --wd 5e-4)")
     mix: str | None = option(None, choices=MIX_KINDS, group="schedule",
                              help="override the recipe's mix")
     min_scale: float | None = option(None, group="schedule", help="override the recipe's smallest crop area")
@@ -105,6 +111,10 @@ class TrainConfig(RunOptions, ResumeOption):
         if len(modes) != 1:
             raise e("give exactly one of labels (--labels STORE), online_teacher (--online-teacher CKPT) and "
                     f"hard_labels (--hard-labels); got {', '.join(modes) if modes else 'none'}")
+        check_choice(e, "augment", self.augment, ("schedule", "dsa"))
+        if self.augment == "dsa" and not self.hard_labels:
+            raise e("augment dsa (--augment dsa) is the hard-label protocol of DC/DSA/DM; give hard_labels "
+                    "(--hard-labels) with it")
         if self.check_teacher and not self.labels:
             raise e("check_teacher (--check-teacher) checks a store's labels; give labels (--labels STORE) too")
         check_int(e, "check_units", self.check_units, min=1)
@@ -134,7 +144,11 @@ class TrainConfig(RunOptions, ResumeOption):
 
     @property
     def mode(self) -> str:
-        return "store" if self.labels else "online-teacher" if self.online_teacher else "hard-labels"
+        if self.labels:
+            return "store"
+        if self.online_teacher:
+            return "online-teacher"
+        return "hard-labels-dsa" if self.augment == "dsa" else "hard-labels"
 
 
 @dataclass(frozen=True)
@@ -344,7 +358,12 @@ def _run(config: TrainConfig) -> TrainResult:
 
     # 2. data: the distilled images with their labels, and the real test set
     dataset = load_dataset(config.dataset, data_root=config.data_root)
-    batches = _Batches(config, dataset, tr.dist, tr.device)
+    if config.augment == "dsa":
+        from ddpipe.evaluate.dsa_batches import DSABatches
+
+        batches = DSABatches(config, dataset, tr.dist)
+    else:
+        batches = _Batches(config, dataset, tr.dist, tr.device)
     teacher_check = None
     try:
         if config.check_teacher:  # before any seeding: the check's randomness cannot reach the weights

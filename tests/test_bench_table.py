@@ -1,0 +1,110 @@
+"""``ddpipe bench table --quick`` end to end on digits: every part, resume, README generation, budget, bad input."""
+
+import json
+import os
+
+import pytest
+
+from ddpipe.bench import table_report
+from ddpipe.cli import main
+
+ROW_FIELDS = ("method", "ipc", "protocol", "label_setting", "student", "top1_mean", "top1_std", "n", "label_bytes")
+
+
+def _argv(tmp_path, *extra):
+    return ["bench", "table", "--quick", "--workdir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "res"),
+            "--no-progress", "--json", *extra]
+
+
+@pytest.fixture
+def readme(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(f"# title\n\nbefore\n\n{table_report.README_BEGIN}\nstale text\n{table_report.README_END}\n\nafter\n")
+    return path
+
+
+@pytest.mark.slow
+def test_table_quick_runs_every_part_and_resumes(tmp_path, capsys, readme, one_torch_thread):
+    assert main(_argv(tmp_path, "--readme", str(readme))) == 0
+    rows = json.loads(capsys.readouterr().out)
+    payload = json.loads((tmp_path / "res" / "table-quick.json").read_text())
+    assert payload["rows"] == rows and payload["cells_done"] == payload["cells"] == payload["cells_run_now"]
+    for r in rows:
+        for f in ROW_FIELDS:
+            assert f in r, f
+        assert r["status"] == "complete" and 0.0 <= r["top1_mean"] <= 100.0
+    # the grid: 4 methods x 2 IPCs x 2 protocols, 8 label settings x 2 methods, 2 other students x 2 methods
+    shared = [r for r in rows if r["part"] == "shared" and r["student"] == "convnet_d2_w32_bn"]
+    assert sorted((r["method"], r["ipc"]) for r in shared) == sorted(
+        (m, i) for m in ("random", "herding", "sre2l", "dm") for i in (1, 2))
+    assert all(r["draws"] == 2 and r["n"] == 2 for r in shared)  # two draws of real images, one student each
+    own = {r["method"]: r for r in rows if r["part"] == "own" and r["ipc"] == 2}
+    assert own["dm"]["label_setting"] == own["random"]["label_setting"] == "hard" and own["dm"]["label_bytes"] == 0
+    assert own["sre2l"]["label_setting"] == "full" and own["sre2l"]["label_bytes"] > 0
+    labels = {(r["method"], r["label_setting"]) for r in rows if r["part"] == "labels"}
+    assert labels == {(m, s) for m in ("random", "sre2l") for s in
+                      ("full", "top-2", "top-5 uint8", "10x pruned uint8", "40x pruned uint8", "80x pruned uint8",
+                       "hard", "online teacher")}
+    cross = {(r["method"], r["student"]) for r in rows if r["part"] == "cross"}
+    assert cross == {(m, s) for m in ("random", "sre2l") for s in ("test_resnet_small", "test_timm_vit")}
+    # the paired difference to random on the same draws
+    sre2l = next(r for r in shared if r["method"] == "sre2l" and r["ipc"] == 2)
+    rand = next(r for r in shared if r["method"] == "random" and r["ipc"] == 2)
+    diffs = [sre2l["top1_by_draw"][d] - rand["top1_by_draw"][d] for d in ("0", "1")]
+    assert sre2l["delta_vs_random"] == pytest.approx(sum(diffs) / 2)
+    # the README section between the markers is the generated markdown; the rest of the file is kept
+    text = readme.read_text()
+    assert "stale text" not in text and text.startswith("# title\n\nbefore\n\n") and text.endswith("\n\nafter\n")
+    md = (tmp_path / "res" / "table-quick.md").read_text()
+    assert md in text and "| sre2l | own |" in md and "Targets:" in md
+    assert (tmp_path / "docs" / "table-quick-ipc.png").stat().st_size > 0
+
+    # a rerun computes nothing and gives the same rows; --render-only rebuilds the same markdown
+    assert main(_argv(tmp_path)) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert json.loads((tmp_path / "res" / "table-quick.json").read_text())["cells_run_now"] == 0
+    assert [(r["method"], r["part"], r["top1_by_run"]) for r in again] == [(r["method"], r["part"], r["top1_by_run"])
+                                                                           for r in rows]
+    os.remove(tmp_path / "res" / "table-quick.md")
+    assert main(_argv(tmp_path, "--render-only")) == 0
+    capsys.readouterr()
+    assert (tmp_path / "res" / "table-quick.md").read_text() == table_report.markdown(
+        json.loads((tmp_path / "res" / "table-quick.json").read_text()), {"ipc": "table-quick-ipc.png",
+                                                                          "bytes": "table-quick-bytes.png"})
+
+
+def test_table_budget_zero_writes_an_empty_grid(tmp_path, capsys, one_torch_thread):
+    assert main(_argv(tmp_path, "--budget-minutes", "0", "--methods", "random", "--parts", "shared")) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(r["status"] == "not run" and r["top1_mean"] is None for r in rows)
+    md = (tmp_path / "res" / "table-quick.md").read_text()
+    assert "not run" in md
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--methods", "nope"), "unknown 'nope'"),
+    (("--parts", "shared,bogus"), "unknown 'bogus'"),
+    (("--jobs", "3"), "--jobs must be 1 or 2"),
+    (("--render-only",), "run the table first"),
+])
+def test_table_bad_input_is_one_line(tmp_path, capsys, extra, message):
+    assert main(_argv(tmp_path, *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "res" / "table-quick.json").exists()
+
+
+def test_table_readme_without_markers_is_refused(tmp_path, capsys):
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("# no markers\n")
+    with pytest.raises(Exception, match="markers"):
+        table_report.write_all(_minimal_payload(), str(tmp_path / "res"), "table-quick", readme=str(plain))
+    assert plain.read_text() == "# no markers\n"
+
+
+def _minimal_payload():
+    return {"dataset": "digits", "rows": [], "cells": 0, "cells_done": 0, "references": {}, "whole_training_set": 0,
+            "teacher": {"model": "m", "epochs": 1, "top1": 0.0},
+            "grid": {"methods": ["random"], "ipcs": [1], "image_seeds": [0], "seeds": [0], "parts": ["shared"],
+                     "label_ipc": 1, "label_methods": ["random"], "label_settings": ["top-5"], "cross_students": []},
+            "protocols": {"shared": "s", "own": "o", "cross": "c"}}
