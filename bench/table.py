@@ -11,11 +11,11 @@ finished work), so a rerun skips finished cells and continues a killed one:
   paper's relabel (full labels, T = 20, crops 0.08-1);
 - ``labels``: at one IPC, for random and the chosen method, label settings against bytes (full,
   top-k, uint8, 10x/40x/80x prune-before-relabel, hard labels, an online teacher);
-- ``cross``: other students (ResNet-18 with a small stem, a timm model) on the shared recipe's images
-  and labels.
+- ``cross``: other students (ResNet-18 with a small stem, a timm model; one student seed) on the
+  shared recipe's images and labels.
 
-Cells run in priority order (first draw at IPC 10 and 1, then label settings and students, then
-more draws, then IPC 50) in this process or ``--jobs 2`` processes, until every cell is done or
+Cells run in priority order (the first draw at IPC 10 and 1, the label settings and other students,
+the first draw at IPC 50, then more draws) in this process or ``--jobs 2`` processes, until every cell is done or
 ``--budget-minutes`` have passed; the table always covers the whole grid, unfinished cells are
 shown as such. ``bench/results/table.json`` holds the rows; ``ddpipe.bench.table_report`` writes the
 markdown, the plots and the README section from it (``--render-only`` redoes that from table.json).
@@ -204,18 +204,16 @@ def build_cells(args) -> tuple[dict, list[dict]]:
 
 
 def _priority(args, c: dict) -> tuple:
-    first = c["draw"] == args.image_seeds[0]
-    small = c["ipc"] != max(args.ipcs) or len(args.ipcs) == 1
-    if first and small and c["part"] in ("shared", "own"):
-        stage = 0
-    elif c["part"] in ("labels", "cross"):
+    draw = args.image_seeds.index(c["draw"])
+    largest = c["ipc"] == max(args.ipcs) and len(args.ipcs) > 1
+    if c["part"] in ("labels", "cross") and draw == 0:
         stage = 1
-    elif small:
-        stage = 2 + args.image_seeds.index(c["draw"])
-    else:
-        stage = 10 + args.image_seeds.index(c["draw"])
+    elif draw == 0:  # the first draw everywhere: the smaller IPCs, then the label parts, then the largest IPC
+        stage = 2 if largest else 0
+    else:  # more draws
+        stage = 3 + 2 * draw + int(largest)
     cost = recover._COST.get(c["method"], 1)
-    return (stage, -c["ipc"] if small else 0, PARTS.index(c["part"]), cost, c["method"])
+    return (stage, -c["ipc"], PARTS.index(c["part"]), cost, c["method"])
 
 
 def _student_dir(kind: str, args, *parts) -> str:
@@ -257,8 +255,8 @@ def _label_cell(args, base, shared_id, mp, shared_relabel, setting) -> dict:
 
 
 def _cross_cell(args, base, shared_id, arch, mp) -> dict:
-    students = {s: _student_dir("students-cross", args, base["method"], mp["store"], arch, s, args.cross_epochs)
-                for s in args.seeds}
+    s = args.seeds[0]  # one student: a ResNet-18 costs about 30 ConvNet-3s here
+    students = {s: _student_dir("students-cross", args, base["method"], mp["store"], arch, s, args.cross_epochs)}
     return dict(base, id=("cross", base["method"], arch, base["draw"]), part="cross", protocol="shared",
                 label_setting="top-5", student=arch, store=mp["store"], students=students, needs=shared_id)
 
