@@ -22,6 +22,7 @@ _BENCHMARKS = {
     "import": ("ddpipe.bench.imports", "ddpipe import of an SRe2L label folder (teacher-logit model): bytes, ratio, samples/s"),
     "scale": ("ddpipe.bench.scale", "relabel (1 and 2 ranks) and replay (torch, DALI) at ImageNet-21K/1K image and class counts: samples/s, RSS, overhead"),
     "recover": ("ddpipe.bench.recover", "synthesis methods vs random real images: one teacher, one fixed relabel + student recipe"),
+    "sre2l-roundtrip": ("ddpipe.bench.sre2l_roundtrip", "SRe2L's unmodified relabel and train_FKD.py around ddpipe import/export (CPU shims): bit equality, identical training"),
     "table": ("ddpipe.bench.table", "the results table: methods x IPC 1/10/50 under a shared recipe and their own, label settings vs bytes, cross-architecture"),
 }
 

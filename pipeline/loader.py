@@ -63,6 +63,11 @@ class LoaderConfig:
     dali_parallel: bool = True  # parallel external_source (False: callback in the main process)
     cache: str | None = None  # decoded uint8 cache: None | "memory" | a directory (built on first use; pipeline/cache.py)
     kernel: str = "auto"  # batched: auto (per-sample on the CPU, matmul on a GPU) | per-sample | matmul
+    # Training temperature of a logit store's targets (value_kind "logits"): the probabilities are
+    # softmax(row / temperature) of each stored row (labelstore.logit_probs: exact for k = C and at the
+    # store's temperature). None = the store's temperature. A probability store was fixed at its
+    # temperature when written, so any other value is refused there.
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -75,6 +80,10 @@ class LoaderConfig:
             raise LoaderSpecError(f"channels must be 1 or 3, got {self.channels!r}")
         if self.kernel not in KERNELS:
             raise LoaderSpecError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+        if self.temperature is not None:
+            t = self.temperature
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t) or t <= 0:
+                raise LoaderSpecError(f"temperature must be a positive number, got {t!r}")
 
     def replace(self, **kw: Any) -> "LoaderConfig":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
@@ -139,6 +148,7 @@ class Loader:
         self.image_state = declare_image(self.image_stages)
         num_classes = feed.spec.num_classes if feed.with_labels else None
         self.target_stages = target_stages(num_classes, config.targets == "dense") if feed.with_labels else []
+        self._retemper = _target_temperature(feed, config.temperature) if feed.with_labels else None
         self.mix_stage = MixStage(schedule.fill, config.mean, config.std, config.mix)
         self.backend = _make_backend(config, source, feed, self.image_stages, self.mix_stage)
         self._epoch: int | None = None
@@ -182,6 +192,8 @@ class Loader:
     def _targets(self, unit: Unit):
         if not self.target_stages:
             return None
+        if self._retemper is not None:
+            unit = _at_temperature(unit, self.feed.spec, self._retemper)
         t = run_targets(self.target_stages, unit)
         if isinstance(t, tuple):
             return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in t)
@@ -220,6 +232,30 @@ class Loader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _target_temperature(feed, temperature: float | None) -> float | None:
+    """The temperature the targets must be re-taken at (None: the stored probabilities as they are)."""
+    spec = feed.spec
+    if temperature is None or float(temperature) == float(spec.temperature):
+        return None
+    if spec.value_kind != "logits":
+        raise LoaderSpecError(
+            f"temperature {temperature} asked of a probability store written at temperature {spec.temperature}: "
+            "its probabilities are fixed; a logit store (value_kind logits) takes the temperature at training time"
+        )
+    return float(temperature)
+
+
+def _at_temperature(unit: Unit, spec, temperature: float) -> Unit:
+    """``unit`` with its top-k probabilities taken at ``temperature`` from its stored logits and log-sum-exp."""
+    from ddpipe.labelstore import logit_probs
+
+    if unit.topk_logits is None or unit.lse is None:
+        raise LoaderSpecError(f"unit (epoch {unit.epoch}, batch {unit.batch}) carries no logits to re-temper")
+    idx, logits = unit.topk_logits
+    probs = logit_probs(logits, unit.lse, spec.num_classes, spec.temperature, temperature)
+    return replace(unit, topk=(np.asarray(idx), probs))
 
 
 def _make_backend(config: LoaderConfig, source, feed, stages, mix):
