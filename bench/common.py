@@ -8,6 +8,7 @@ object), write their rows under ``bench/results/``, time with the median of repe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -15,12 +16,26 @@ import resource
 import statistics
 import sys
 import time
+import types
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from ddpipe._format import human_bytes, json_default  # noqa: F401  shared with the CLI; bench modules use common.human_bytes
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 WORK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work")
+
+
+# --- settings -------------------------------------------------------------------------------------
+def resolved_args(config, quick: dict) -> types.SimpleNamespace:
+    """A benchmark config as a mutable namespace, with its ``quick`` settings applied to the fields the
+    caller left at their defaults (settings given explicitly still win)."""
+    args = types.SimpleNamespace(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+    if getattr(args, "quick", False):
+        defaults = type(config)()
+        for k, v in quick.items():
+            if getattr(args, k) == getattr(defaults, k):
+                setattr(args, k, v)
+    return args
 
 
 # --- output ---------------------------------------------------------------------------------------

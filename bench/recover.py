@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 import types
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from ddpipe.bench import common
 from ddpipe.config import option
@@ -120,12 +120,7 @@ class Config:
 
 def _resolve(config: Config) -> types.SimpleNamespace:
     """The settings of one run: ``quick`` applied to those left at their defaults, the rest checked."""
-    args = types.SimpleNamespace(**{f.name: getattr(config, f.name) for f in fields(config)})
-    if args.quick:
-        defaults = Config()
-        for k, v in QUICK.items():
-            if getattr(args, k) == getattr(defaults, k):
-                setattr(args, k, v)
+    args = common.resolved_args(config, QUICK)
     args.methods, args.seeds = list(args.methods), [int(s) for s in args.seeds]
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:

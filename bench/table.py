@@ -29,7 +29,7 @@ import statistics
 import sys
 import time
 import types
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from ddpipe.bench import common, recover
 from ddpipe.bench.recover import _csv, _ints, _key, _read_json, _timed
@@ -125,12 +125,7 @@ class Config:
 
 
 def _resolve(config: Config) -> types.SimpleNamespace:
-    args = types.SimpleNamespace(**{f.name: getattr(config, f.name) for f in fields(config)})
-    if args.quick:
-        defaults = Config()
-        for k, v in QUICK.items():
-            if getattr(args, k) == getattr(defaults, k):
-                setattr(args, k, v)
+    args = common.resolved_args(config, QUICK)
     for name in ("methods", "parts", "label_methods", "label_settings", "cross_students"):
         setattr(args, name, list(dict.fromkeys(getattr(args, name))))
     for name in ("ipcs", "image_seeds", "seeds"):

@@ -34,9 +34,7 @@ def _acc(row: dict | None, delta: bool = True) -> str:
 def _bytes(n) -> str:
     if n is None:
         return "-"
-    from ddpipe._format import human_bytes
-
-    return "0" if n == 0 else human_bytes(n)
+    return "0" if n == 0 else common.human_bytes(n)
 
 
 def _find(rows, **match) -> dict | None:
@@ -205,13 +203,21 @@ def console_table(payload: dict) -> str:
 
 
 # --- plots ------------------------------------------------------------------------------------------
-def plot_ipc(payload: dict, path: str) -> str | None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend, or None without matplotlib (no plots then)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot_ipc(payload: dict, path: str) -> str | None:
+    plt = _pyplot()
+    if plt is None:
         return None
     rows, grid = payload["rows"], payload["grid"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -242,12 +248,8 @@ def plot_ipc(payload: dict, path: str) -> str | None:
 
 
 def plot_bytes(payload: dict, path: str) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     rows, grid = payload["rows"], payload["grid"]
     ipc = grid["label_ipc"]
