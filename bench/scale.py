@@ -11,7 +11,9 @@ its peak RSS is its own:
 - **replay** through the torch and DALI (CPU) loaders with the dense ``num_classes``-way targets
   and with the top-k targets, a student forward/backward per batch;
 
-at ``F/8, F/4, F/2, F`` of the image count for one epoch, and at ``F`` for 1, 2 and 4 epochs.
+at ``F/8, F/4, F/2, F`` of the image count for one epoch, and at ``F`` for 1, 2 and 4 epochs
+(``--sweep``, ``--epochs``, ``--phases`` and ``--targets`` choose fewer rows, e.g. the full count and
+1/8 only, one epoch, dense targets: ``--fraction 1 --sweep 8 --sweep 1 --epochs 1 --targets dense``).
 
 Row fields: ``samples_per_s`` (images relabelled or replayed per second of the phase's wall time,
 over all ranks), ``peak_rss_mb`` (the largest rank's peak RSS), ``open_source_s`` (opening the
@@ -85,6 +87,12 @@ class Config:
 
     preset: str = option("imagenet21k-ipc20", choices=tuple(PRESETS), help="preset (default imagenet21k-ipc20)")
     fraction: float = option(1.0, help="largest fraction of the preset's images (default 1); the sweep runs F/8, F/4, F/2, F")
+    sweep: tuple[int, ...] = option((8, 4, 2, 1), help="divisors of F for the 1-epoch sweep, repeatable (default 8 4 2 1: "
+                                    "F/8, F/4, F/2, F; --sweep 8 --sweep 1 runs F/8 and F only)")
+    phases: tuple[str, ...] = option(("relabel", "replay"), help="phases, repeatable: relabel (always runs: it writes "
+                                     "the store replay reads) and replay (default both)")
+    targets: tuple[str, ...] = option(("dense", "topk"), help="replay targets at F, 1 epoch, repeatable (default dense "
+                                      "and topk; other rows replay dense)")
     epochs: tuple[int, ...] = option((1, 2, 4), help="epoch counts of the epoch sweep at F, repeatable (default 1 2 4)")
     image_size: int = option(32, help="side of the synthetic PNGs and of the crops in px (default 32)")
     backends: tuple[str, ...] = option(("torch", "dali"), help="replay loaders, repeatable (default torch and dali)")
@@ -101,6 +109,7 @@ class Config:
         if self.quick:
             set_(self, "preset", "imagenet1k-ipc50")
             set_(self, "fraction", 1 / 200 if self.fraction == 1.0 else self.fraction)
+            set_(self, "sweep", (2, 1) if tuple(self.sweep) == (8, 4, 2, 1) else tuple(self.sweep))
             set_(self, "epochs", (1, 2) if tuple(self.epochs) == (1, 2, 4) else tuple(self.epochs))
             set_(self, "backends", ("torch",) if tuple(self.backends) == ("torch", "dali") else tuple(self.backends))
         check_choice(DDPipeError, "preset", self.preset, tuple(PRESETS))
@@ -108,6 +117,14 @@ class Config:
             raise DDPipeError(f"fraction must be in (0, 1], got {self.fraction}")
         for b in self.backends:
             check_choice(DDPipeError, "backends", b, ("torch", "dali"))
+        if not self.sweep or any(int(d) < 1 for d in self.sweep):
+            raise DDPipeError(f"sweep must be positive integers, got {self.sweep}")
+        for ph in self.phases:
+            check_choice(DDPipeError, "phases", ph, ("relabel", "replay"))
+        if not self.targets:
+            raise DDPipeError("targets must name dense, topk or both")
+        for t in self.targets:
+            check_choice(DDPipeError, "targets", t, ("dense", "topk"))
         if not self.epochs or any(int(e) < 1 for e in self.epochs):
             raise DDPipeError(f"epochs must be positive integers, got {self.epochs}")
         if self.ranks < 1 or self.image_size < 8:
@@ -328,7 +345,7 @@ def run(config: Config) -> int:
 
     out = common.table_stream(config.json)
     p = PRESETS[config.preset]
-    fractions = sorted({config.fraction / d for d in ((2, 1) if config.quick else (8, 4, 2, 1))})
+    fractions = sorted({config.fraction / int(d) for d in config.sweep})
     base = config.workdir or common.WORK_DIR
     os.makedirs(base, exist_ok=True)
     work = tempfile.mkdtemp(prefix="scale-", dir=base)
@@ -380,8 +397,8 @@ def run(config: Config) -> int:
                 res2 = _run_phase({**job, "store": store2}, work, f"relabel2-n{n}", ranks=config.ranks)
                 row(f, n, epochs, "relabel", "torch", config.ranks, res2, store2,
                     arrays_equal_1rank=_arrays_equal(store, store2))
-            for backend in config.backends:
-                targets_list = ("dense", "topk") if f == config.fraction and epochs == 1 else ("dense",)
+            for backend in config.backends if "replay" in config.phases else ():
+                targets_list = tuple(config.targets) if f == config.fraction and epochs == 1 else ("dense",)
                 for targets in targets_list:
                     res = _run_phase({"phase": "replay", "images": folder, "store": store, "backend": backend,
                                       "targets": targets, "num_classes": p.num_classes, "seed": config.seed},
@@ -405,9 +422,17 @@ def run(config: Config) -> int:
 
 
 def _command(config: Config) -> str:
-    if config.quick:
-        return "ddpipe bench scale --quick"
-    return f"ddpipe bench scale --preset {config.preset} --fraction {config.fraction:g}"
+    cmd = "ddpipe bench scale --quick" if config.quick else (
+        f"ddpipe bench scale --preset {config.preset} --fraction {config.fraction:g}")
+    for name, default in (("sweep", (2, 1) if config.quick else (8, 4, 2, 1)),
+                          ("epochs", (1, 2) if config.quick else (1, 2, 4)), ("phases", ("relabel", "replay")),
+                          ("targets", ("dense", "topk")), ("backends", ("torch",) if config.quick else ("torch", "dali"))):
+        value = tuple(getattr(config, name))
+        if value != tuple(default):
+            cmd += "".join(f" --{name} {v}" for v in value)
+    if config.ranks != 2:
+        cmd += f" --ranks {config.ranks}"
+    return cmd
 
 
 def _targets_summary(rows: list[dict]) -> list[str]:

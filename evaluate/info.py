@@ -23,6 +23,7 @@ class InfoConfig:
     store: str = option(positional=True, help="path (or URL) of the store")
     backend: str = option("auto", choices=BACKENDS,
                           help="read path: tensorstore when installed (default auto), or zarr-python")
+    storage_options: dict | None = option(None, cli=False, help="Python only: fsspec options of a store behind a URL (s3://: s3fs's, e.g. {'client_kwargs': {'endpoint_url': ...}}); the CLI takes them from the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID ...)")
 
     def __post_init__(self) -> None:
         if not self.store:
@@ -33,7 +34,7 @@ class InfoConfig:
 def run(config: InfoConfig) -> dict:
     from ddpipe.labelstore import store_info
 
-    return store_info(config.store, backend=config.backend)
+    return store_info(config.store, backend=config.backend, storage_options=config.storage_options)
 
 
 def summary_text(info: dict) -> str:

@@ -42,6 +42,9 @@ class PruneConfig:
     overwrite: bool = option(False, help="replace whatever is at --out")
     dry_run: bool = option(False, help="only report how many units would be kept")
     progress: bool = option(True, help="no progress on stderr (progress=False)")
+    storage_options: dict | None = option(None, cli=False, help="Python only: fsspec options of a store behind a URL (s3://: s3fs's, e.g. {'client_kwargs': {'endpoint_url': ...}}); the CLI takes them from the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID ...)")
+    out_storage_options: dict | None = option(None, cli=False, help="Python only: those of --out (default: "
+                                              "storage_options when out is a URL too)")
 
     def __post_init__(self) -> None:
         e = PruneError
@@ -96,21 +99,39 @@ def run(config: PruneConfig) -> PruneResult:
     if not isinstance(config, PruneConfig):
         raise TypeError(f"prune.run takes a PruneConfig, got {type(config).__name__}")
     t0 = time.perf_counter()
-    reader = open_store(config.src)
+    from ddpipe.labelstore.location import is_url, redact_storage_options
+
+    reader = open_store(config.src, storage_options=config.storage_options)
+    recorded = config_to_dict(config)
+    for name in ("storage_options", "out_storage_options"):
+        recorded[name] = redact_storage_options(recorded[name])
     common = dict(phase="prune", src=config.src, out=config.out, keep=config.keep, granularity=config.granularity,
-                  seed=config.seed, dry_run=config.dry_run, units=reader.num_units, config=config_to_dict(config))
+                  seed=config.seed, dry_run=config.dry_run, units=reader.num_units, config=recorded)
     if config.dry_run:
         kept = select_units(reader.plan, config.keep, config.granularity, config.seed)
         return PruneResult(kept_units=int(len(kept)), wall_time_s=time.perf_counter() - t0, **common)
+    out_opts = config.out_storage_options
+    if out_opts is None and is_url(_norm(config.out)):
+        out_opts = config.storage_options
     prune_store(config.src, config.out, config.keep, granularity=config.granularity, seed=config.seed,
-                overwrite=config.overwrite, progress=config.progress)
-    info = store_info(config.out)
+                overwrite=config.overwrite, progress=config.progress, storage_options=config.storage_options,
+                dst_storage_options=out_opts)
+    info = store_info(config.out, storage_options=out_opts)
     res = PruneResult(kept_units=int(info["units"]), wall_time_s=time.perf_counter() - t0, info=info, **common)
-    out = os.fspath(config.out)
-    if "://" not in out:
-        from ddpipe.evaluate._phase import RESULTS, write_json
+    from ddpipe.evaluate._phase import RESULTS, write_json
 
+    out = _norm(config.out)
+    if not is_url(out):
         write_json(res, os.path.join(out, RESULTS))
+    else:  # inside the store at its URL, as relabel writes its results.json
+        import json
+
+        import fsspec
+
+        from ddpipe._format import json_default
+
+        with fsspec.open(out.rstrip("/") + "/" + RESULTS, "wb", **(out_opts or {})) as f:
+            f.write((json.dumps(res.to_dict(), indent=2, default=json_default) + "\n").encode())
     return res
 
 

@@ -33,6 +33,7 @@ class VerifyConfig(TeacherCheckConfig):
                                            "--input-size")
     images: str | None = option(None, group="teacher check (optional)",
                                 help="with --teacher: the image set the store was built for")
+    storage_options: dict | None = option(None, cli=False, help="Python only: fsspec options of a store behind a URL (s3://: s3fs's, e.g. {'client_kwargs': {'endpoint_url': ...}}); the CLI takes them from the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID ...)")
 
     def validate(self) -> None:
         super().validate()
@@ -44,7 +45,8 @@ class VerifyConfig(TeacherCheckConfig):
 def run(config: VerifyConfig) -> dict:
     from ddpipe.labelstore import verify_store
 
-    result = verify_store(config.store, backend=config.backend, progress=config.progress and sys.stderr.isatty())
+    result = verify_store(config.store, backend=config.backend, progress=config.progress and sys.stderr.isatty(),
+                          storage_options=config.storage_options)
     if config.teacher:
         from ddpipe.evaluate import check_teacher
 

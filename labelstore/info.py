@@ -45,9 +45,26 @@ def disk_usage(path: str) -> tuple[int, dict[str, int]]:
 
 
 def remote_usage(reader) -> tuple[int, dict[str, int]]:
+    """Bytes of a remote store's objects: one recursive listing (object stores return sizes with the
+    names: a few LIST requests per thousand objects), else one size request per key."""
     from zarr.core.sync import sync
 
     store = reader._group.store
+    fs = getattr(store, "fs", None)
+    if fs is not None and hasattr(fs, "_find"):
+        root = str(getattr(store, "path", "") or "").rstrip("/")
+
+        async def listing():
+            return await fs._find(root, detail=True)
+
+        total, per = 0, {}
+        for name, entry in sync(listing()).items():
+            key = name[len(root):].lstrip("/") if root and name.startswith(root) else name
+            n = int(entry.get("size") or 0)
+            top = key.split("/")[0] if "/" in key else "(group)"
+            total += n
+            per[top] = per.get(top, 0) + n
+        return total, dict(sorted(per.items()))
 
     async def walk():
         total, per = 0, {}
@@ -61,10 +78,11 @@ def remote_usage(reader) -> tuple[int, dict[str, int]]:
     return sync(walk())
 
 
-def store_info(path: str | os.PathLike, *, backend: str = "auto") -> dict[str, Any]:
-    """The fields of ``ddpipe info --json`` (``docs/format.md`` §info)."""
+def store_info(path: str | os.PathLike, *, backend: str = "auto", storage_options: dict | None = None) -> dict[str, Any]:
+    """The fields of ``ddpipe info --json`` (``docs/format.md`` §info). ``storage_options``: for a
+    store behind a URL, the fsspec options (``s3://``: s3fs's, e.g. ``client_kwargs.endpoint_url``)."""
     path = store_location(path)
-    r = open_store(path, backend=backend)
+    r = open_store(path, backend=backend, storage_options=storage_options)
     s = r.spec
     total, per_array = disk_usage(path) if is_local(path) else remote_usage(r)
     counts = unit_counts(s, r.plan)

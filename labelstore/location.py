@@ -113,3 +113,17 @@ def check_distinct_locations(src: Any, dst: Any, action: str = "write") -> None:
             f"{action}: the output {ld} {how} the input {ls}; writing there would destroy the input. "
             "Choose another output path"
         )
+
+
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+def redact_storage_options(options: Any) -> Any:
+    """``storage_options`` as a results file may record them: values under names that look like
+    credentials (``key``, ``secret``, ``token`` ...) replaced by ``"***"``, at any depth."""
+    if isinstance(options, dict):
+        return {k: "***" if any(w in str(k).lower() for w in _SECRET_WORDS) and not isinstance(v, dict)
+                else redact_storage_options(v) for k, v in options.items()}
+    if isinstance(options, (list, tuple)):
+        return [redact_storage_options(v) for v in options]
+    return options

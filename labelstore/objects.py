@@ -80,6 +80,27 @@ class Objects:
         buf = self._sync(store.get(key, prototype=default_buffer_prototype()))
         return None if buf is None else buf.to_bytes()
 
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """:meth:`get` of each key (None where absent); remote stores fetch them concurrently, one GET each."""
+        if self.local or not keys:
+            return [self.get(k) for k in keys]
+        store = self._zstore()
+        fs, _ = _conditional_fs(store, keys[0])
+        if fs is None or "memory" in _protocols(fs):
+            return [self.get(k) for k in keys]
+        import asyncio
+
+        async def one(key: str):
+            try:
+                return bytes(await fs._cat_file(_conditional_fs(store, key)[1], max_concurrency=1))
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                return None
+
+        async def every():
+            return await asyncio.gather(*(one(k) for k in keys))
+
+        return list(self._sync(every()))
+
     def sha256(self, key: str) -> bytes | None:
         """SHA-256 of the object's bytes (streamed from disk for local stores), None if absent."""
         if self.local:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ddpipe.labelstore.errors import SpecError
-from ddpipe.labelstore.location import check_distinct_locations, store_location
+from ddpipe.labelstore.location import check_distinct_locations, is_url, store_location
 from ddpipe.labelstore.reader import open_store
 from ddpipe.labelstore.spec import PRUNE_GRANULARITIES, StoreSpec, full_plan
 from ddpipe.labelstore.writer import create_store
@@ -77,19 +77,26 @@ def prune_store(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = False,
+    storage_options: dict | None = None,
+    dst_storage_options: dict | None = None,
 ) -> str:
     """Write a standalone store at ``dst`` holding a random ``keep`` fraction of ``src``'s units.
 
     ``dst`` may not be ``src`` (in any spelling: trailing slash, ``./``, a symlink, a ``file://``
-    URL), nor inside or around it: :class:`SameLocationError` before anything is touched."""
+    URL), nor inside or around it: :class:`SameLocationError` before anything is touched.
+    ``storage_options``: fsspec options of ``src`` behind a URL (``s3://``: s3fs's); ``dst_storage_options``
+    those of ``dst`` (default: ``storage_options`` when ``dst`` is a URL too)."""
     check_distinct_locations(src, dst, "prune")
-    reader = open_store(src)
+    if dst_storage_options is None and is_url(store_location(dst)):
+        dst_storage_options = storage_options
+    reader = open_store(src, storage_options=storage_options)
     if not reader.complete:
         raise SpecError(f"{src} is incomplete ({reader.complete_units}/{reader.num_units} units); finish it before pruning")
     kept = select_units(reader.plan, keep, granularity, seed)
     spec = pruned_spec(reader.spec, keep, granularity, seed, reader.spec.full_units)
     writer = create_store(
-        dst, spec, kept, overwrite=overwrite, provenance={"pruned_from": store_location(src)}
+        dst, spec, kept, overwrite=overwrite, provenance={"pruned_from": store_location(src)},
+        storage_options=dst_storage_options,
     )
     kept_units = np.array([reader.unit_index(e, b) for e, b in kept], dtype=np.int64)
     shards = np.unique(kept_units // reader.spec.units_per_shard)

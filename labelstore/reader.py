@@ -12,6 +12,7 @@ misplaced data is never returned.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -126,9 +127,12 @@ class StoreReader:
         self._defs = array_defs(self.spec, self.format_version)  # the arrays this store has
         self.array_names = [d.name for d in self._defs]
         self._default_fill = augmentation_fill(self.spec.augmentation)
+        self._zarrays = {}  # zarr array handles (their metadata), read once: remote first reads decode with them
         for name in [*self.array_names, COMMIT_ARRAY]:
-            if name not in group:
-                raise ChunkCorruptError(f"{path}: array {name!r} is missing; the store is damaged or incomplete")
+            try:
+                self._zarrays[name] = group[name]
+            except KeyError:
+                raise ChunkCorruptError(f"{path}: array {name!r} is missing; the store is damaged or incomplete") from None
         self._backend = make_backend(backend, group, path, self._local, [*self.array_names, COMMIT_ARRAY], cache_bytes)
         self.backend = self._backend.name
         self._objects = Objects(path, None if self._local else group.store)
@@ -233,10 +237,11 @@ class StoreReader:
         return f"units {start}-{stop - 1} (epoch {e0} batch {b0} .. epoch {e1} batch {b1})"
 
     # --- checks -----------------------------------------------------------------------------
-    def check_shard(self, shard: int, *, force: bool = False) -> None:
+    def check_shard(self, shard: int, *, force: bool = False, objects: dict | None = None) -> None:
         """Raise unless ``shard`` is committed, all its objects are present and (format 3) its
         commit record belongs to this store and position and every object hashes to its digest.
-        Done once per shard (hashing the stored, compressed bytes), before the first decode."""
+        Done once per shard (hashing the stored, compressed bytes), before the first decode.
+        ``objects`` (:meth:`fetch_shard`'s) are hashed instead of fetching the objects again."""
         if shard in self._checked and not force:
             return
         units = self.shard_units(shard)
@@ -250,7 +255,7 @@ class StoreReader:
                 f"{self.path}: {self.describe_units(units.start, units.stop)} not written yet (shard {shard} is not committed)"
             )
         # byte damage inside an object is left to the decode, which names the exact units
-        problems = [p for p in self.shard_problems(shard) if p[2] is not DamagedObject]
+        problems = [p for p in self.shard_problems(shard, objects) if p[2] is not DamagedObject]
         if problems:
             array, error, cls = problems[0]
             desc = self.describe_units(units.start, units.stop)
@@ -260,11 +265,12 @@ class StoreReader:
         with self._lock:
             self._checked.add(shard)
 
-    def shard_problems(self, shard: int) -> list[tuple[str, str, type]]:
+    def shard_problems(self, shard: int, objects: dict | None = None) -> list[tuple[str, str, type]]:
         """Everything wrong with a committed shard's objects and commit record, without decoding:
         ``(array, message, error class)`` for each problem (empty when the shard is sound). An
         object whose hash differs and that fails to decode is damaged (:data:`DamagedObject`: the
-        decode names the units); one that decodes but hashes differently was put there whole."""
+        decode names the units); one that decodes but hashes differently was put there whole.
+        ``objects``: the shard's object bytes by array name (:meth:`fetch_shard`), hashed as they are."""
         units = self.shard_units(shard)
         out: list[tuple[str, str, type]] = []
         record = None
@@ -289,10 +295,15 @@ class StoreReader:
         for i, d in enumerate(self._defs):
             key = shard_key(d.name, shard, 1 + len(d.trailing))
             if record is None:
-                if not self._objects.exists(key):
+                present = objects[d.name] is not None if objects is not None else self._objects.exists(key)
+                if not present:
                     out.append((d.name, f"chunk {key} is missing", MissingObject))
                 continue
-            digest = self._objects.sha256(key)
+            if objects is not None:
+                data = objects[d.name]
+                digest = None if data is None else hashlib.sha256(data).digest()
+            else:
+                digest = self._objects.sha256(key)
             if digest is None:
                 out.append((d.name, f"chunk {key} is missing", MissingObject))
             elif digest != record["digests"][i]:
@@ -312,9 +323,77 @@ class StoreReader:
     def _exists(self, key: str) -> bool:
         return self._objects.exists(key)
 
-    def _read_checked(self, names, start: int, stop: int, check: bool = True) -> dict[str, np.ndarray]:
+    # --- remote first reads: one GET per object -----------------------------------------------------
+    def fetch_shard(self, shard: int, names=None) -> dict[str, bytes | None]:
+        """The stored bytes of ``shard``'s objects by array name (all arrays by default; None where
+        absent), fetched together (one GET each on S3)."""
+        names = list(self.array_names if names is None else names)
+        ndim = {d.name: 1 + len(d.trailing) for d in self._defs}
+        data = self._objects.get_many([shard_key(n, shard, ndim[n]) for n in names])
+        return dict(zip(names, data))
+
+    def _decode_object(self, name: str, shard: int, data: bytes | None) -> np.ndarray:
+        """Decode one shard object of ``name`` from its bytes (zarr's codecs, checksums included), as
+        the backends would read it from the store; absent: the array's fill value, as zarr reads it."""
+        import zarr
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.storage import MemoryStore
+
+        proto = default_buffer_prototype()
+        arr = self._zarrays[name]
+        objs = dict(arr.metadata.to_buffer_dict(proto))
+        rows = self.shard_units(shard)
+        if data is not None:
+            objs[shard_key(name, shard, arr.ndim).split("/", 1)[1]] = proto.buffer.from_bytes(data)
+        one = zarr.open_array(store=MemoryStore(store_dict=objs), mode="r", zarr_format=3)
+        return np.asarray(one[rows.start:rows.stop])
+
+    def _read_fetched(self, names, start: int, stop: int, fetched: dict) -> dict[str, np.ndarray]:
+        """Units ``[start, stop)`` decoded from the shards' fetched objects (``{shard: {name: bytes}}``)."""
+        ups = self.spec.units_per_shard
+        shards = range(start // ups, (stop - 1) // ups + 1)
+        parts: dict[str, list] = {n: [] for n in names}
+        for s in shards:
+            for n in names:
+                parts[n].append(self._decode_object(n, s, fetched[s][n]))
+        lo = start - shards[0] * ups
+        return {n: np.concatenate(p)[lo:lo + stop - start] for n, p in parts.items()}
+
+    def _read_checked(self, names, start: int, stop: int, check: bool = True,
+                      objects: dict | None = None) -> dict[str, np.ndarray]:
         if not 0 <= start < stop <= self.num_units:
             raise SpecError(f"unit range [{start}, {stop}) is outside the store's {self.num_units} units")
+        names = list(names)
+        if not self._local and check:
+            # a remote store's first read of a shard fetches each object once: hashed for the check, then
+            # decoded from the same bytes (the backend would fetch them again: index, then chunks)
+            ups = self.spec.units_per_shard
+            shards = range(start // ups, (stop - 1) // ups + 1)
+            if objects is not None or any(s not in self._checked for s in shards):
+                for s in shards:
+                    if not self.committed[s]:
+                        self.check_shard(s)  # raises IncompleteUnitError before any read
+                fetched = dict(objects or {})
+                for s in shards:
+                    if s not in fetched:
+                        fetched[s] = self.fetch_shard(s, None if s not in self._checked else names)
+                    if s not in self._checked:
+                        self.check_shard(s, objects=fetched[s])
+                try:
+                    return self._read_fetched(names, start, stop, fetched)
+                except Exception as e:  # noqa: BLE001 - checksum, truncation and decode errors alike
+                    bad = "?"
+                    for n in names:
+                        try:
+                            for s in shards:
+                                self._decode_object(n, s, fetched[s][n])
+                        except Exception:  # noqa: BLE001
+                            bad = n
+                            break
+                    raise ChunkCorruptError(
+                        f"{self.path}: array {bad!r} holding {self.describe_units(start, stop)} is damaged "
+                        f"(checksum or decode failed: {_short(e)})"
+                    ) from None
         unchecked = []
         if check:
             ups = self.spec.units_per_shard
@@ -349,10 +428,11 @@ class StoreReader:
         return "?"
 
     # --- reads ----------------------------------------------------------------------------------
-    def read_slab(self, start: int, stop: int, *, check_values: bool = True) -> Slab:
+    def read_slab(self, start: int, stop: int, *, check_values: bool = True, objects: dict | None = None) -> Slab:
         """Units ``[start, stop)`` in one read per array. ``check_values=False`` (``verify``, which
-        reports every bad value itself) skips the range checks of :meth:`_check_stored`."""
-        arrays = self._read_checked(self.array_names, start, stop)
+        reports every bad value itself) skips the range checks of :meth:`_check_stored`. ``objects``
+        (remote stores): ``{shard: fetch_shard(shard)}`` already fetched, decoded instead of read again."""
+        arrays = self._read_checked(self.array_names, start, stop, objects=objects)
         if FILL_ARRAY not in arrays:  # format 1: every sample has the schedule's constant colour
             valid = np.arange(self.spec.batch_size)[None, :] < arrays["unit_count"][:, None]
             fill = np.zeros((stop - start, self.spec.batch_size, FILL_CHANNELS), np.uint8)

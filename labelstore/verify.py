@@ -101,11 +101,15 @@ def _check_values(reader: StoreReader, start: int, slab_arrays: dict, values: np
     return probs
 
 
-def verify_store(path: str | os.PathLike, *, backend: str = "auto", progress: bool = False) -> dict[str, Any]:
-    """Return ``{"ok", "problems", "checked_units", "units"}`` (``docs/format.md`` §verify)."""
+def verify_store(path: str | os.PathLike, *, backend: str = "auto", progress: bool = False,
+                 storage_options: dict | None = None) -> dict[str, Any]:
+    """Return ``{"ok", "problems", "checked_units", "units"}`` (``docs/format.md`` §verify).
+    ``storage_options``: the fsspec options of a store behind a URL (``s3://``: s3fs's). A remote
+    store's objects are fetched once each: hashed, then decoded from the same bytes."""
     from tqdm import tqdm
 
-    reader = open_store(path, backend=backend)
+    reader = open_store(path, backend=backend, storage_options=storage_options)
+    remote = not reader._local
     problems: list[dict] = []
     checked = 0
     for s in tqdm(range(reader.num_shards), desc="verify", unit="shard", disable=not progress, leave=False):
@@ -120,7 +124,8 @@ def verify_store(path: str | os.PathLike, *, backend: str = "auto", progress: bo
                 _problem(reader, units.start, "commit_shard", f"shard {s} not committed (incomplete)", units.stop - 1)
             )
             continue
-        found = reader.shard_problems(s)  # objects present; format 3: record and content hashes
+        objects = reader.fetch_shard(s) if remote else None
+        found = reader.shard_problems(s, objects)  # objects present; format 3: record and content hashes
         if any(cls is DamagedObject for _a, _e, cls in found):
             problems.extend(_locate_damage(reader, units))
         found = [p for p in found if p[2] is not DamagedObject]
@@ -129,7 +134,8 @@ def verify_store(path: str | os.PathLike, *, backend: str = "auto", progress: bo
         if len(problems) > before:
             continue
         try:
-            slab = reader.read_slab(units.start, units.stop, check_values=False)
+            slab = reader.read_slab(units.start, units.stop, check_values=False,
+                                    objects=None if objects is None else {s: objects})
         except ChunkCorruptError:
             problems.extend(_locate_damage(reader, units))
             continue

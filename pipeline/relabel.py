@@ -67,6 +67,79 @@ def _logits(teacher: Callable, images, teacher_input: str) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
+# --- teacher logits to stored top-k probabilities -----------------------------------------------------
+_FAST_MIN_CLASSES = 256  # below this the full-row reference (labelstore's softmax_at + top_k) is as fast
+_CANDIDATE_MARGIN = 16  # candidates per row beyond k: the k-th value must clear the last candidate
+_ROWS = 64  # rows per chunk: the float64 buffer stays in cache and is reused (no page faults per batch)
+
+
+def softmax_top_k(logits: np.ndarray, temperature: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``top_k(softmax_at(logits, temperature), k)`` (:mod:`ddpipe.labelstore.topk`), bit for bit, fast.
+
+    The reference makes five float64 passes over every row (divide, max, exp, normalise, cast) and a
+    float32 top-k over all of them. Here the full-row work is one float64 ``exp`` and sum per row in torch
+    (vectorised, chunked into a reused buffer) for the normaliser ``s``; the top ``k + 16`` logits are the
+    candidates; only their probabilities are computed as the reference does (``float32(exp(x / T - m) / s)``,
+    numpy float64) and :func:`~ddpipe.labelstore.top_k` orders them (lower class first among equal values).
+
+    Exactness: torch's sum may differ from numpy's pairwise sum in the last bits; the two are within
+    ``(2n + 8) * 2**-52`` relative of each other (1-ulp exps, any summation order of ``n`` positive terms). A
+    candidate whose quotient lies that close to a float32 rounding boundary, or a row whose last candidate
+    could tie with or beat the k-th value (exp is monotone to within an ulp), takes the reference path for
+    that row, so the result never depends on the tolerance being small, only on it being an upper bound.
+    """
+    from ddpipe.labelstore import softmax_at, top_k
+
+    x = np.ascontiguousarray(logits, dtype=np.float32)
+    t = float(temperature)
+    lead, c = x.shape[:-1], x.shape[-1]
+    m_cand = k + _CANDIDATE_MARGIN
+    if x.ndim < 1 or c < _FAST_MIN_CLASSES or m_cand * 4 > c or t < 1e-3 or not np.all(np.isfinite(x)):
+        return top_k(softmax_at(x, t), k)  # small rows, k near C, odd temperatures, NaN/inf (raises there)
+    import torch
+
+    x2 = x.reshape(-1, c)
+    n = x2.shape[0]
+    idx_out = np.empty((n, k), np.int64)
+    val_out = np.empty((n, k), np.float32)
+    tol = (2 * c + 8) * 2.0**-52
+    xt = torch.from_numpy(x2)
+    buf = torch.empty((min(_ROWS, n), c), dtype=torch.float64)
+    for r0 in range(0, n, _ROWS):
+        xs = x2[r0:r0 + _ROWS]
+        rows = xs.shape[0]
+        b = buf[:rows]
+        b.copy_(xt[r0:r0 + rows])
+        b.div_(t)
+        m = b.amax(dim=1, keepdim=True)  # = float64(max x) / T: division by T > 0 is monotone
+        s = b.sub_(m).exp_().sum(dim=1).numpy()
+        m = m.numpy()[:, 0]
+        cand = np.argpartition(xs, c - m_cand, axis=-1)[:, c - m_cand:]
+        cand.sort(axis=-1)  # class order, so top_k's tie rule (lower position first) is the class rule
+        e = np.exp(xs[np.arange(rows)[:, None], cand].astype(np.float64) / t - m[:, None])
+        q = e / s[:, None]
+        p = q.astype(np.float32)
+        # quotients near a float32 rounding boundary (a midpoint between neighbours) may round the other
+        # way with numpy's sum: those rows are recomputed by the reference
+        lo = np.nextafter(p, np.float32(-np.inf)).astype(np.float64)
+        hi = np.nextafter(p, np.float32(np.inf)).astype(np.float64)
+        pd = p.astype(np.float64)
+        near = (np.abs(q - (pd + lo) / 2) <= tol * q) | (np.abs(q - (pd + hi) / 2) <= tol * q)
+        ci, cv = top_k(p, k)
+        kth = cv[:, -1].astype(np.float64)
+        qmin = q.min(axis=-1)
+        # every non-candidate has a logit <= the smallest candidate's, so a quotient <= qmin (1 + 4 eps);
+        # that must round below the k-th value (half an ulp below p is >= p 2**-26 for normal p)
+        safe = (qmin * (1 + 8 * 2.0**-52 + tol) < kth * (1 - 2.0**-23)) & (kth > np.finfo(np.float32).tiny)
+        bad = ~safe | near.any(axis=-1)
+        idx_out[r0:r0 + rows] = np.take_along_axis(cand, ci, axis=-1)
+        val_out[r0:r0 + rows] = cv
+        for r in np.flatnonzero(bad):
+            ri, rv = top_k(softmax_at(xs[r:r + 1], t), k)
+            idx_out[r0 + r], val_out[r0 + r] = ri[0], rv[0]
+    return idx_out.reshape(*lead, k), val_out.reshape(*lead, k)
+
+
 def relabel(
     store: str | os.PathLike,
     source: ImageSource | str | os.PathLike,
@@ -143,7 +216,8 @@ def relabel(
     t0 = time.perf_counter()
     written = labelled = 0
     bar = _progress(len(rows), progress)
-    with writer:
+    probs = writer.spec.value_kind == "probs"
+    with writer, _LabelThread() as labels:
         if len(rows):
             cfg = loader or LoaderConfig()
             with make_relabel_loader(source, sched, rows, cfg) as ld:
@@ -155,9 +229,16 @@ def relabel(
                     if not writer.claim(u.epoch, u.batch):
                         continue
                     logits = _logits(teacher, images, teacher_input)
-                    writer.write(replace(u, logits=logits))  # the schedule's unit record, labels added
+                    if probs:  # the writer's softmax + top-k, computed here faster, beside the next batch's images
+                        done = labels.submit(u, softmax_top_k, logits, writer.spec.temperature, writer.spec.k)
+                    else:
+                        done = [(u, {"logits": logits})]
+                    for unit, lab in done:  # in order: the schedule's unit record, labels added
+                        writer.write(replace(unit, **lab))
                     written += 1
                     labelled += int(images.shape[0])
+            for unit, lab in labels.drain():
+                writer.write(replace(unit, **lab))
     bar.close()
     # every rank's shards are written when any rank returns; the counts are over all ranks
     all_written, all_labelled, all_pending = _sum_over_ranks(world_size, (written, labelled, len(rows)))
@@ -166,6 +247,40 @@ def relabel(
         "units_written_all": all_written, "images_labelled_all": all_labelled, "units_skipped": total - all_pending,
         "seconds": time.perf_counter() - t0, "image_set_hash": spec.image_set_hash, "spec": spec.to_dict(),
     }
+
+
+class _LabelThread:
+    """Top-k labels of batch ``i`` computed in one background thread while the loop loads and labels
+    batch ``i + 1`` (numpy and torch release the GIL); units come back in submission order."""
+
+    def __init__(self):
+        self._pool = None
+        self._pending = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        return False
+
+    def submit(self, unit, fn, *args) -> list:
+        """Start ``fn(*args)`` for ``unit``; return the previous unit with its labels (if any)."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddpipe-labels")
+        done = self.drain()
+        self._pending = (unit, self._pool.submit(fn, *args))
+        return done
+
+    def drain(self) -> list:
+        if self._pending is None:
+            return []
+        unit, fut = self._pending
+        self._pending = None
+        return [(unit, {"topk": fut.result()})]
 
 
 def _existing_spec(store) -> StoreSpec | None:

@@ -39,3 +39,17 @@ def test_quick_scale_rehearsal(tmp_path, capsys):
     except ImportError:
         return
     assert any(n.endswith(".png") for n in written)
+
+
+def test_sweep_phases_and_targets_choose_the_rows():
+    from ddpipe.bench import load_benchmark
+    from ddpipe.errors import DDPipeError
+
+    scale = load_benchmark("scale")
+    cfg = scale.Config(fraction=1.0, sweep=(8, 1), epochs=(1,), targets=("dense",))
+    assert scale._command(cfg) == ("ddpipe bench scale --preset imagenet21k-ipc20 --fraction 1 --sweep 8 --sweep 1 "
+                                   "--epochs 1 --targets dense")
+    assert scale.Config(quick=True).sweep == (2, 1)
+    for bad in ({"sweep": (0,)}, {"phases": ("train",)}, {"targets": ()}, {"targets": ("logits",)}):
+        with pytest.raises(DDPipeError):
+            scale.Config(**bad)

@@ -263,5 +263,199 @@ def test_cli_info_verify_on_s3(written, bucket, python):
     assert cli("verify", "--json", url)["ok"]
 
 
+# --- requests per object: the moto server's own request log --------------------------------------------
+@pytest.fixture
+def requests_log(s3_endpoint, tmp_path):
+    """The S3 requests the server receives while the test runs (moto's recorder, in this process's
+    server thread): a function returning ``[(method, path)]`` since the last call."""
+    from urllib.parse import unquote, urlsplit
+
+    from moto.moto_api import recorder
+
+    saved = recorder._location
+    recorder._location = str(tmp_path / "moto-requests.jsonl")
+    recorder.reset_recording()
+    recorder.start_recording()
+
+    def take() -> list[tuple[str, str]]:
+        with open(recorder._location) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        recorder.reset_recording()
+        return [(e["method"], unquote(urlsplit(e["url"]).path)) for e in lines]
+
+    try:
+        yield take
+    finally:
+        recorder.stop_recording()
+        recorder._location = saved
+
+
+def _gets(log, prefix: str) -> dict[str, int]:
+    """GETs (whole or ranged) per object key under the store at ``prefix`` (``/bucket/path``)."""
+    out: dict[str, int] = {}
+    for method, path in log:
+        if method == "GET" and path.startswith(prefix + "/"):
+            key = path[len(prefix) + 1:]
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("backend", ["tensorstore", "zarr"])
+def test_first_read_of_a_shard_gets_each_object_once(written, requests_log, backend):
+    """The first read of a shard hashes its objects (the commit record's digests) and decodes the same
+    bytes: one GET per object, where reading them again through the backend cost an index and chunk
+    GETs more per object. ``verify`` reads every object once too."""
+    url = written[0]
+    prefix = "/" + url[len("s3://"):]
+    r = open_store(url, backend=backend)
+    requests_log()  # opening: metadata and commit records
+    units = r.shard_units(0)
+    slab = r.read_slab(units.start, units.stop)
+    gets = _gets(requests_log(), prefix)
+    shard0 = {k: n for k, n in gets.items() if "/c/0" in k and not k.startswith("commit_shard")}
+    assert len(shard0) == len(r.array_names), sorted(gets)
+    assert set(shard0.values()) == {1}, shard0
+    assert not any("/c/1" in k for k in gets)  # nothing of the other shard
+    _same_units(r, open_store(written[1]))  # and what was decoded is what a local store holds
+    local = open_store(written[1]).read_slab(units.start, units.stop)
+    for name in r.array_names:
+        assert np.array_equal(slab.arrays[name], local.arrays[name]), name
+
+    requests_log()
+    report = verify_store(url, backend=backend)
+    assert report["ok"], report["problems"]
+    gets = _gets(requests_log(), prefix)
+    objects = {k: n for k, n in gets.items() if "/c/" in k and not k.startswith("commit_shard")}
+    assert len(objects) == 2 * len(r.array_names) and set(objects.values()) == {1}, objects
+
+
+def test_a_damaged_object_is_named_on_the_first_remote_read(bucket):
+    """The single-GET first read keeps the checks: a changed object is refused, naming its array."""
+    from ddpipe.labelstore import ChunkCorruptError
+
+    url = f"{bucket}/damaged.zarr"
+    create_store(url, SPEC).write_many(all_units(SPEC))
+    objects = open_writer(url)._objects
+    key = "label_value/c/1/0/0"
+    data = bytearray(objects.get(key))
+    data[len(data) // 2] ^= 0xFF
+    objects.put(key, bytes(data))
+    r = open_store(url)
+    r.read_slab(*(lambda u: (u.start, u.stop))(r.shard_units(0)))  # the sound shard reads
+    with pytest.raises(ChunkCorruptError, match="label_value"):
+        u = r.shard_units(1)
+        r.read_slab(u.start, u.stop)
+    report = verify_store(url)
+    assert not report["ok"] and {p["array"] for p in report["problems"]} == {"label_value"}
+
+
+# --- storage options through info, verify, prune, import, export --------------------------------------
+@pytest.fixture
+def no_endpoint_env(s3_endpoint, monkeypatch):
+    """The endpoint only as storage options (``AWS_ENDPOINT_URL`` unset): what reaches the server is
+    what the call passed."""
+    import s3fs
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_info_verify_prune_take_storage_options(written, bucket, no_endpoint_env, tmp_path):
+    from ddpipe.evaluate import info as info_phase
+    from ddpipe.evaluate import prune as prune_phase
+    from ddpipe.evaluate import verify as verify_phase
+
+    opts = no_endpoint_env
+    url = written[0]
+    info = store_info(url, storage_options=opts)
+    assert info["complete_units"] == info["units"] > 0 and info["bytes_on_disk"] > 0
+    assert set(info["bytes_by_array"]) >= {"label_value", "label_index", "commit_shard"}
+    assert verify_store(url, storage_options=opts)["ok"]
+    assert info_phase.run(info_phase.InfoConfig(store=url, storage_options=opts))["units"] == info["units"]
+    assert verify_phase.run(verify_phase.VerifyConfig(store=url, storage_options=opts))["ok"]
+
+    # s3 -> s3 and s3 -> local, through the library and the phase
+    to_s3 = prune_store(url, f"{bucket}/p1.zarr", 0.5, seed=1, storage_options=opts)
+    to_local = prune_store(url, str(tmp_path / "p1.zarr"), 0.5, seed=1, storage_options=opts)
+    a, b = open_store(to_s3, storage_options=opts), open_store(to_local)
+    assert a.complete and b.complete and a.num_units == b.num_units == 4
+    _same_units(a, b)
+    res = prune_phase.run(prune_phase.PruneConfig(src=url, out=f"{bucket}/p2.zarr", keep=0.5, seed=1, progress=False,
+                                                  storage_options=opts))
+    assert res.kept_units == 4 and verify_store(f"{bucket}/p2.zarr", storage_options=opts)["ok"]
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**opts)
+    recorded = json.loads(fs.cat(f"{bucket}/p2.zarr/results.json"))
+    assert recorded["kept_units"] == 4 and recorded["out"] == f"{bucket}/p2.zarr"
+    res = prune_phase.run(prune_phase.PruneConfig(src=url, out=str(tmp_path / "p2.zarr"), keep=0.5, seed=1,
+                                                  progress=False, storage_options=opts))
+    assert res.kept_units == 4 and os.path.isfile(tmp_path / "p2.zarr" / "results.json")
+    _same_units(open_store(str(tmp_path / "p2.zarr")), a)
+
+
+def test_storage_options_are_not_recorded_in_clear(written, bucket, no_endpoint_env):
+    from ddpipe.evaluate import prune as prune_phase
+
+    opts = {**no_endpoint_env, "key": "testing", "secret": "testing"}  # explicit keys: the zarr read path
+    res = prune_phase.run(prune_phase.PruneConfig(src=written[0], out=f"{bucket}/p3.zarr", keep=0.5, progress=False,
+                                                  storage_options=opts))
+    assert res.config["storage_options"]["secret"] == "***" and res.config["storage_options"]["key"] == "***"
+    assert res.config["storage_options"]["client_kwargs"] == opts["client_kwargs"]
+
+
+def test_cli_prune_s3_to_s3_and_to_local(written, bucket, python, tmp_path):
+    env = dict(os.environ)
+
+    def cli(*args):
+        proc = subprocess.run([python, "-m", "ddpipe", *args], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout)
+
+    out = cli("prune", "--json", written[0], "--out", f"{bucket}/cli.zarr", "--keep", "0.5", "--no-progress")
+    assert out["units"] == 4 and cli("verify", "--json", f"{bucket}/cli.zarr")["ok"]
+    out = cli("prune", "--json", written[0], "--out", str(tmp_path / "cli.zarr"), "--keep", "0.5", "--no-progress")
+    assert out["units"] == 4
+    _same_units(open_store(f"{bucket}/cli.zarr"), open_store(str(tmp_path / "cli.zarr")))
+
+
+def test_import_to_s3_and_export_from_s3(bucket, tmp_path, no_endpoint_env):
+    """An SRe2L label folder imported into a bucket equals the same import on a local disk, and
+    exporting it from the bucket gives back SRe2L's files."""
+    pytest.importorskip("torch")
+    import interop_fixtures as fx
+    import torch
+
+    from ddpipe.pipeline.interop import ExportConfig, ImportConfig, run_export, run_import
+
+    opts = no_endpoint_env
+    images = fx.make_images(str(tmp_path / "imgs"))
+    src = tmp_path / "sre2l"
+    fx.write_sre2l(str(src), epochs=2)
+    url = f"{bucket}/imported.zarr"
+    res = run_import(ImportConfig(format="auto", src=str(src), images=images, out=url, progress=False,
+                                  storage_options=opts))
+    assert res["out"] == url and res["units"] == 8
+    local = run_import(ImportConfig(format="auto", src=str(src), images=images, out=str(tmp_path / "l.zarr"),
+                                    progress=False))
+    a, b = open_store(url, storage_options=opts), open_store(local["out"])
+    for u1, u2 in zip(a.iter_units(), b.iter_units()):
+        np.testing.assert_array_equal(u1.topk_logits[1], u2.topk_logits[1])
+        np.testing.assert_array_equal(u1.sample_ids, u2.sample_ids)
+    import s3fs
+
+    assert json.loads(s3fs.S3FileSystem(**opts).cat(f"{url}/results.json"))["units"] == 8
+    out = run_export(ExportConfig(format="sre2l", store=url, out=str(tmp_path / "export"), progress=False,
+                                  storage_options=opts))
+    assert out["exact"] and out["files"] == 8
+    for e in range(2):
+        for name in os.listdir(src / f"epoch_{e}"):
+            x = torch.load(src / f"epoch_{e}" / name, weights_only=False)
+            y = torch.load(tmp_path / "export" / f"epoch_{e}" / name, weights_only=False)
+            assert torch.equal(x[5], y[5]) and torch.equal(x[0], y[0]), (e, name)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))

@@ -40,6 +40,9 @@ class ExportConfig:
     out: str = option(help="the folder to create (must not exist, or be empty)")
     progress: bool = option(True, help="no progress bar on stderr")
     json: bool = option(False, help="print the result as one JSON object", cli=False)
+    storage_options: dict | None = option(
+        None, cli=False, help="Python only: fsspec options of a STORE behind a URL (s3://: s3fs's, e.g. "
+        "{'client_kwargs': {'endpoint_url': ...}}); the CLI takes them from the environment (AWS_ENDPOINT_URL ...)")
 
     def __post_init__(self) -> None:
         check_choice(InteropError, "format", self.format, EXPORT_FORMATS)
@@ -89,7 +92,7 @@ def run_export(config: ExportConfig) -> dict:
 
     t0 = time.perf_counter()
     check_distinct_locations(config.store, config.out, "export")
-    reader = open_store(config.store)
+    reader = open_store(config.store, storage_options=config.storage_options)
     spec = reader.spec
     why = export_refusal(reader)
     if why:

@@ -65,6 +65,9 @@ class ImportConfig:
     overwrite: bool = option(False, help="replace what is at --out")
     progress: bool = option(True, help="no progress bar on stderr")
     json: bool = option(False, help="print the result as one JSON object", cli=False)
+    storage_options: dict | None = option(
+        None, cli=False, help="Python only: fsspec options of an --out behind a URL (s3://: s3fs's, e.g. "
+        "{'client_kwargs': {'endpoint_url': ...}}); the CLI takes them from the environment (AWS_ENDPOINT_URL ...)")
 
     def __post_init__(self) -> None:
         check_choice(InteropError, "format", self.format, (*FORMATS, "auto"))
@@ -214,6 +217,7 @@ def _progress(total: int, desc: str, enabled: bool):
 def run_import(config: ImportConfig) -> dict:
     """Import ``config.src`` into a new store at ``config.out``; returns the result record."""
     from ddpipe.labelstore import check_distinct_locations, create_store, store_info
+    from ddpipe.labelstore.location import redact_storage_options, store_location
     from ddpipe.pipeline.schedule import DDPIPE_ORDER, TORCH_SAMPLER_ORDER, ScheduleConfig
 
     t0 = time.perf_counter()
@@ -310,7 +314,8 @@ def run_import(config: ImportConfig) -> dict:
         lossy.append(f"values rounded to {config.codec}")
     labels = _Labels(kind, k, num_classes, temperature)
     writer = create_store(config.out, spec, plan, overwrite=config.overwrite,
-                          provenance={"imported_from": source, "import_lossy": lossy})
+                          provenance={"imported_from": source, "import_lossy": lossy},
+                          storage_options=config.storage_options)
     units = samples = 0
     try:
         if fkd:
@@ -325,31 +330,37 @@ def run_import(config: ImportConfig) -> dict:
     finally:
         writer.close()
     seconds = time.perf_counter() - t0
-    info = store_info(config.out)
+    info = store_info(config.out, storage_options=config.storage_options)
     source_bytes = folder.source_bytes()
     store_bytes = int(info["bytes_on_disk"])
     result = {
-        "source": folder.fmt, "src": folder.root, "out": os.path.abspath(config.out), "units": units, "samples": samples,
+        "source": folder.fmt, "src": folder.root, "out": store_location(config.out), "units": units, "samples": samples,
         "num_samples": n, "num_classes": num_classes, "k": k, "codec": config.codec, "values": kind,
         "temperature": temperature, "order": order, "pruned": spec.pruning is not None, "lossy": lossy,
         "source_bytes": source_bytes, "store_bytes": store_bytes,
         "ratio": source_bytes / store_bytes if store_bytes else math.inf, "seconds": seconds,
         "samples_per_s": samples / seconds if seconds > 0 else math.inf,
     }
-    _write_results({**result, "config": config_to_dict(config)}, config.out)
+    recorded = config_to_dict(config)
+    recorded["storage_options"] = redact_storage_options(recorded["storage_options"])
+    _write_results({**result, "config": recorded}, result["out"], config.storage_options)
     return result
 
 
-def _write_results(result: dict, store: str) -> None:
-    """``<store>/results.json`` (as relabel and prune write theirs), for a local store."""
+def _write_results(result: dict, store: str, storage_options: dict | None = None) -> None:
+    """``<store>/results.json`` (as relabel and prune write theirs); at a URL through fsspec."""
     import json
 
     from ddpipe._files import replace_atomically
     from ddpipe._format import json_default
 
-    if "://" in str(store):
-        return
     text = (json.dumps(result, indent=2, default=json_default) + "\n").encode()
+    if "://" in str(store):
+        import fsspec
+
+        with fsspec.open(str(store).rstrip("/") + "/results.json", "wb", **(storage_options or {})) as f:
+            f.write(text)
+        return
     replace_atomically(os.path.join(store, "results.json"), lambda f: f.write(text))
 
 
