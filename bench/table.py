@@ -76,7 +76,7 @@ WHOLE_SET = 93.5
 
 
 # --- configuration ----------------------------------------------------------------------------------
-def _floats_or_none(text: str) -> float | None:
+def _float_or_none(text: str) -> float | None:
     return None if text in (None, "", "none") else float(text)
 
 
@@ -114,7 +114,7 @@ class Config:
     quick: bool = option(False, group="run", help="smoke run on digits (a few minutes; writes table-quick.*)")
     jobs: int = option(1, group="run", help="cells at once, one process each (default 1, at most 2)")
     threads: int = option(1, group="run", help="torch threads per process (default 1)")
-    budget_minutes: float | None = option(None, parse=_floats_or_none, group="run",
+    budget_minutes: float | None = option(None, parse=_float_or_none, group="run",
                                           help="start no new cell after this many minutes (default: run every cell)")
     render_only: bool = option(False, group="run", help="compute nothing: rebuild markdown, plots and README from table.json")
     readme: str | None = option(None, group="run", help="also write the generated section into this README")
@@ -407,7 +407,7 @@ def _cell_runs(c: dict) -> tuple[dict, dict, float | None]:
 
 
 def _label_bytes(c: dict) -> int | None:
-    if c["part"] == "shared" or c["part"] == "cross":
+    if c["part"] in ("shared", "cross"):
         return _store_bytes(c["shared_store"])
     if c.get("store"):
         return _store_bytes(c["store"])
@@ -420,7 +420,7 @@ def rows_from_cells(args, cells: list[dict]) -> list[dict]:
     for c in cells:
         key = (c["method"], c["ipc"], c["protocol"], c["label_setting"], c["student"], c["part"])
         groups.setdefault(key, []).append(c)
-    for key, cs in groups.items():
+    for cs in groups.values():
         for c in cs:
             top1, wall, relabel_s = _cell_runs(c)
             c["_top1"], c["_wall"], c["_relabel_s"] = top1, wall, relabel_s
@@ -499,7 +499,8 @@ def run(config: Config) -> int:
                          dir=teacher["dir"]),
             grid=dict(methods=args.methods, ipcs=args.ipcs, image_seeds=args.image_seeds, seeds=args.seeds,
                       parts=args.parts, label_ipc=args.label_ipc, label_methods=args.label_methods,
-                      label_settings=args.label_settings, cross_students=args.cross_students),
+                      label_settings=args.label_settings, cross_students=args.cross_students, epochs=args.epochs,
+                      cross_epochs=args.cross_epochs),
             protocols=dict(
                 shared=f"ddpipe demo's recipe: relabel {args.epochs} epochs, batch 10, top-5 fp16, T 4, crops "
                        f"0.25-1 + flip + CutMix; student {args.student_model}, AdamW 1e-3 wd 0.01, cosine, KL at T",

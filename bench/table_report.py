@@ -100,10 +100,8 @@ def cross_table(payload: dict) -> str:
 
 
 def _epochs_of(payload: dict, part: str) -> str:
-    text = payload["protocols"].get(part, "")
-    if part == "cross":
-        return "first " + text.split("first ")[-1] if "first " in text else ""
-    return text.split("relabel ")[-1].split(",")[0] if "relabel " in text else ""
+    grid = payload["grid"]
+    return f"first {grid['cross_epochs']} epochs" if part == "cross" else f"{grid['epochs']} epochs"
 
 
 def _delta(r) -> str:
@@ -269,7 +267,7 @@ def plot_bytes(payload: dict, path: str) -> str | None:
         if pts:
             any_point = True
             pts.sort()
-            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
             for b, a, s in pts:
                 ax.annotate(s, (b, a), fontsize=6, textcoords="offset points", xytext=(3, 3))
     if not any_point:
