@@ -15,8 +15,8 @@ finished work), so a rerun skips finished cells and continues a killed one:
   shared recipe's images and labels.
 
 Cells run in priority order (the first draw at IPC 10 and 1, the label settings and other students,
-the first draw at IPC 50, then more draws) in this process or ``--jobs 2`` processes, until every cell is done or
-``--budget-minutes`` have passed; the table always covers the whole grid, unfinished cells are
+the first draw at IPC 50, then more draws; within each, the cheaper cells first) in this process or
+``--jobs 2`` processes, until every cell is done or ``--budget-minutes`` have passed; the table always covers the whole grid, unfinished cells are
 shown as such. ``bench/results/table.json`` holds the rows; ``ddpipe.bench.table_report`` writes the
 markdown, the plots and the README section from it (``--render-only`` redoes that from table.json).
 """
@@ -208,7 +208,10 @@ def _priority(args, c: dict) -> tuple:
     else:  # more draws
         stage = 3 + 2 * draw + int(largest)
     cost = recover._COST.get(c["method"], 1)
-    return (stage, -c["ipc"], PARTS.index(c["part"]), cost, c["method"])
+    # a hard-label DSA student (1000 epochs) costs 3-5 relabel-protocol students: the cheaper cells go first,
+    # so a run that stops on --budget-minutes has finished more of the stage
+    dsa = c["part"] == "own" and c["method"] not in SRE2L_FAMILY
+    return (stage, -c["ipc"], PARTS.index(c["part"]), dsa, cost, c["method"])
 
 
 def _student_dir(kind: str, args, *parts) -> str:

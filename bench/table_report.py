@@ -132,8 +132,14 @@ def targets(payload: dict) -> list[str]:
                 continue
             best = max(cand, key=lambda r: r["top1_mean"])
             verdict = "beats" if best["top1_mean"] > dsa[ipc] else "does not beat"
+            measured = sum(r["draws"] > 0 for r in rows if r["ipc"] == ipc and r["part"] in ("shared", "own"))
+            total = sum(1 for r in rows if r["ipc"] == ipc and r["part"] in ("shared", "own"))
+            draws = len(grid["image_seeds"])
+            on = f"{best['draws']} of {draws} draws of real images"
+            scope = ("" if measured == total and best["draws"] == draws else f" (so far on {on})" if measured == total
+                     else f" (so far: {measured} of {total} method x protocol cells measured, the best on {on})")
             out.append(f"IPC {ipc}: the best cell, {best['method']} ({best['protocol']} protocol) at "
-                       f"{best['top1_mean']:.2f}, {verdict} DSA's {dsa[ipc]}.")
+                       f"{best['top1_mean']:.2f}, {verdict} DSA's {dsa[ipc]}{scope}.")
     ipc = grid["label_ipc"]
     for m in grid["label_methods"]:
         full = _find(rows, method=m, ipc=ipc, label_setting="full", part="labels")
