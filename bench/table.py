@@ -462,13 +462,24 @@ def rows_from_cells(args, cells: list[dict]) -> list[dict]:
         row["delta_vs_random"] = statistics.fmean(diffs)
         row["paired_draws"] = len(diffs)
         if len(diffs) > 1:
-            sd = statistics.stdev(diffs)
-            row["t_vs_random"] = row["delta_vs_random"] / (sd / len(diffs) ** 0.5) if sd > 0 else None
+            # pairs at the run level: (draw, student seed) against random's run with the same draw and seed. A t
+            # over two per-draw means has one degree of freedom and reads in the hundreds when the two agree.
+            runs = paired_run_differences(row, base)
+            row["paired_runs"] = len(runs)
+            sd = statistics.stdev(runs) if len(runs) > 1 else 0.0
+            row["t_vs_random"] = statistics.fmean(runs) / (sd / len(runs) ** 0.5) if sd > 0 else None
         else:  # one draw: Welch's t over the student seeds
             a = [v for k, v in row["top1_by_run"].items()]
             b = [v for k, v in base["top1_by_run"].items() if k.split("/")[0] in row["top1_by_draw"]]
             row["t_vs_random"] = recover.welch_t(a, b)
     return rows
+
+
+def paired_run_differences(row: dict, base: dict) -> list[float]:
+    """``row``'s runs minus ``base``'s run with the same draw and student seed, over the draws both finished."""
+    both = set(row["top1_by_draw"]) & set(base["top1_by_draw"])
+    return [v - base["top1_by_run"][k] for k, v in row["top1_by_run"].items()
+            if k.split("/")[0] in both and k in base["top1_by_run"]]
 
 
 def _mean_or_none(values):
@@ -516,7 +527,7 @@ def run(config: Config) -> int:
             rows=rows, cells=len(cells), cells_done=sum(cell_done(c) for c in cells), cells_run_now=len(ran),
             wall_time_s=time.time() - t0, machine=common.machine_info(),
             std="over draws of real images (each draw the mean of its student seeds); with one draw, over student seeds",
-            t_vs_random="paired t of the per-draw differences to random (Welch's t over student seeds with one draw)")
+            t_vs_random="paired t of the differences to random's run with the same draw and student seed, over the draws both have (Welch's t over student seeds with one draw)")
         os.makedirs(args.results_dir, exist_ok=True)
         tmp = table_path + ".tmp"
         with open(tmp, "w") as f:

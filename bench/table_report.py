@@ -77,12 +77,21 @@ def labels_table(payload: dict) -> str:
             part = "shared" if setting == "top-5" else "labels"
             r = _find(rows, method=m, ipc=ipc, label_setting=setting, part=part, protocol="shared",
                       student=_student(payload))
-            vs = "-"
-            if r and full and r.get("top1_mean") is not None and full.get("top1_mean") is not None and setting != "full":
-                vs = f"{r['top1_mean'] - full['top1_mean']:+.2f}"
+            gap = _paired_gap(r, full) if setting != "full" else None
+            vs = "-" if gap is None else f"{gap:+.2f}"
             lines.append(f"| {m} | {setting} | {_acc(r, delta=False)} | {_bytes(r and r.get('label_bytes'))} | "
                          f"{_num(r, 'relabel_s')} | {_num(r, 'train_s')} | {vs} |")
     return "\n".join(lines)
+
+
+def _paired_gap(r: dict | None, base: dict | None) -> float | None:
+    """Mean of ``r`` minus ``base`` over the draws both finished (None when they share none)."""
+    if not r or not base:
+        return None
+    common = set(r.get("top1_by_draw") or {}) & set(base.get("top1_by_draw") or {})
+    if not common:
+        return None
+    return sum(r["top1_by_draw"][d] - base["top1_by_draw"][d] for d in common) / len(common)
 
 
 def cross_table(payload: dict) -> str:
@@ -144,8 +153,8 @@ def targets(payload: dict) -> list[str]:
     for m in grid["label_methods"]:
         full = _find(rows, method=m, ipc=ipc, label_setting="full", part="labels")
         p40 = _find(rows, method=m, ipc=ipc, label_setting="40x pruned uint8", part="labels")
-        if full and p40 and full["top1_mean"] is not None and p40["top1_mean"] is not None:
-            gap = full["top1_mean"] - p40["top1_mean"]
+        if _paired_gap(full, p40) is not None:
+            gap = _paired_gap(full, p40)
             out.append(f"{m}, IPC {ipc}: 40x pruning with uint8 values is {gap:.2f} points below full labels "
                        f"({'within' if gap <= 1.0 else 'outside'} the 1.0-point target).")
         else:
@@ -176,7 +185,10 @@ def markdown(payload: dict, plot_paths: dict[str, str] | None = None) -> str:
         f"{grid['seeds']}; {n_done} of {n_all} cells finished, the rest are marked *not run*; rerunning the command "
         "continues). Each cell: test top-1 %, mean ± std over draws (each draw the mean of its students; one draw: "
         "std over students), then in brackets the paired difference to random real images on the same draws and "
-        "protocol and its t statistic; * marks a cell with some draws missing.",
+        "protocol and its t statistic (over two or more draws paired run by run, same draw and student seed; with "
+        "one draw Welch's over the student seeds); * marks a cell with some draws missing." +
+        (" Herding takes the same images on every draw (it is deterministic), so its spread over draws is 0."
+         if "herding" in grid["methods"] else ""),
         "",
         f"- **shared** protocol: {payload['protocols']['shared']}.",
         f"- **own** protocol: {payload['protocols']['own']}.",
@@ -187,8 +199,9 @@ def markdown(payload: dict, plot_paths: dict[str, str] | None = None) -> str:
     if plot_paths and plot_paths.get("ipc"):
         parts += [f"![accuracy against IPC]({plot_paths['ipc']})", ""]
     if "labels" in grid["parts"]:
-        parts += [f"Label settings at IPC {grid['label_ipc']} (first draw; label bytes: the store on disk, 0 for hard "
-                  "labels and a live teacher):", "", labels_table(payload), ""]
+        parts += [f"Label settings at IPC {grid['label_ipc']} (label bytes: the store on disk, 0 for hard labels and "
+                  "a live teacher; the difference to full labels is taken over the draws both rows have):", "",
+                  labels_table(payload), ""]
         if plot_paths and plot_paths.get("bytes"):
             parts += [f"![accuracy against label bytes]({plot_paths['bytes']})", ""]
     if "cross" in grid["parts"]:
@@ -225,13 +238,14 @@ def plot_ipc(payload: dict, path: str) -> str | None:
         return None
     rows, grid = payload["rows"], payload["grid"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in grid["methods"]:
+    colors = plt.get_cmap("tab10").colors
+    for i, m in enumerate(grid["methods"]):  # one colour per method; the line style says the protocol
         for protocol, style in (("shared", "-"), ("own", "--")):
             pts = [(r["ipc"], r["top1_mean"]) for r in rows if r["method"] == m and r["part"] == protocol
                    and r["top1_mean"] is not None]
             if pts:
                 pts.sort()
-                ax.plot(*zip(*pts), style, marker="o", label=f"{m} ({protocol})")
+                ax.plot(*zip(*pts), style, marker="o", color=colors[i % len(colors)], label=f"{m} ({protocol})")
     if payload["dataset"] == "fashion-mnist":
         for name, ref in payload["references"].items():
             pts = sorted((int(i), v) for i, v in ref["values"].items() if int(i) in grid["ipcs"])

@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 
 import pytest
 
@@ -52,6 +53,10 @@ def test_table_quick_runs_every_part_and_resumes(tmp_path, capsys, readme, one_t
     rand = next(r for r in shared if r["method"] == "random" and r["ipc"] == 2)
     diffs = [sre2l["top1_by_draw"][d] - rand["top1_by_draw"][d] for d in ("0", "1")]
     assert sre2l["delta_vs_random"] == pytest.approx(sum(diffs) / 2)
+    runs = [sre2l["top1_by_run"][k] - rand["top1_by_run"][k] for k in sre2l["top1_by_run"]]
+    if statistics.stdev(runs) > 0:  # the t pairs run by run: same draw, same student seed
+        t = statistics.fmean(runs) / (statistics.stdev(runs) / len(runs) ** 0.5)
+        assert sre2l["t_vs_random"] == pytest.approx(t)
     # the README section between the markers is the generated markdown; the rest of the file is kept
     text = readme.read_text()
     assert "stale text" not in text and text.startswith("# title\n\nbefore\n\n") and text.endswith("\n\nafter\n")
@@ -71,6 +76,20 @@ def test_table_quick_runs_every_part_and_resumes(tmp_path, capsys, readme, one_t
     assert (tmp_path / "res" / "table-quick.md").read_text() == table_report.markdown(
         json.loads((tmp_path / "res" / "table-quick.json").read_text()), {"ipc": "table-quick-ipc.png",
                                                                           "bytes": "table-quick-bytes.png"})
+
+
+def test_paired_differences_match_draw_and_seed_and_skip_unfinished_draws():
+    from ddpipe.bench.table import paired_run_differences
+
+    base = {"top1_by_draw": {"0": 70.5, "1": 72.0},  # draw 2 unfinished: one of its two students ran
+            "top1_by_run": {"0/0": 70.0, "0/1": 71.0, "1/0": 72.0, "1/1": 72.0, "2/0": 60.0}}
+    row = {"top1_by_draw": {"0": 74.0, "1": 73.5, "2": 75.0},
+           "top1_by_run": {"0/0": 73.0, "0/1": 75.0, "1/0": 73.0, "1/1": 74.0, "2/0": 75.0, "2/1": 75.0}}
+    assert paired_run_differences(row, base) == [3.0, 4.0, 1.0, 2.0]
+    assert paired_run_differences(base, base) == [0.0] * 4
+    # the label table's "vs full labels" and the 40x target compare on the draws both rows finished
+    assert table_report._paired_gap(row, base) == pytest.approx(((74.0 - 70.5) + (73.5 - 72.0)) / 2)
+    assert table_report._paired_gap(row, {"top1_by_draw": {}}) is None
 
 
 def test_table_budget_zero_writes_an_empty_grid(tmp_path, capsys, one_torch_thread):
