@@ -31,7 +31,7 @@ import time
 import types
 from dataclasses import dataclass
 
-from ddpipe.bench import common, recover
+from ddpipe.bench import common, recover, table_report
 from ddpipe.bench.recover import _csv, _ints, _key, _read_json, _timed
 from ddpipe.config import option
 from ddpipe.errors import DDPipeError
@@ -456,7 +456,7 @@ def rows_from_cells(args, cells: list[dict]) -> list[dict]:
         row["delta_vs_random"] = row["t_vs_random"] = None
         if base is None or row["method"] == "random" or not row["top1_by_draw"]:
             continue
-        diffs = [v - base["top1_by_draw"][d] for d, v in row["top1_by_draw"].items() if d in base["top1_by_draw"]]
+        diffs = table_report.paired_draw_differences(row, base)
         if not diffs:
             continue
         row["delta_vs_random"] = statistics.fmean(diffs)
@@ -464,7 +464,7 @@ def rows_from_cells(args, cells: list[dict]) -> list[dict]:
         if len(diffs) > 1:
             # pairs at the run level: (draw, student seed) against random's run with the same draw and seed. A t
             # over two per-draw means has one degree of freedom and reads in the hundreds when the two agree.
-            runs = paired_run_differences(row, base)
+            runs = table_report.paired_run_differences(row, base)
             row["paired_runs"] = len(runs)
             sd = statistics.stdev(runs) if len(runs) > 1 else 0.0
             row["t_vs_random"] = statistics.fmean(runs) / (sd / len(runs) ** 0.5) if sd > 0 else None
@@ -475,13 +475,6 @@ def rows_from_cells(args, cells: list[dict]) -> list[dict]:
     return rows
 
 
-def paired_run_differences(row: dict, base: dict) -> list[float]:
-    """``row``'s runs minus ``base``'s run with the same draw and student seed, over the draws both finished."""
-    both = set(row["top1_by_draw"]) & set(base["top1_by_draw"])
-    return [v - base["top1_by_run"][k] for k, v in row["top1_by_run"].items()
-            if k.split("/")[0] in both and k in base["top1_by_run"]]
-
-
 def _mean_or_none(values):
     values = list(values)
     return statistics.fmean(values) if values else None
@@ -489,8 +482,6 @@ def _mean_or_none(values):
 
 # --- run --------------------------------------------------------------------------------------------
 def run(config: Config) -> int:
-    from ddpipe.bench import table_report
-
     args = _resolve(config)
     out = common.table_stream(args.json)
     table_path = os.path.join(args.results_dir, f"{args.stem}.json")

@@ -84,14 +84,25 @@ def labels_table(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def paired_draw_differences(r: dict | None, base: dict | None) -> list[float]:
+    """``r``'s per-draw means minus ``base``'s, over the draws both finished."""
+    if not r or not base:
+        return []
+    common = sorted(set(r.get("top1_by_draw") or {}) & set(base.get("top1_by_draw") or {}))
+    return [r["top1_by_draw"][d] - base["top1_by_draw"][d] for d in common]
+
+
+def paired_run_differences(r: dict, base: dict) -> list[float]:
+    """``r``'s runs minus ``base``'s run with the same draw and student seed, over the draws both finished."""
+    both = set(r["top1_by_draw"]) & set(base["top1_by_draw"])
+    return [v - base["top1_by_run"][k] for k, v in r["top1_by_run"].items()
+            if k.split("/")[0] in both and k in base["top1_by_run"]]
+
+
 def _paired_gap(r: dict | None, base: dict | None) -> float | None:
     """Mean of ``r`` minus ``base`` over the draws both finished (None when they share none)."""
-    if not r or not base:
-        return None
-    common = set(r.get("top1_by_draw") or {}) & set(base.get("top1_by_draw") or {})
-    if not common:
-        return None
-    return sum(r["top1_by_draw"][d] - base["top1_by_draw"][d] for d in common) / len(common)
+    diffs = paired_draw_differences(r, base)
+    return sum(diffs) / len(diffs) if diffs else None
 
 
 def cross_table(payload: dict) -> str:
@@ -153,8 +164,7 @@ def targets(payload: dict) -> list[str]:
     for m in grid["label_methods"]:
         full = _find(rows, method=m, ipc=ipc, label_setting="full", part="labels")
         p40 = _find(rows, method=m, ipc=ipc, label_setting="40x pruned uint8", part="labels")
-        if _paired_gap(full, p40) is not None:
-            gap = _paired_gap(full, p40)
+        if (gap := _paired_gap(full, p40)) is not None:
             out.append(f"{m}, IPC {ipc}: 40x pruning with uint8 values is {gap:.2f} points below full labels "
                        f"({'within' if gap <= 1.0 else 'outside'} the 1.0-point target).")
         else:

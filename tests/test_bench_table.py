@@ -79,8 +79,7 @@ def test_table_quick_runs_every_part_and_resumes(tmp_path, capsys, readme, one_t
 
 
 def test_paired_differences_match_draw_and_seed_and_skip_unfinished_draws():
-    from ddpipe.bench.table import paired_run_differences
-
+    paired_run_differences = table_report.paired_run_differences
     base = {"top1_by_draw": {"0": 70.5, "1": 72.0},  # draw 2 unfinished: one of its two students ran
             "top1_by_run": {"0/0": 70.0, "0/1": 71.0, "1/0": 72.0, "1/1": 72.0, "2/0": 60.0}}
     row = {"top1_by_draw": {"0": 74.0, "1": 73.5, "2": 75.0},
