@@ -243,7 +243,8 @@ def _cpu(sidecar: str):
 
 
 def run_chain(task: dict) -> dict:
-    """One method: recover -> relabel -> one student per seed. Runs in a worker process or in-process."""
+    """One method: recover -> relabel -> one student per seed (``task["upto"]``: stop after "images" or
+    "labels"). Runs in a worker process or in-process."""
     import torch
 
     from ddpipe.evaluate import recover, relabel, student
@@ -267,6 +268,8 @@ def run_chain(task: dict) -> dict:
         _say(args, f"{m['method']}: images in {manifest['wall_time_s']:.1f} s")
     out["manifest"] = {k: manifest.get(k) for k in ("recipe", "wall_time_s", "notes", "losses", "runs", "counts")}
     out["manifest"]["cpu_s"] = _cpu(m["images"] + ".bench.json")
+    if task.get("upto") == "images":
+        return out
     # 2. labels
     rl = _read_json(relabel.results_path(m["store"]))
     if not rl:
@@ -284,6 +287,8 @@ def run_chain(task: dict) -> dict:
         _say(args, f"{m['method']}: labels in {rl['wall_time_s']:.1f} s")
     out["relabel"] = {k: rl.get(k) for k in ("store", "units", "wall_time_s", "image_set_hash")}
     out["relabel"]["cpu_s"] = _cpu(m["store"] + ".bench.json")
+    if task.get("upto") == "labels":
+        return out
     # 3. students
     out["students"] = {}
     for seed, folder in m["students"].items():

@@ -17,7 +17,9 @@ finished work), so a rerun skips finished cells and continues a killed one:
 Cells run in priority order (the first draw at IPC 10 and 1, the label settings and other students,
 the first draw at IPC 50, then more draws; within each, the cheaper cells first) in this process or
 ``--jobs 2`` processes, until every cell is done or ``--budget-minutes`` have passed; the table always covers the whole grid, unfinished cells are
-shown as such. ``bench/results/table.json`` holds the rows; ``ddpipe.bench.table_report`` writes the
+shown as such. ``table.json`` also keeps one record per finished cell (``bench/table_records.py``), so
+a clone without the work dir continues: finished cells come from the records, and a cell still to run
+first makes its draw's images again. ``bench/results/table.json`` holds the rows; ``ddpipe.bench.table_report`` writes the
 markdown, the plots and the README section from it (``--render-only`` redoes that from table.json).
 """
 
@@ -31,7 +33,7 @@ import time
 import types
 from dataclasses import dataclass
 
-from ddpipe.bench import common, recover, table_report
+from ddpipe.bench import common, recover, table_records, table_report
 from ddpipe.bench.recover import _csv, _ints, _key, _read_json, _timed
 from ddpipe.config import option
 from ddpipe.errors import DDPipeError
@@ -270,10 +272,27 @@ def _complete(folder: str) -> dict | None:
     return res if res and res.get("status") == "complete" else None
 
 
+def _folders(c: dict) -> dict:
+    return c["chain"]["students"] if c["part"] == "shared" else c["students"]
+
+
 def cell_done(c: dict) -> bool:
-    if c["part"] == "shared":
-        return all(_complete(f) for f in c["chain"]["students"].values())
-    return all(_complete(f) for f in c["students"].values())
+    """Finished: every student's folder is complete, or an earlier run's record has every seed."""
+    folders = _folders(c)
+    return all(_complete(f) for f in folders.values()) or table_records.complete(c, folders)
+
+
+def _inputs_ready(c: dict, needs: dict) -> bool:
+    """Whether what cell ``c`` reads of the shared cell ``needs`` is on disk: its images, and for another
+    student its label store too (a shared cell taken from a record has neither)."""
+    manifest = _read_json(os.path.join(needs["images"], "manifest.json"))
+    if not (manifest and manifest.get("status") == "complete"):
+        return False
+    if c["part"] == "cross":
+        from ddpipe.evaluate import relabel
+
+        return bool(_read_json(relabel.results_path(needs["shared_store"])))
+    return True
 
 
 def run_cell(task: dict) -> dict:
@@ -284,9 +303,9 @@ def run_cell(task: dict) -> dict:
     c, teacher_pt = task["cell"], task["teacher_pt"]
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    if c["part"] == "shared":
+    if c["part"] in ("shared", "inputs"):
         recover.run_chain(dict(method=c["chain"], teacher_pt=teacher_pt, relabel=c["relabel"], student=c["pstudent"],
-                               args=c["rargs"]))
+                               args=c["rargs"], upto=c.get("upto")))
     else:
         _run_students(args, c, teacher_pt)
     return {"id": c["id"], "wall_s": time.time() - t0}
@@ -343,6 +362,7 @@ def run_cells(args, teacher: dict, cells: list[dict]) -> list[dict]:
     done = {c["id"] for c in cells if cell_done(c)}
     todo = [c for c in cells if c["id"] not in done]
     _say(args, f"{len(cells)} cells, {len(done)} finished, {len(todo)} to run; {args.jobs} process(es)")
+    todo = _with_inputs(todo, {c["id"]: c for c in cells}, done)
 
     def budget_left() -> bool:
         return args.budget_minutes is None or (time.time() - t_start) / 60 < args.budget_minutes
@@ -382,6 +402,27 @@ def run_cells(args, teacher: dict, cells: list[dict]) -> list[dict]:
     return ran
 
 
+def _with_inputs(todo: list[dict], by_id: dict, done: set) -> list[dict]:
+    """Cells to run whose shared cell was taken from a record need its images (and, for another student,
+    its store) made again: one "inputs" step per shared cell, run just before the first cell that needs it
+    (the steps are deterministic, so they are the same files the record's numbers came from)."""
+    steps: dict[tuple, dict] = {}
+    out = []
+    for c in todo:
+        need = by_id.get(c["needs"]) if c["needs"] else None
+        if need is not None and c["needs"] in done and not _inputs_ready(c, need):
+            sid = ("inputs",) + tuple(need["id"][1:])
+            upto = "labels" if c["part"] == "cross" else "images"
+            if sid not in steps:
+                steps[sid] = dict(need, id=sid, part="inputs", upto=upto, needs=None)
+                out.append(steps[sid])
+            elif upto == "labels":
+                steps[sid]["upto"] = "labels"
+            c = dict(c, needs=sid)
+        out.append(c)
+    return out
+
+
 # --- rows -------------------------------------------------------------------------------------------
 def _store_bytes(path: str | None) -> int | None:
     if not path or not os.path.isdir(path):
@@ -394,11 +435,12 @@ def _store_bytes(path: str | None) -> int | None:
     return total
 
 
-def _cell_runs(c: dict) -> tuple[dict, dict, float | None]:
-    """Per-seed top-1 of a cell's finished students, their wall seconds and the relabel's wall seconds."""
+def _cell_runs(c: dict) -> tuple[dict, dict, float | None, int | None]:
+    """Per-seed top-1 of a cell's finished students, their wall seconds, the relabel's wall seconds and the
+    label bytes: from the cell's folders, and from its record where the folders are missing."""
     from ddpipe.evaluate import relabel
 
-    folders = c["chain"]["students"] if c["part"] == "shared" else c["students"]
+    folders = _folders(c)
     top1, wall = {}, {}
     for seed, folder in folders.items():
         res = _complete(folder)
@@ -406,7 +448,7 @@ def _cell_runs(c: dict) -> tuple[dict, dict, float | None]:
             top1[str(seed)], wall[str(seed)] = res["final"]["top1"], res["wall_time_s"]
     store = c["chain"]["store"] if c["part"] == "shared" else c.get("store") if c["part"] != "cross" else None
     rl = _read_json(relabel.results_path(store)) if store else None
-    return top1, wall, (rl or {}).get("wall_time_s")
+    return table_records.merge(c, folders, top1, wall, (rl or {}).get("wall_time_s"), _label_bytes(c))
 
 
 def _label_bytes(c: dict) -> int | None:
@@ -425,13 +467,12 @@ def rows_from_cells(args, cells: list[dict]) -> list[dict]:
         groups.setdefault(key, []).append(c)
     for cs in groups.values():
         for c in cs:
-            top1, wall, relabel_s = _cell_runs(c)
-            c["_top1"], c["_wall"], c["_relabel_s"] = top1, wall, relabel_s
+            c["_top1"], c["_wall"], c["_relabel_s"], c["_bytes"] = _cell_runs(c)
     rows = []
     for (method, ipc, protocol, setting, student_model, part), cs in groups.items():
         draws = {}
         for c in cs:
-            folders = c["chain"]["students"] if part == "shared" else c["students"]
+            folders = _folders(c)
             if c["_top1"] and len(c["_top1"]) == len(folders):  # a draw counts when all its students finished
                 draws[c["draw"]] = statistics.fmean(c["_top1"].values())
         seeds_all = [v for c in cs for v in c["_top1"].values()]
@@ -442,9 +483,9 @@ def rows_from_cells(args, cells: list[dict]) -> list[dict]:
                    std_over="draws" if len(draws) > 1 else "student seeds",
                    n=len(seeds_all), draws=len(draws), top1_by_draw={str(d): v for d, v in sorted(draws.items())},
                    top1_by_run={f"{c['draw']}/{s}": v for c in cs for s, v in c["_top1"].items()},
-                   label_bytes=_label_bytes(cs[0]),
+                   label_bytes=cs[0]["_bytes"],
                    relabel_s=_mean_or_none([c["_relabel_s"] for c in cs if c["_relabel_s"] is not None]),
-                   train_s=_mean_or_none([v for c in cs for v in c["_wall"].values()]),
+                   train_s=_mean_or_none([v for c in cs for v in c["_wall"].values() if v is not None]),
                    status="complete" if len(draws) == len(cs) else "partial" if draws else "not run",
                    how=cs[0].get("how"))
         rows.append(row)
@@ -480,6 +521,33 @@ def _mean_or_none(values):
     return statistics.fmean(values) if values else None
 
 
+def protocols(args) -> dict:
+    """The recipes of the parts in words (table.json says them, and they are part of the records' fingerprint)."""
+    return dict(
+        shared=f"ddpipe demo's recipe: relabel {args.epochs} epochs, batch 10, top-5 fp16, T 4, crops "
+               f"0.25-1 + flip + CutMix; student {args.student_model}, AdamW 1e-3 wd 0.01, cosine, KL at T",
+        own="random, herding, DM: hard labels + DSA per image, SGD lr 0.01 momentum 0.9 wd 5e-4, batch 256, "
+            f"{args.dsa_epochs} epochs, cosine (DC/DSA/DM evaluate with one step at half); sre2l, cda, lpld, "
+            f"gvbsm, delt: their relabel (full labels, T 20, crops 0.08-1, CutMix, {args.own_epochs} epochs, "
+            "batch 10) and SRe2L's student recipe",
+        cross=f"the shared recipe's images and labels, the store's first {args.cross_epochs} epochs")
+
+
+def _records(carried: dict, cells: list[dict]) -> dict:
+    """Every record to keep: the carried ones (cells outside this run's grid included), updated by this run's."""
+    out = dict(carried)
+    for c in cells:
+        if c["_top1"]:
+            source = "folders" if _has_folders(c) or not c.get("record") else c["record"].get("source")
+            out[table_records.cell_key(c)] = dict(top1=c["_top1"], wall=c["_wall"], relabel_s=c["_relabel_s"],
+                                                  label_bytes=c["_bytes"], source=source)
+    return dict(sorted(out.items()))
+
+
+def _has_folders(c: dict) -> bool:
+    return all(_complete(f) for f in _folders(c).values())
+
+
 # --- run --------------------------------------------------------------------------------------------
 def run(config: Config) -> int:
     args = _resolve(config)
@@ -493,6 +561,10 @@ def run(config: Config) -> int:
         t0 = time.time()
         os.makedirs(args.workdir, exist_ok=True)
         teacher, cells = build_cells(args)
+        carried, said = table_records.load(table_path, args, protocols(args))
+        _say(args, said)
+        for c in cells:
+            c["record"] = carried.get(table_records.cell_key(c))
         targs = types.SimpleNamespace(**teacher["args"])
         targs.jobs = args.jobs  # the teacher trains with every thread the run has
         teacher_res = recover.train_teacher(targs, dict(teacher_dir=teacher["dir"], teacher_cfg=teacher["cfg"]))
@@ -506,16 +578,10 @@ def run(config: Config) -> int:
                       parts=args.parts, label_ipc=args.label_ipc, label_methods=args.label_methods,
                       label_settings=args.label_settings, cross_students=args.cross_students, epochs=args.epochs,
                       cross_epochs=args.cross_epochs),
-            protocols=dict(
-                shared=f"ddpipe demo's recipe: relabel {args.epochs} epochs, batch 10, top-5 fp16, T 4, crops "
-                       f"0.25-1 + flip + CutMix; student {args.student_model}, AdamW 1e-3 wd 0.01, cosine, KL at T",
-                own="random, herding, DM: hard labels + DSA per image, SGD lr 0.01 momentum 0.9 wd 5e-4, batch 256, "
-                    f"{args.dsa_epochs} epochs, cosine (DC/DSA/DM evaluate with one step at half); sre2l, cda, lpld, "
-                    f"gvbsm, delt: their relabel (full labels, T 20, crops 0.08-1, CutMix, {args.own_epochs} epochs, "
-                    "batch 10) and SRe2L's student recipe",
-                cross=f"the shared recipe's images and labels, the store's first {args.cross_epochs} epochs"),
+            protocols=protocols(args),
             references=REFERENCES, whole_training_set=WHOLE_SET,
-            rows=rows, cells=len(cells), cells_done=sum(cell_done(c) for c in cells), cells_run_now=len(ran),
+            fingerprint=table_records.fingerprint(args, protocols(args)), records=_records(carried, cells),
+            rows=rows, cells=len(cells), cells_done=sum(cell_done(c) for c in cells), cells_run_now=sum(r["id"][0] != "inputs" for r in ran),
             wall_time_s=time.time() - t0, machine=common.machine_info(),
             std="over draws of real images (each draw the mean of its student seeds); with one draw, over student seeds",
             t_vs_random="paired t of the differences to random's run with the same draw and student seed, over the draws both have (Welch's t over student seeds with one draw)")

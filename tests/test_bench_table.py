@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import statistics
 
 import pytest
@@ -76,6 +77,35 @@ def test_table_quick_runs_every_part_and_resumes(tmp_path, capsys, readme, one_t
     assert (tmp_path / "res" / "table-quick.md").read_text() == table_report.markdown(
         json.loads((tmp_path / "res" / "table-quick.json").read_text()), {"ipc": "table-quick-ipc.png",
                                                                           "bytes": "table-quick-bytes.png"})
+
+    # another machine: no work dir, only table.json. Its records stand for the finished cells; a cell whose
+    # record is gone is computed again, its draw's images made again first, and gives the same number
+    table = tmp_path / "res" / "table-quick.json"
+    payload = json.loads(table.read_text())
+    assert len(payload["records"]) == payload["cells"]
+    gone = "own|dm|2|hard|convnet_d2_w32_bn|1"
+    del payload["records"][gone]
+    table.write_text(json.dumps(payload))
+    shutil.rmtree(tmp_path / "work")
+    assert main(_argv(tmp_path)) == 0
+    moved = json.loads(capsys.readouterr().out)
+    after = json.loads(table.read_text())
+    assert after["cells_run_now"] == 1 and after["cells_done"] == after["cells"]
+    assert after["records"][gone]["source"] == "folders"
+    assert [(r["method"], r["part"], r["top1_by_run"], r["label_bytes"]) for r in moved] == [
+        (r["method"], r["part"], r["top1_by_run"], r["label_bytes"]) for r in rows]
+    assert not (tmp_path / "work" / "students").exists()  # dm's images only: no shared student ran
+    # a table.json from before records existed: its rows are the records
+    legacy = {k: v for k, v in after.items() if k not in ("records", "fingerprint")}
+    table.write_text(json.dumps(legacy))
+    shutil.rmtree(tmp_path / "work")
+    assert main(_argv(tmp_path)) == 0
+    assert json.loads(capsys.readouterr().out) == moved
+    assert json.loads(table.read_text())["cells_run_now"] == 0
+    # other settings carry nothing
+    assert main(_argv(tmp_path, "--budget-minutes", "0", "--epochs", "3")) == 0
+    capsys.readouterr()
+    assert json.loads(table.read_text())["cells_done"] == 0
 
 
 def test_paired_differences_match_draw_and_seed_and_skip_unfinished_draws():
