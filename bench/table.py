@@ -17,9 +17,9 @@ finished work), so a rerun skips finished cells and continues a killed one:
 Cells run in priority order (the first draw at IPC 10 and 1, the label settings and other students,
 the first draw at IPC 50, then more draws; within each, the cheaper cells first) in this process or
 ``--jobs 2`` processes, until every cell is done or ``--budget-minutes`` have passed; the table always covers the whole grid, unfinished cells are
-shown as such. ``table.json`` also keeps one record per finished cell (``bench/table_records.py``), so
-a clone without the work dir continues: finished cells come from the records, and a cell still to run
-first makes its draw's images again. ``bench/results/table.json`` holds the rows; ``ddpipe.bench.table_report`` writes the
+shown as such. ``bench/results/table.json`` holds the rows and one record per finished cell
+(``bench/table_records.py``), so a clone without the work dir continues: finished cells come from the
+records, and a cell still to run first makes its draw's images again. ``ddpipe.bench.table_report`` writes the
 markdown, the plots and the README section from it (``--render-only`` redoes that from table.json).
 """
 
@@ -276,10 +276,13 @@ def _folders(c: dict) -> dict:
     return c["chain"]["students"] if c["part"] == "shared" else c["students"]
 
 
+def _has_folders(c: dict) -> bool:
+    return all(_complete(f) for f in _folders(c).values())
+
+
 def cell_done(c: dict) -> bool:
     """Finished: every student's folder is complete, or an earlier run's record has every seed."""
-    folders = _folders(c)
-    return all(_complete(f) for f in folders.values()) or table_records.complete(c, folders)
+    return _has_folders(c) or table_records.complete(c, _folders(c))
 
 
 def _inputs_ready(c: dict, needs: dict) -> bool:
@@ -543,9 +546,6 @@ def _records(carried: dict, cells: list[dict]) -> dict:
                                                   label_bytes=c["_bytes"], source=source)
     return dict(sorted(out.items()))
 
-
-def _has_folders(c: dict) -> bool:
-    return all(_complete(f) for f in _folders(c).values())
 
 
 # --- run --------------------------------------------------------------------------------------------
