@@ -547,7 +547,6 @@ def _records(carried: dict, cells: list[dict]) -> dict:
     return dict(sorted(out.items()))
 
 
-
 # --- run --------------------------------------------------------------------------------------------
 def run(config: Config) -> int:
     args = _resolve(config)
@@ -581,7 +580,8 @@ def run(config: Config) -> int:
             protocols=protocols(args),
             references=REFERENCES, whole_training_set=WHOLE_SET,
             fingerprint=table_records.fingerprint(args, protocols(args)), records=_records(carried, cells),
-            rows=rows, cells=len(cells), cells_done=sum(cell_done(c) for c in cells), cells_run_now=sum(r["id"][0] != "inputs" for r in ran),
+            rows=rows, cells=len(cells), cells_done=sum(cell_done(c) for c in cells),
+            cells_run_now=sum(r["id"][0] != "inputs" for r in ran),  # "inputs" steps remake a record's images
             wall_time_s=time.time() - t0, machine=common.machine_info(),
             std="over draws of real images (each draw the mean of its student seeds); with one draw, over student seeds",
             t_vs_random="paired t of the differences to random's run with the same draw and student seed, over the draws both have (Welch's t over student seeds with one draw)")

@@ -68,15 +68,11 @@ def load(path: str, args, protocols: dict) -> tuple[dict[str, dict], str]:
         return {}, f"no {os.path.basename(path)} yet: nothing carried"
     except (OSError, ValueError) as e:
         return {}, f"{path} unreadable ({e}): nothing carried"
-    mine = fingerprint(args, protocols)
-    if "records" in payload:
-        if payload.get("fingerprint") != mine:
-            return {}, f"{path} was made with other settings: nothing carried"
-        records = payload["records"]
-    else:
-        if _legacy_fingerprint(payload, args.recipes) != mine:
-            return {}, f"{path} was made with other settings: nothing carried"
-        records = records_from_rows(payload.get("rows", []))
+    legacy = "records" not in payload
+    theirs = _legacy_fingerprint(payload, args.recipes) if legacy else payload.get("fingerprint")
+    if theirs != fingerprint(args, protocols):
+        return {}, f"{path} was made with other settings: nothing carried"
+    records = records_from_rows(payload.get("rows", [])) if legacy else payload["records"]
     return records, f"{len(records)} cell records carried from {path}"
 
 
