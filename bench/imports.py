@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ddpipe.bench import common
+from . import common
 from ddpipe.config import check_int, config_to_dict, option
 from ddpipe.errors import DDPipeError
 
@@ -79,7 +79,7 @@ def write_sre2l_folder(root: str, preset: Preset, seed: int) -> tuple[int, float
     """An SRe2L-layout folder for ``preset`` (see the module docstring); returns (bytes, seconds)."""
     import torch
 
-    from ddpipe.bench.teacher_model import TeacherModel, square_schedule
+    from .teacher_model import TeacherModel, square_schedule
 
     t0 = time.perf_counter()
     sched = square_schedule(preset.num_samples, 224, preset.batch_size, preset.epochs, 42, "sre2l-torch",
@@ -103,7 +103,7 @@ def write_sre2l_folder(root: str, preset: Preset, seed: int) -> tuple[int, float
 
 
 def run(config: Config) -> int:
-    from ddpipe.pipeline.interop import ImportConfig, run_import
+    from ..pipeline.interop import ImportConfig, run_import
 
     preset = PRESETS[config.preset]
     if config.epochs is not None:

@@ -43,11 +43,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ddpipe.bench import common
+from . import common
 from ddpipe.config import check_int, config_from_dict, config_to_dict, option
 from ddpipe.errors import DDPipeError
-from ddpipe.pipeline.stages import IMAGENET_MEAN as MEAN
-from ddpipe.pipeline.stages import IMAGENET_STD as STD
+from ..pipeline.stages import IMAGENET_MEAN as MEAN
+from ..pipeline.stages import IMAGENET_STD as STD
 
 DESCRIPTION = "Loader throughput: SRe2L's loader vs ddpipe torch and DALI (CPU), with decode-only ceilings."
 
@@ -166,9 +166,9 @@ def make_labels(workdir: str, config: Config) -> None:
     """One ddpipe store and SRe2L's per-batch files for the same epoch of the SRe2L recipe."""
     import torch
 
-    from ddpipe.labelstore import create_store
-    from ddpipe.pipeline import open_source, recipe
-    from ddpipe.pipeline.relabel import relabel_spec
+    from ..labelstore import create_store
+    from ..pipeline import open_source, recipe
+    from ..pipeline.relabel import relabel_spec
 
     source = open_source(os.path.join(workdir, "images"))
     sched, spec = relabel_spec(source, recipe("sre2l", output_size=(config.size, config.size)), epochs=1,
@@ -277,7 +277,7 @@ def row_sre2l(wd: str, config: Config) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from ddpipe.labelstore import open_store
+    from ..labelstore import open_store
 
     spec = open_store(os.path.join(wd, "store")).spec
     keys = [(0, b) for b in range(spec.batches_per_epoch)]
@@ -301,8 +301,8 @@ def row_sre2l(wd: str, config: Config) -> dict:
 
 def _row_loader(name: str, wd: str, config: Config):
     """The loader a ddpipe row times, and its description."""
-    from ddpipe.pipeline import open_source
-    from ddpipe.pipeline.loader import make_loader
+    from ..pipeline import open_source
+    from ..pipeline.loader import make_loader
 
     cache = os.path.join(wd, "cache")
     images = os.path.join(wd, "images")
@@ -361,7 +361,7 @@ class _DecodePIL:
 
 
 def _epoch_batches(wd: str, bs: int):
-    from ddpipe.labelstore import open_store
+    from ..labelstore import open_store
 
     r = open_store(os.path.join(wd, "store"))
     return [u.sample_ids for u in r.iter_units()]
@@ -370,7 +370,7 @@ def _epoch_batches(wd: str, bs: int):
 def row_decode_pil(wd: str, config: Config) -> dict:
     from torch.utils.data import DataLoader
 
-    from ddpipe.pipeline import open_source
+    from ..pipeline import open_source
 
     src = open_source(os.path.join(wd, "images"))
     dl = DataLoader(_DecodePIL(src), batch_size=None, sampler=_epoch_batches(wd, config.batch_size),
@@ -383,7 +383,7 @@ def row_decode_dali(wd: str, config: Config) -> dict:
     from nvidia.dali import fn, types
     from nvidia.dali.pipeline import Pipeline
 
-    from ddpipe.pipeline import open_source
+    from ..pipeline import open_source
 
     src = open_source(os.path.join(wd, "images"))
     batches = _epoch_batches(wd, config.batch_size)
@@ -482,7 +482,7 @@ def run(config: Config) -> int:
         print(f"  data ready in {time.time() - t0:.1f} s", file=out, flush=True)
         cache_build = None
         if any(r in ("cache-cpu", "cache-dali", "gpu") for r in rows_wanted):
-            from ddpipe.pipeline.cache import build_cache
+            from ..pipeline.cache import build_cache
 
             t0 = time.perf_counter()
             cached = build_cache(os.path.join(wd, "images"), os.path.join(wd, "cache"), channels=3,

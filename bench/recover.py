@@ -27,7 +27,7 @@ import time
 import types
 from dataclasses import dataclass
 
-from ddpipe.bench import common
+from . import common
 from ddpipe.config import option
 from ddpipe.errors import DDPipeError
 
@@ -147,14 +147,14 @@ def _key(obj) -> str:
 
 def recipe_for(method: str, tag: str) -> str:
     """``method.tag`` when registered, else the family's default recipe."""
-    from ddpipe.synth import default_recipe, is_method
+    from ..synth import default_recipe, is_method
 
     return f"{method}.{tag}" if is_method(f"{method}.{tag}") else default_recipe(method)
 
 
 def recover_overrides(recipe: str, scale: float) -> dict:
     """Recover settings that scale the recipe's iterations (DELT's round length with them)."""
-    from ddpipe.synth import create_method
+    from ..synth import create_method
 
     cfg = create_method(recipe)
     if scale == 1.0 or cfg.select is not None:
@@ -167,7 +167,7 @@ def recover_overrides(recipe: str, scale: float) -> dict:
 
 def plan(args) -> dict:
     """Every step's folder and flags, keyed so that a folder is reused only for the same inputs."""
-    from ddpipe.synth import create_method
+    from ..synth import create_method
 
     teacher_cfg = dict(dataset=args.dataset, model=args.teacher_model, epochs=args.teacher_epochs, seed=0)
     teacher_dir = os.path.join(args.workdir, f"teacher-{_key(teacher_cfg)}")
@@ -208,7 +208,7 @@ def _read_json(path: str):
 
 
 def train_teacher(args, p: dict) -> dict:
-    from ddpipe.evaluate import squeeze
+    from ..evaluate import squeeze
 
     res = _read_json(os.path.join(p["teacher_dir"], "results.json"))
     pt = os.path.join(p["teacher_dir"], "teacher.pt")
@@ -231,7 +231,7 @@ def _timed(sidecar: str, fn):
     rec = _read_json(sidecar) or {"cpu_s": 0.0, "wall_s": 0.0, "sessions": 0}
     rec = {"cpu_s": rec["cpu_s"] + time.process_time() - c0, "wall_s": rec["wall_s"] + time.perf_counter() - t0,
            "sessions": rec["sessions"] + 1}
-    from ddpipe.evaluate.checkpoint import write_json_atomic
+    from ..evaluate.checkpoint import write_json_atomic
 
     write_json_atomic(rec, sidecar)
     return res
@@ -247,7 +247,7 @@ def run_chain(task: dict) -> dict:
     "labels"). Runs in a worker process or in-process."""
     import torch
 
-    from ddpipe.evaluate import recover, relabel, student
+    from ..evaluate import recover, relabel, student
 
     args = types.SimpleNamespace(**task["args"])
     m, teacher_pt = task["method"], task["teacher_pt"]

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ddpipe.bench import common
+from . import common
 from ddpipe.config import check_choice, config_to_dict, option
 from ddpipe.errors import DDPipeError
 
@@ -230,9 +230,9 @@ def phase_relabel(job: dict) -> dict:
 
         dist.init_process_group("gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
-    from ddpipe.pipeline import LoaderConfig, open_source, recipe
-    from ddpipe.pipeline.loader import make_relabel_loader
-    from ddpipe.pipeline.relabel import relabel, relabel_spec
+    from ..pipeline import LoaderConfig, open_source, recipe
+    from ..pipeline.loader import make_relabel_loader
+    from ..pipeline.relabel import relabel, relabel_spec
 
     t0 = time.perf_counter()
     source = open_source(job["images"])
@@ -265,8 +265,8 @@ def phase_replay(job: dict) -> dict:
     import torch.nn.functional as F
 
     torch.set_num_threads(2)
-    from ddpipe.pipeline import LoaderConfig, open_source
-    from ddpipe.pipeline.loader import make_loader
+    from ..pipeline import LoaderConfig, open_source
+    from ..pipeline.loader import make_loader
 
     t0 = time.perf_counter()
     source = open_source(job["images"])
@@ -333,7 +333,7 @@ def _run_phase(job: dict, work: str, name: str, ranks: int = 1) -> list[dict]:
 
 
 def _arrays_equal(a: str, b: str) -> bool:
-    from ddpipe.labelstore import open_store
+    from ..labelstore import open_store
 
     ra, rb = open_store(a), open_store(b)
     return all(np.array_equal(ra._backend.read(n, 0, ra.num_units), rb._backend.read(n, 0, rb.num_units))
@@ -341,7 +341,7 @@ def _arrays_equal(a: str, b: str) -> bool:
 
 
 def run(config: Config) -> int:
-    from ddpipe.labelstore import store_info
+    from ..labelstore import store_info
 
     out = common.table_stream(config.json)
     p = PRESETS[config.preset]
@@ -387,7 +387,7 @@ def run(config: Config) -> int:
             store = os.path.join(work, f"n{n}-e{epochs}.zarr")
             res = _run_phase({**job, "store": store, "measure_images": True}, work, f"relabel-n{n}-e{epochs}")
             t0 = time.perf_counter()
-            from ddpipe.pipeline import open_source
+            from ..pipeline import open_source
 
             open_source(shards).content_hash()
             shards_s = time.perf_counter() - t0
@@ -485,6 +485,6 @@ def _plot(rows: list[dict], path: str) -> str | None:
 if __name__ == "__main__":
     if "--phase" in sys.argv:
         sys.exit(_worker_main(sys.argv))
-    from ddpipe.bench import run_benchmark
+    from . import run_benchmark
 
     sys.exit(run_benchmark("scale", quick="--quick" in sys.argv))

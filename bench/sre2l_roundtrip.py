@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
-from ddpipe.bench import common
+from . import common
 from ddpipe.config import check_int, config_to_dict, option
 from ddpipe.errors import DDPipeError
 
@@ -371,7 +371,7 @@ def compare_import(store: str, folder: str, sampler_orders: list, batch_size: in
     import numpy as np
     import torch
 
-    from ddpipe.labelstore import open_store
+    from ..labelstore import open_store
 
     r = open_store(store)
     units = {(u.epoch, u.batch): u for u in r.iter_units()}
@@ -493,7 +493,7 @@ def _perturb_one_logit(src: str, dst: str) -> str:
 
 # --- the benchmark -----------------------------------------------------------------------------------
 def run(config: Config) -> int:
-    from ddpipe.pipeline.interop import ExportConfig, ImportConfig, run_export, run_import
+    from ..pipeline.interop import ExportConfig, ImportConfig, run_export, run_import
 
     out = common.table_stream(config.json)
     repo = find_repo(config.sre2l_repo)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from ddpipe._format import keep_fraction
-from ddpipe.bench import common
+from . import common
 from ddpipe.config import check_choice, check_int, check_range, config_to_dict, option
 from ddpipe.errors import DDPipeError
 
@@ -49,7 +49,7 @@ class Preset:
 
     def relabel_schedule(self, seed: int):
         """The relabel run's schedule: ddpipe's own, over square source images of ``image_size``."""
-        from ddpipe.bench.teacher_model import square_schedule
+        from .teacher_model import square_schedule
 
         size = (self.image_size, self.image_size)
         return square_schedule(self.num_samples, self.image_size, self.batch_size, self.epochs, seed, self.schedule,
@@ -157,8 +157,8 @@ def _relabel_shard(task) -> tuple[int, int, float, dict]:
     them into every store; returns (units, samples, teacher seconds, write seconds per codec).
 
     Everything is built here, per task (a worker process keeps nothing between tasks)."""
-    from ddpipe.bench.teacher_model import TeacherModel
-    from ddpipe.labelstore import open_writer
+    from .teacher_model import TeacherModel
+    from ..labelstore import open_writer
 
     preset, seed, k, paths, rows = task
     sched = preset.relabel_schedule(seed)
@@ -186,8 +186,8 @@ def relabel(preset: Preset, specs: dict, plan, workdir: str, tag: str, config: C
     """Create one store per codec for ``plan`` (None = every unit) and fill it; return timings."""
     from tqdm import tqdm
 
-    from ddpipe.labelstore import create_store
-    from ddpipe.labelstore.spec import parse_plan
+    from ..labelstore import create_store
+    from ..labelstore.spec import parse_plan
 
     paths = {}
     for codec, spec in specs.items():
@@ -233,7 +233,7 @@ def relabel(preset: Preset, specs: dict, plan, workdir: str, tag: str, config: C
 # --- reads ------------------------------------------------------------------------------------------
 def measure_reads(path: str, config: Config) -> dict:
     """Sequential (``iter_units``) and random (``read_unit``) samples/s, whole process on one core."""
-    from ddpipe.labelstore import open_store
+    from ..labelstore import open_store
 
     with common.pinned(config.core):
         reader = open_store(path, backend=config.backend)
@@ -282,7 +282,7 @@ def sre2l_baseline(preset: Preset, spec, workdir: str, config: Config, progress:
     import torch
     from tqdm import tqdm
 
-    from ddpipe.bench.teacher_model import TeacherModel
+    from .teacher_model import TeacherModel
 
     sched = preset.relabel_schedule(config.seed)
     teacher = TeacherModel(preset.num_classes, preset.ipc, config.seed)
@@ -343,8 +343,8 @@ def sre2l_baseline(preset: Preset, spec, workdir: str, config: Config, progress:
 
 # --- one preset -------------------------------------------------------------------------------------
 def run_preset(preset: Preset, codecs: list[str], keeps: list[float], workdir: str, config: Config, out, progress: bool) -> tuple[list[dict], dict]:
-    from ddpipe.labelstore import plan_units, store_info
-    from ddpipe.labelstore.prune import pruned_spec
+    from ..labelstore import plan_units, store_info
+    from ..labelstore.prune import pruned_spec
 
     base = preset.relabel_schedule(config.seed).store_spec(
         preset.num_classes, config.k, value_codec=codecs[0], temperature=1.0, teacher_hash="bench.teacher_model",
@@ -461,7 +461,7 @@ def _workdir(config: Config) -> tuple[str, bool]:
 
 
 def _payload(rows: list, infos: dict, t_start: float, config: Config, complete: bool) -> dict:
-    from ddpipe.bench.teacher_model import MODEL_NOTE
+    from .teacher_model import MODEL_NOTE
 
     return {
         "benchmark": "store",
@@ -486,7 +486,7 @@ def run(config: Config) -> int:
     """Run the presets of ``config``: print the table, write the results JSON; returns 0."""
     import json
 
-    from ddpipe.bench.teacher_model import MODEL_NOTE
+    from .teacher_model import MODEL_NOTE
 
     presets, codecs, keeps = config.presets, list(config.codec), list(config.keep)
     out = common.table_stream(config.json)

@@ -33,8 +33,8 @@ import time
 import types
 from dataclasses import dataclass
 
-from ddpipe.bench import common, recover, table_records, table_report
-from ddpipe.bench.recover import _csv, _ints, _key, _read_json, _timed
+from . import common, recover, table_records, table_report
+from .recover import _csv, _ints, _key, _read_json, _timed
 from ddpipe.config import option
 from ddpipe.errors import DDPipeError
 
@@ -292,7 +292,7 @@ def _inputs_ready(c: dict, needs: dict) -> bool:
     if not (manifest and manifest.get("status") == "complete"):
         return False
     if c["part"] == "cross":
-        from ddpipe.evaluate import relabel
+        from ..evaluate import relabel
 
         return bool(_read_json(relabel.results_path(needs["shared_store"])))
     return True
@@ -315,13 +315,13 @@ def run_cell(task: dict) -> dict:
 
 
 def _num_classes(args) -> int:
-    from ddpipe.evaluate.datasets import load_dataset
+    from ..evaluate.datasets import load_dataset
 
     return load_dataset(args.dataset, data_root=args.data_root).num_classes
 
 
 def _run_students(args, c: dict, teacher_pt: str) -> None:
-    from ddpipe.evaluate import relabel, student
+    from ..evaluate import relabel, student
 
     if c.get("relabel") and not _read_json(relabel.results_path(c["store"])):
         r = dict(c["relabel"])
@@ -441,7 +441,7 @@ def _store_bytes(path: str | None) -> int | None:
 def _cell_runs(c: dict) -> tuple[dict, dict, float | None, int | None]:
     """Per-seed top-1 of a cell's finished students, their wall seconds, the relabel's wall seconds and the
     label bytes: from the cell's folders, and from its record where the folders are missing."""
-    from ddpipe.evaluate import relabel
+    from ..evaluate import relabel
 
     folders = _folders(c)
     top1, wall = {}, {}

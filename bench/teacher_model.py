@@ -45,8 +45,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ddpipe.labelstore import Unit
-from ddpipe.pipeline.schedule import Schedule, recipe
+from ..labelstore import Unit
+from ..pipeline.schedule import Schedule, recipe
 
 __all__ = ["TeacherModel", "square_schedule", "normal_cdf", "normal_isf", "MODEL_NOTE"]
 

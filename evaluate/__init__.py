@@ -4,7 +4,7 @@ teachers and the one training loop.
 Every phase is a module with a frozen config, ``run(config) -> result`` and ``summary_text(result)``
 (``docs/api.md``)::
 
-    from ddpipe.evaluate import squeeze
+    from . import squeeze
     result = squeeze.run(squeeze.SqueezeConfig(out="runs/teacher", dataset="digits", epochs=2))
 
 The configs and results are also attributes of this package (``ddpipe.evaluate.SqueezeConfig`` …).

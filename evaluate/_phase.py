@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ddpipe.config import check_int, option
-from ddpipe.evaluate.errors import EvaluateError
+from .errors import EvaluateError
 
 __all__ = ["RunOptions", "ResumeOption", "check_device", "resolve_device", "torch_threads", "output_dir",
            "versions", "write_json", "RESULTS"]

@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from ddpipe.pipeline.backends import BACKENDS as LOADERS
+from ..pipeline.backends import BACKENDS as LOADERS
 from ddpipe.config import Result, check_choice, check_int, option
-from ddpipe.evaluate._phase import RunOptions
-from ddpipe.evaluate.errors import TeacherError
-from ddpipe.evaluate.teacher import TeacherOptions
-from ddpipe.pipeline.feed import StoreFeed
+from ._phase import RunOptions
+from .errors import TeacherError
+from .teacher import TeacherOptions
+from ..pipeline.feed import StoreFeed
 
 __all__ = ["TeacherCheckConfig", "TeacherCheckResult", "check_teacher", "check_teacher_hash", "check_teacher_text",
            "run", "summary_text"]
@@ -93,7 +93,7 @@ class TeacherCheckResult(Result):
 def _store_spec(store: Any):
     if hasattr(store, "spec") and hasattr(store, "read_slab"):
         return store.spec
-    from ddpipe.labelstore import open_store
+    from ..labelstore import open_store
 
     return open_store(store).spec
 
@@ -105,8 +105,8 @@ def check_teacher_hash(store: Any, teachers: Any, **facts: Any) -> str:
     any form :func:`~ddpipe.evaluate.teacher.open_teachers` accepts (already opened :class:`Teacher`
     objects are not reloaded). Returns the teacher's hash; a store that records no hash passes.
     """
-    from ddpipe.evaluate.errors import TeacherMismatchError
-    from ddpipe.evaluate.teacher import Teacher, open_teachers, teacher_hash
+    from .errors import TeacherMismatchError
+    from .teacher import Teacher, open_teachers, teacher_hash
 
     opened = teachers if _all_opened(teachers) else open_teachers(teachers, **facts)
     given = teacher_hash(list(opened) if isinstance(opened, (list, tuple)) else [opened])
@@ -123,7 +123,7 @@ def check_teacher_hash(store: Any, teachers: Any, **facts: Any) -> str:
 
 
 def _all_opened(teachers: Any) -> bool:
-    from ddpipe.evaluate.teacher import Teacher
+    from .teacher import Teacher
 
     items = teachers if isinstance(teachers, (list, tuple)) else [teachers]
     return bool(items) and all(isinstance(t, Teacher) for t in items)
@@ -162,12 +162,12 @@ def check_teacher(
     """
     import torch
 
-    from ddpipe.evaluate.errors import EvaluateError, TeacherMismatchError
-    from ddpipe.evaluate.teacher import Ensemble, open_teachers, teacher_hash
-    from ddpipe.labelstore import get_codec, open_store, softmax_at
-    from ddpipe.pipeline import LoaderConfig, open_source
-    from ddpipe.pipeline.loader import Loader
-    from ddpipe.pipeline.schedule import ScheduleConfig
+    from .errors import EvaluateError, TeacherMismatchError
+    from .teacher import Ensemble, open_teachers, teacher_hash
+    from ..labelstore import get_codec, open_store, softmax_at
+    from ..pipeline import LoaderConfig, open_source
+    from ..pipeline.loader import Loader
+    from ..pipeline.schedule import ScheduleConfig
 
     if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
         raise EvaluateError(f"sample must be a whole number >= 0, got {sample!r}")
@@ -240,7 +240,7 @@ def check_teacher(
 
 def run(config: TeacherCheckConfig) -> "TeacherCheckResult":
     """:func:`check_teacher` as ``config`` says."""
-    from ddpipe.evaluate._phase import resolve_device, torch_threads
+    from ._phase import resolve_device, torch_threads
 
     with torch_threads(config.threads):
         return check_teacher(config.store, list(config.teacher), config.images, sample=config.sample,

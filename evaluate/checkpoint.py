@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ddpipe._files import replace_atomically
-from ddpipe.evaluate.errors import CheckpointError
-from ddpipe.synth.stats import state_dict_hash  # noqa: F401  (re-exported: teacher files use it)
+from .errors import CheckpointError
+from ..synth.stats import state_dict_hash  # noqa: F401  (re-exported: teacher files use it)
 
 __all__ = ["resume_checkpoint", "save_atomic", "write_json_atomic", "load_checkpoint", "unwrap_model", "rng_state", "set_rng_state",
            "state_dict_hash", "extract_state_dict"]
@@ -38,7 +38,7 @@ def save_atomic(obj, path: str) -> None:
 
 def write_json_atomic(obj, path: str) -> None:
     """``obj`` (a dict or a typed result) as JSON at ``path``, atomically (see ``ddpipe.evaluate._phase.write_json``)."""
-    from ddpipe.evaluate._phase import write_json
+    from ._phase import write_json
 
     write_json(obj, path)
 
@@ -123,7 +123,7 @@ def resume_checkpoint(ckpt_path: str, config: dict, keys, *, resume: bool, overw
     A checkpoint left by an earlier run needs ``resume`` (or ``overwrite``, which ignores it), and
     every setting in ``keys`` must equal the one it was made with: one clear error otherwise.
     """
-    from ddpipe.evaluate.errors import RunStateError
+    from .errors import RunStateError
 
     if overwrite or not os.path.exists(ckpt_path):
         return None

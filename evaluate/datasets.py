@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ddpipe.evaluate.errors import DatasetNotFoundError, EvaluateError, UnknownDatasetError
-from ddpipe.pipeline.stages import IMAGENET_MEAN, IMAGENET_STD  # declared once, in the lower package
+from .errors import DatasetNotFoundError, EvaluateError, UnknownDatasetError
+from ..pipeline.stages import IMAGENET_MEAN, IMAGENET_STD  # declared once, in the lower package
 
 __all__ = [
     "Split", "Dataset", "SplitDataset", "register_dataset", "list_datasets", "load_dataset", "real_subset",

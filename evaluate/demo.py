@@ -21,11 +21,11 @@ import sys
 import time
 from dataclasses import dataclass
 
-from ddpipe.pipeline.backends import BACKENDS as LOADERS
+from ..pipeline.backends import BACKENDS as LOADERS
 from ddpipe._format import keep_fraction
 from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, config_to_dict, option
-from ddpipe.evaluate._phase import RunOptions
-from ddpipe.evaluate.errors import DemoError
+from ._phase import RunOptions
+from .errors import DemoError
 
 __all__ = ["DemoConfig", "DemoResult", "run", "summary_text", "LABEL_BYTES_NOTE"]
 
@@ -131,10 +131,10 @@ def run(config: DemoConfig) -> DemoResult:
     """Run (or resume) the whole chain as ``config`` says; returns the table."""
     import numpy as np
 
-    from ddpipe.evaluate import prune, recover, relabel, squeeze
-    from ddpipe.evaluate._phase import RESULTS, write_json
-    from ddpipe.evaluate.datasets import load_dataset
-    from ddpipe.labelstore import store_info
+    from . import prune, recover, relabel, squeeze
+    from ._phase import RESULTS, write_json
+    from .datasets import load_dataset
+    from ..labelstore import store_info
 
     if not isinstance(config, DemoConfig):
         raise TypeError(f"demo.run takes a DemoConfig, got {type(config).__name__}")
@@ -257,7 +257,7 @@ def run(config: DemoConfig) -> DemoResult:
 
 
 def _train_student(kw: dict) -> dict:
-    from ddpipe.evaluate import student
+    from . import student
 
     return student.run(student.TrainConfig(**kw)).to_dict()
 

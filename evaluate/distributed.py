@@ -89,6 +89,6 @@ def all_reduce_sum(values: list[float]) -> list[float]:
 def save_on_main(obj, path: str) -> None:
     """Write ``obj`` atomically to ``path`` from the main rank only."""
     if is_main_process():
-        from ddpipe.evaluate.checkpoint import save_atomic
+        from .checkpoint import save_atomic
 
         save_atomic(obj, path)

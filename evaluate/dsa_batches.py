@@ -30,7 +30,7 @@ class DSABatches:
     def __init__(self, args, dataset, dist):
         import torch
 
-        from ddpipe.pipeline import open_source
+        from ..pipeline import open_source
 
         self.args, self.dist = args, dist
         self.source = open_source(args.images)
@@ -55,7 +55,7 @@ class DSABatches:
         self.labels = torch.from_numpy(np.asarray(self.source.labels, dtype=np.int64))
         bad = (self.labels < 0) | (self.labels >= self.num_classes)
         if bool(bad.any()):
-            from ddpipe.evaluate.errors import ClassCountMismatchError
+            from .errors import ClassCountMismatchError
 
             raise ClassCountMismatchError(
                 f"{args.images} has class index {int(self.labels[bad][0])} but {dataset.name} has "
@@ -64,7 +64,7 @@ class DSABatches:
     def epoch(self, epoch: int):
         import torch
 
-        from ddpipe.synth.augment import DSA
+        from ..synth.augment import DSA
 
         gen = torch.Generator().manual_seed(int(self.args.seed) * 1_000_003 + int(epoch))
         order = torch.randperm(len(self.labels), generator=gen)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ddpipe.config import check_choice, option
-from ddpipe.evaluate.errors import EvaluateError
+from .errors import EvaluateError
 
 __all__ = ["InfoConfig", "run", "summary_text", "BACKENDS"]
 
@@ -32,7 +32,7 @@ class InfoConfig:
 
 
 def run(config: InfoConfig) -> dict:
-    from ddpipe.labelstore import store_info
+    from ..labelstore import store_info
 
     return store_info(config.store, backend=config.backend, storage_options=config.storage_options)
 

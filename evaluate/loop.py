@@ -41,9 +41,9 @@ class TrainingRun:
                  overwrite: bool, device: str, progress: bool, final_file: str):
         import torch
 
-        from ddpipe.evaluate._phase import RESULTS
-        from ddpipe.evaluate.checkpoint import resume_checkpoint
-        from ddpipe.evaluate.distributed import barrier, init_distributed, is_main_process
+        from ._phase import RESULTS
+        from .checkpoint import resume_checkpoint
+        from .distributed import barrier, init_distributed, is_main_process
 
         self.t_start = time.perf_counter()
         self.phase = phase
@@ -87,7 +87,7 @@ class TrainingRun:
     def write_results(self, result: Any) -> None:
         """``result`` (a :class:`ddpipe.config.Result` or a dict) to ``out/results.json``, from the main rank."""
         if self.main:
-            from ddpipe.evaluate.checkpoint import write_json_atomic
+            from .checkpoint import write_json_atomic
 
             write_json_atomic(result.to_dict() if hasattr(result, "to_dict") else result, self.results_path)
 
@@ -97,7 +97,7 @@ class TrainingRun:
         state; returns the model to train."""
         import torch
 
-        from ddpipe.evaluate.checkpoint import set_rng_state
+        from .checkpoint import set_rng_state
 
         self.model_without_ddp = model
         if self.dist.distributed:
@@ -126,10 +126,10 @@ class TrainingRun:
         ``results(status)`` builds the phase's result (written to results.json after every epoch);
         ``extra_state`` is stored in every checkpoint beside the weights.
         """
-        from ddpipe.evaluate.checkpoint import rng_state
-        from ddpipe.evaluate.distributed import barrier, save_on_main
-        from ddpipe.evaluate.train import deterministic as deterministic_mode
-        from ddpipe.evaluate.train import train_one_epoch, validate
+        from .checkpoint import rng_state
+        from .distributed import barrier, save_on_main
+        from .train import deterministic as deterministic_mode
+        from .train import train_one_epoch, validate
 
         with deterministic_mode(deterministic):
             for epoch in range(self.start_epoch, epochs):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ddpipe._format import keep_fraction
 from ddpipe.config import Result, check_choice, check_int, config_to_dict, option
 from ddpipe.errors import DDPipeError
-from ddpipe.evaluate.errors import PruneError
+from .errors import PruneError
 
 __all__ = ["PruneConfig", "PruneResult", "run", "summary_text"]
 
@@ -25,7 +25,7 @@ GRANULARITIES = ("batch", "epoch")
 
 def _norm(path: str) -> str:
     """The store's location in labelstore's normal form (relative, ``~``, trailing slash, ``file://`` resolved)."""
-    from ddpipe.labelstore.location import store_location
+    from ..labelstore.location import store_location
 
     return store_location(path)
 
@@ -93,13 +93,13 @@ class PruneResult(Result):
 
 def run(config: PruneConfig) -> PruneResult:
     """Prune as ``config`` says; returns the result (also ``out/results.json``)."""
-    from ddpipe.labelstore import open_store, prune_store, store_info
-    from ddpipe.labelstore.prune import select_units
+    from ..labelstore import open_store, prune_store, store_info
+    from ..labelstore.prune import select_units
 
     if not isinstance(config, PruneConfig):
         raise TypeError(f"prune.run takes a PruneConfig, got {type(config).__name__}")
     t0 = time.perf_counter()
-    from ddpipe.labelstore.location import is_url, redact_storage_options
+    from ..labelstore.location import is_url, redact_storage_options
 
     reader = open_store(config.src, storage_options=config.storage_options)
     recorded = config_to_dict(config)
@@ -118,7 +118,7 @@ def run(config: PruneConfig) -> PruneResult:
                 dst_storage_options=out_opts)
     info = store_info(config.out, storage_options=out_opts)
     res = PruneResult(kept_units=int(info["units"]), wall_time_s=time.perf_counter() - t0, info=info, **common)
-    from ddpipe.evaluate._phase import RESULTS, write_json
+    from ._phase import RESULTS, write_json
 
     out = _norm(config.out)
     if not is_url(out):

@@ -25,9 +25,9 @@ import sys
 from dataclasses import dataclass
 
 from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, config_to_dict, option
-from ddpipe.evaluate._phase import RunOptions
-from ddpipe.evaluate.errors import RecoverError
-from ddpipe.evaluate.teacher import TeacherOptions
+from ._phase import RunOptions
+from .errors import RecoverError
+from .teacher import TeacherOptions
 
 __all__ = ["RecoverRunConfig", "RecoverResult", "run", "summary_text", "resolve_recipe", "MATCH_TERMS",
            "DATASET_RECIPE_TAGS"]
@@ -149,7 +149,7 @@ class RecoverResult(Result):
 def resolve_recipe(method: str, dataset: str | None) -> tuple[str, str | None]:
     """``(recipe, note)``: a family name runs ``family.<dataset tag>`` when registered, else the family's
     default recipe (the note says so); a full recipe name runs as given."""
-    from ddpipe.synth import default_recipe, is_method
+    from ..synth import default_recipe, is_method
 
     if "." in method:
         return default_recipe(method), None
@@ -167,7 +167,7 @@ def _real_data(split, input_size: int, in_chans: int):
     """``synth.RealData`` over a split: the array itself, or lazily decoded files resized and centre-cropped."""
     import numpy as np
 
-    from ddpipe.synth import RealData
+    from ..synth import RealData
 
     if split.in_memory:
         return RealData(split.labels, images=split.images)
@@ -193,18 +193,18 @@ def _real_data(split, input_size: int, in_chans: int):
 
 def run(config: RecoverRunConfig) -> RecoverResult:
     """Run recover as ``config`` says; returns the result (also in ``out/results.json``)."""
-    from ddpipe.evaluate._phase import run_phase
+    from ._phase import run_phase
 
     return run_phase(config, RecoverRunConfig, _run, "recover")
 
 
 def _run(config: RecoverRunConfig) -> RecoverResult:
-    from ddpipe.evaluate._phase import RESULTS, resolve_device, versions
-    from ddpipe.evaluate.checkpoint import write_json_atomic
-    from ddpipe.evaluate.datasets import load_dataset
-    from ddpipe.evaluate.models import create_model
-    from ddpipe.evaluate.teacher import open_teachers
-    from ddpipe.synth import create_method, recover
+    from ._phase import RESULTS, resolve_device, versions
+    from .checkpoint import write_json_atomic
+    from .datasets import load_dataset
+    from .models import create_model
+    from .teacher import open_teachers
+    from ..synth import create_method, recover
 
     device = resolve_device(config.device)
     out = os.path.abspath(os.path.expanduser(config.out))
@@ -251,7 +251,7 @@ def _run(config: RecoverRunConfig) -> RecoverResult:
         extra={"dataset": dataset.name, "classes": list(dataset.classes), "teachers": [t.source for t in teachers],
                "dm_model": config.dm_model if cfg.method == "dm" else None},
     )
-    from ddpipe.synth import MANIFEST
+    from ..synth import MANIFEST
 
     res = RecoverResult(
         phase="recover", status=manifest["status"], out=manifest["out"], method=cfg.method, recipe=cfg.recipe,

@@ -2,7 +2,7 @@
 
 The library call is ``run(RelabelConfig(...)) -> RelabelResult``::
 
-    from ddpipe.evaluate.relabel import RelabelConfig, run
+    from .relabel import RelabelConfig, run
     res = run(RelabelConfig(images="runs/images", teacher=("runs/teacher/teacher.pt",), out="runs/labels.zarr",
                             epochs=300, batch_size=100, topk=10, temperature=4.0))
 
@@ -36,11 +36,11 @@ from typing import Any
 
 from ddpipe._format import keep_fraction
 from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, option
-from ddpipe.evaluate._phase import RESULTS, ResumeOption, RunOptions
-from ddpipe.evaluate.errors import RelabelError
-from ddpipe.evaluate.teacher import TeacherOptions
-from ddpipe.labelstore.spec import MIX_KINDS
-from ddpipe.pipeline.backends import BACKENDS as LOADERS
+from ._phase import RESULTS, ResumeOption, RunOptions
+from .errors import RelabelError
+from .teacher import TeacherOptions
+from ..labelstore.spec import MIX_KINDS
+from ..pipeline.backends import BACKENDS as LOADERS
 
 __all__ = ["RelabelConfig", "RelabelResult", "run", "summary_text", "results_path"]
 
@@ -115,7 +115,7 @@ class RelabelConfig(TeacherOptions, ResumeOption, RunOptions):
             check_choice(e, "mix", self.mix, MIX_KINDS)
         check_choice(e, "granularity", self.granularity, GRANULARITIES)
         check_choice(e, "loader", self.loader, LOADERS)
-        from ddpipe.labelstore import list_codecs
+        from ..labelstore import list_codecs
 
         check_choice(e, "codec", self.codec, list_codecs())
         check_choice(e, "value_kind", self.value_kind, ("probs", "logits"))
@@ -162,7 +162,7 @@ def resolve_out(out: Any) -> str:
     """The store's location in labelstore's normal form (:func:`ddpipe.labelstore.location.store_location`):
     an absolute local path (relative paths, ``~``, trailing slashes and ``file://`` URLs resolved), or a
     URL (``memory://``, ``s3://`` ...) left a URL."""
-    from ddpipe.labelstore.location import store_location
+    from ..labelstore.location import store_location
 
     return store_location(out)
 
@@ -193,7 +193,7 @@ def run(config: RelabelConfig) -> RelabelResult:
     """Relabel as ``config`` says; returns the result also written to ``<store>/results.json``."""
     if not isinstance(config, RelabelConfig):
         raise RelabelError(f"run takes a RelabelConfig, not a {type(config).__name__}")
-    from ddpipe.evaluate._phase import torch_threads
+    from ._phase import torch_threads
 
     with torch_threads(config.threads):
         return _run(config)
@@ -202,12 +202,12 @@ def run(config: RelabelConfig) -> RelabelResult:
 def _run(config: RelabelConfig) -> RelabelResult:
     import torch
 
-    from ddpipe.evaluate._phase import versions
-    from ddpipe.evaluate.distributed import init_distributed, is_main_process
-    from ddpipe.evaluate.errors import ClassCountMismatchError
-    from ddpipe.evaluate.teacher import Ensemble, open_teachers, teacher_hash
-    from ddpipe.pipeline import LoaderConfig, open_source, recipe
-    from ddpipe.pipeline.relabel import relabel
+    from ._phase import versions
+    from .distributed import init_distributed, is_main_process
+    from .errors import ClassCountMismatchError
+    from .teacher import Ensemble, open_teachers, teacher_hash
+    from ..pipeline import LoaderConfig, open_source, recipe
+    from ..pipeline.relabel import relabel
 
     t0 = time.perf_counter()
     out = resolve_out(config.out)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from ddpipe.config import Result, check_int, option
-from ddpipe.evaluate.errors import ShowError
+from .errors import ShowError
 
 __all__ = ["ShowConfig", "ShowResult", "run", "summary_text", "make_grid"]
 

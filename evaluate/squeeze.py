@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, config_to_dict, option, \
     parse_key_values
-from ddpipe.evaluate._phase import ResumeOption, RunOptions
-from ddpipe.evaluate.errors import SqueezeError
+from ._phase import ResumeOption, RunOptions
+from .errors import SqueezeError
 # the teacher file format, loading and writing have one owner: ddpipe.evaluate.teacher (re-exported here)
-from ddpipe.evaluate.teacher import TEACHER_FORMAT, load_init_weights, load_teacher, write_teacher
+from .teacher import TEACHER_FORMAT, load_init_weights, load_teacher, write_teacher
 
 __all__ = ["SqueezeConfig", "SqueezeResult", "run", "summary_text", "load_teacher", "load_init_weights",
            "write_teacher", "TEACHER_FORMAT", "DEFAULT_MODEL"]
@@ -167,7 +167,7 @@ def _resolved_config(config: SqueezeConfig, world_size: int) -> dict:
 # --- the run --------------------------------------------------------------------------------------
 def run(config: SqueezeConfig) -> SqueezeResult:
     """Train (or resume) a teacher as ``config`` says; returns the result also written to results.json."""
-    from ddpipe.evaluate._phase import run_phase
+    from ._phase import run_phase
 
     return run_phase(config, SqueezeConfig, _run, "squeeze")
 
@@ -175,13 +175,13 @@ def run(config: SqueezeConfig) -> SqueezeResult:
 def _run(config: SqueezeConfig) -> SqueezeResult:
     import torch
 
-    from ddpipe.evaluate._phase import versions
-    from ddpipe.evaluate.checkpoint import unwrap_model
-    from ddpipe.evaluate.datasets import load_dataset
-    from ddpipe.evaluate.distributed import barrier, get_world_size, init_distributed
-    from ddpipe.evaluate.loop import TrainingRun
-    from ddpipe.evaluate.teacher import build_model  # create_model with bad arguments as one error
-    from ddpipe.evaluate.train import build_loaders, build_optimizer, build_scheduler, seed_epoch, seed_everything, validate
+    from ._phase import versions
+    from .checkpoint import unwrap_model
+    from .datasets import load_dataset
+    from .distributed import barrier, get_world_size, init_distributed
+    from .loop import TrainingRun
+    from .teacher import build_model  # create_model with bad arguments as one error
+    from .train import build_loaders, build_optimizer, build_scheduler, seed_epoch, seed_everything, validate
 
     # 1. distributed mode, config, output directory, the checkpoint to resume
     init_distributed(config.device, announce=False)  # the world size resolves the default lr
@@ -244,7 +244,7 @@ def _run(config: SqueezeConfig) -> SqueezeResult:
     # 5. LPLD's class-wise BN statistics (one eval pass over the augmented training data)
     class_bn = None
     if config.classwise_bn != "none":
-        from ddpipe.evaluate.models import collect_class_stats, convert_to_classwise_bn
+        from .models import collect_class_stats, convert_to_classwise_bn
 
         convert_to_classwise_bn(tr.model_without_ddp, dataset.num_classes, 0.1 if config.classwise_bn == "ema" else None)
         seed_epoch(train_loader, config.seed, config.epochs)

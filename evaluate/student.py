@@ -23,12 +23,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ddpipe.pipeline.backends import BACKENDS as LOADERS
+from ..pipeline.backends import BACKENDS as LOADERS
 from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, config_to_dict, option, \
     parse_key_values
-from ddpipe.evaluate._phase import ResumeOption, RunOptions
-from ddpipe.evaluate.errors import TrainError
-from ddpipe.labelstore.spec import MIX_KINDS
+from ._phase import ResumeOption, RunOptions
+from .errors import TrainError
+from ..labelstore.spec import MIX_KINDS
 
 __all__ = ["TrainConfig", "TrainResult", "run", "summary_text", "kd_loss", "soft_cross_entropy", "LabelBytesRead"]
 
@@ -198,7 +198,7 @@ def online_targets(logits, temperature: float, k: int | None):
     """A live teacher's targets through the store's arithmetic: softmax at T, top-k, marginal smoothing."""
     import torch
 
-    from ddpipe.labelstore import densify, softmax_at, top_k
+    from ..labelstore import densify, softmax_at, top_k
 
     probs = softmax_at(logits.detach().float().cpu().numpy(), temperature)
     c = probs.shape[1]
@@ -233,8 +233,8 @@ class _Batches:
     """One epoch of ``(images, targets, meta)`` for the chosen label mode (the loop never branches on it)."""
 
     def __init__(self, args: "TrainConfig", dataset, dist, device):
-        from ddpipe.labelstore import open_store
-        from ddpipe.pipeline import LoaderConfig, open_source
+        from ..labelstore import open_store
+        from ..pipeline import LoaderConfig, open_source
 
         self.args, self.dist = args, dist
         self.source = open_source(args.images)
@@ -250,26 +250,26 @@ class _Batches:
             self.batch_size = spec.batch_size
             self.temperature = args.temperature or spec.temperature
             if spec.num_classes != dataset.num_classes:
-                from ddpipe.evaluate.errors import ClassCountMismatchError
+                from .errors import ClassCountMismatchError
 
                 raise ClassCountMismatchError(
                     f"the store {args.labels} holds {spec.num_classes}-class labels but {dataset.name} has "
                     f"{dataset.num_classes} classes")
             size = (spec.augmentation or {}).get("output_size")
             if size and tuple(size) != (dataset.input_size, dataset.input_size):
-                from ddpipe.evaluate.errors import TrainError
+                from .errors import TrainError
 
                 raise TrainError(
                     f"the store {args.labels} replays {size[0]}x{size[1]} px crops but {dataset.name} is "
                     f"{dataset.input_size} px; train with the dataset the store was relabelled for")
             if args.batch_size not in (None, spec.batch_size):
-                from ddpipe.pipeline import LoaderSpecError
+                from ..pipeline import LoaderSpecError
 
                 raise LoaderSpecError(f"--batch-size {args.batch_size} differs from the store's {spec.batch_size}; "
                                       "replay batches are the relabel batches")
             self.loader = self._store_loader()
         else:
-            from ddpipe.pipeline import Schedule, recipe
+            from ..pipeline import Schedule, recipe
 
             self.epochs = args.epochs or 300
             self.batch_size = args.batch_size or 1024
@@ -278,8 +278,8 @@ class _Batches:
                          scale=(args.min_scale, 1.0) if args.min_scale is not None else None)
             self.schedule = Schedule(cfg, args.schedule_seed, self.source.sizes, self.batch_size, self.epochs)
             if args.online_teacher:
-                from ddpipe.evaluate.errors import ClassCountMismatchError, TrainError
-                from ddpipe.evaluate.teacher import Ensemble, open_teachers
+                from .errors import ClassCountMismatchError, TrainError
+                from .teacher import Ensemble, open_teachers
 
                 teachers = open_teachers(list(args.online_teacher), device=device)
                 t = teachers[0]
@@ -294,7 +294,7 @@ class _Batches:
                 self.teacher = Ensemble(teachers, device)
 
     def _store_loader(self):
-        from ddpipe.pipeline import make_loader
+        from ..pipeline import make_loader
 
         return make_loader(self.source, self.store, self.config, rank=self.dist.rank, world_size=self.dist.world_size)
 
@@ -310,7 +310,7 @@ class _Batches:
                 return
             yield from self.loader.epoch(epoch)
             return
-        from ddpipe.pipeline import make_relabel_loader
+        from ..pipeline import make_relabel_loader
 
         nb = self.schedule.batches_per_epoch
         rows = np.stack([np.full(nb, epoch), np.arange(nb)], axis=1)[self.dist.rank :: self.dist.world_size]
@@ -333,18 +333,18 @@ class _Batches:
 # --- the run --------------------------------------------------------------------------------------------
 def run(config: TrainConfig) -> TrainResult:
     """Train (or resume) a student as ``config`` says; returns the result also written to results.json."""
-    from ddpipe.evaluate._phase import run_phase
+    from ._phase import run_phase
 
     return run_phase(config, TrainConfig, _run, "student")
 
 
 def _run(config: TrainConfig) -> TrainResult:
-    from ddpipe.evaluate._phase import versions
-    from ddpipe.evaluate.checkpoint import unwrap_model
-    from ddpipe.evaluate.datasets import load_dataset
-    from ddpipe.evaluate.loop import TrainingRun
-    from ddpipe.evaluate.teacher import build_model  # create_model with bad arguments as one error
-    from ddpipe.evaluate.train import build_loaders, build_optimizer, build_scheduler, seed_everything
+    from ._phase import versions
+    from .checkpoint import unwrap_model
+    from .datasets import load_dataset
+    from .loop import TrainingRun
+    from .teacher import build_model  # create_model with bad arguments as one error
+    from .train import build_loaders, build_optimizer, build_scheduler, seed_everything
 
     # 1. output directory, distributed mode, config, the checkpoint to resume
     cfg = config_to_dict(config)
@@ -359,7 +359,7 @@ def _run(config: TrainConfig) -> TrainResult:
     # 2. data: the distilled images with their labels, and the real test set
     dataset = load_dataset(config.dataset, data_root=config.data_root)
     if config.augment == "dsa":
-        from ddpipe.evaluate.dsa_batches import DSABatches
+        from .dsa_batches import DSABatches
 
         batches = DSABatches(config, dataset, tr.dist)
     else:
@@ -409,7 +409,7 @@ def _run(config: TrainConfig) -> TrainResult:
         raise TrainError(f"nothing to train: epochs {batches.epochs}")
     res = results("complete")
     if tr.main:
-        from ddpipe.evaluate.checkpoint import save_atomic
+        from .checkpoint import save_atomic
 
         save_atomic({"model": tr.model_without_ddp.state_dict(), "model_cfg": unwrap_model(model).model_cfg},
                     tr.final_path)
@@ -420,8 +420,8 @@ def _run(config: TrainConfig) -> TrainResult:
 def _check_teacher(config: TrainConfig, batches: "_Batches", tr) -> dict:
     """``check_teacher``: re-run the given teacher on the first ``check_units`` units this run replays
     (:func:`ddpipe.evaluate.check_teacher.check_teacher`); a mismatch stops the run with one line."""
-    from ddpipe.evaluate.check_teacher import check_teacher
-    from ddpipe.pipeline.schedule import replay_units
+    from .check_teacher import check_teacher
+    from ..pipeline.schedule import replay_units
 
     reader = batches.store
     first_epoch = tr.ckpt["epoch"] + 1 if tr.ckpt is not None else 0
@@ -453,7 +453,7 @@ class LabelBytesRead:
     """
 
     def __init__(self, reader):
-        from ddpipe.labelstore.layout import array_defs, shard_key
+        from ..labelstore.layout import array_defs, shard_key
 
         self.reader = reader
         read = set(reader.array_names)  # the arrays read_slab reads: this store's format's data arrays
@@ -467,7 +467,7 @@ class LabelBytesRead:
         """Count the objects of the shards that epoch ``epoch``'s replay reads (new ones only)."""
         import numpy as np
 
-        from ddpipe.pipeline.schedule import replay_units
+        from ..pipeline.schedule import replay_units
 
         units = replay_units(self.reader.plan, self.reader.spec, epoch)
         for s in np.unique(units // self.reader.spec.units_per_shard).tolist():
@@ -476,14 +476,14 @@ class LabelBytesRead:
                 self.bytes += sum(self._size(self._shard_key(name, s, ndim)) for name, ndim in self._keys)
 
     def _size(self, key: str) -> int:
-        from ddpipe.labelstore.metadata import is_local
+        from ..labelstore.metadata import is_local
 
         if is_local(self.reader.path):
             return os.path.getsize(os.path.join(self.reader.path, key))
         from zarr.core.sync import sync
 
         if self._store is None:
-            from ddpipe.labelstore.metadata import open_group
+            from ..labelstore.metadata import open_group
 
             self._store = open_group(self.reader.path).store
         return int(sync(self._store.getsize(key)))

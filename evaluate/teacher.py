@@ -83,7 +83,7 @@ _FACT_ARGS = ("num_classes", "in_chans", "input_size")
 
 
 def _imagenet() -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from ddpipe.pipeline.stages import IMAGENET_MEAN, IMAGENET_STD
+    from ..pipeline.stages import IMAGENET_MEAN, IMAGENET_STD
 
     return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
 
@@ -220,7 +220,7 @@ class Teacher:
 # --- hashing ----------------------------------------------------------------------------------------
 def state_dict_hash(state_dict: Mapping) -> str:
     """sha256 over names, dtypes, shapes and bytes of a state dict's tensors (the ``teacher_hash``)."""
-    from ddpipe.synth.stats import state_dict_hash as _hash
+    from ..synth.stats import state_dict_hash as _hash
 
     return _hash(dict(state_dict))
 
@@ -239,13 +239,13 @@ def teacher_hash(obj: Any) -> str:
     if isinstance(obj, (list, tuple)):
         hashes = [teacher_hash(o) for o in obj]
         if not hashes:
-            from ddpipe.evaluate.errors import TeacherError
+            from .errors import TeacherError
 
             raise TeacherError("an ensemble needs at least one teacher")
         if len(hashes) == 1:
             return hashes[0]
         return hashlib.sha256("+".join(hashes).encode()).hexdigest()
-    from ddpipe.evaluate.errors import TeacherError
+    from .errors import TeacherError
 
     raise TeacherError(f"cannot hash a {type(obj).__name__} as a teacher")
 
@@ -255,7 +255,7 @@ def parse_model_args(items: Iterable[str] | Mapping | None, flag: str = "--model
     """``["width=48", "depth=3"]`` (values parsed as JSON, else kept as strings) or a mapping -> dict
     (:func:`ddpipe.config.parse_key_values`, raising :class:`ModelConfigError` naming ``flag``)."""
     from ddpipe.config import parse_key_values
-    from ddpipe.evaluate.errors import ModelConfigError
+    from .errors import ModelConfigError
 
     return parse_key_values(ModelConfigError, flag, dict(items) if isinstance(items, Mapping) else items)
 
@@ -263,7 +263,7 @@ def parse_model_args(items: Iterable[str] | Mapping | None, flag: str = "--model
 def _split_facts(model_args: dict, facts: dict, where: str) -> tuple[dict, dict]:
     """Move ``num_classes`` / ``in_chans`` / ``input_size`` out of the model arguments into the facts
     (``--model-arg input_size=32`` means ``--input-size 32``); a conflict is one error."""
-    from ddpipe.evaluate.errors import ModelConfigError
+    from .errors import ModelConfigError
 
     args, facts = dict(model_args), dict(facts)
     for key in _FACT_ARGS:
@@ -281,8 +281,8 @@ def _split_facts(model_args: dict, facts: dict, where: str) -> tuple[dict, dict]
 def build_model(name: str, num_classes: int, in_chans: int, input_size: int, model_args: Mapping | Iterable[str] | None = None):
     """``create_model`` with the facts explicit and bad arguments as one :class:`ModelConfigError`
     (a ``model_args`` key that is a fact, e.g. ``input_size``, is taken as that fact)."""
-    from ddpipe.evaluate.errors import ModelConfigError
-    from ddpipe.evaluate.models import create_model
+    from .errors import ModelConfigError
+    from .models import create_model
 
     args, facts = _split_facts(parse_model_args(model_args), {"num_classes": num_classes, "in_chans": in_chans,
                                                               "input_size": input_size}, f"model {name}")
@@ -317,9 +317,9 @@ def load_init_weights(model, path: str, num_classes: int, reset_head: bool = Fal
     keeps the new, randomly initialised classifier); any other missing, unexpected or mis-shaped
     key is one :class:`CheckpointError`. Returns ``{"loaded": n, "reset": [keys]}``.
     """
-    from ddpipe.evaluate.checkpoint import extract_state_dict, load_checkpoint
-    from ddpipe.evaluate.errors import CheckpointError, ClassCountMismatchError
-    from ddpipe.evaluate.models import convert_to_classwise_bn, has_classwise_bn
+    from .checkpoint import extract_state_dict, load_checkpoint
+    from .errors import CheckpointError, ClassCountMismatchError
+    from .models import convert_to_classwise_bn, has_classwise_bn
 
     sd = dict(state_dict) if state_dict is not None else extract_state_dict(load_checkpoint(path), path)
     if any(k.endswith("class_running_mean") for k in sd) and not has_classwise_bn(model):
@@ -353,7 +353,7 @@ def load_init_weights(model, path: str, num_classes: int, reset_head: bool = Fal
 
 # --- facts ------------------------------------------------------------------------------------------
 def _positive(name: str, value: Any, where: str) -> int:
-    from ddpipe.evaluate.errors import TeacherError
+    from .errors import TeacherError
 
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise TeacherError(f"{where}: {name} must be a positive integer, got {value!r}")
@@ -361,7 +361,7 @@ def _positive(name: str, value: Any, where: str) -> int:
 
 
 def _norm(name: str, value: Any, channels: int, where: str) -> tuple[float, ...]:
-    from ddpipe.evaluate.errors import TeacherError
+    from .errors import TeacherError
 
     try:
         vals = tuple(float(v) for v in value)
@@ -376,7 +376,7 @@ def _norm(name: str, value: Any, channels: int, where: str) -> tuple[float, ...]
 
 def _finish(model, *, num_classes, in_chans, input_size, mean, std, source, kind, meta, device, digest=None) -> Teacher:
     """Check the facts, put the model on ``device`` in eval mode, record everything in ``meta``."""
-    from ddpipe.evaluate.errors import TeacherError
+    from .errors import TeacherError
 
     where = f"teacher {source}"
     num_classes = _positive("num_classes", num_classes, where)
@@ -407,7 +407,7 @@ def _probe(model, num_classes: int, in_chans: int, input_size: int, device, wher
     traceback in the middle of a run."""
     import torch
 
-    from ddpipe.evaluate.errors import TeacherError
+    from .errors import TeacherError
 
     try:
         with torch.no_grad():
@@ -423,7 +423,7 @@ def _probe(model, num_classes: int, in_chans: int, input_size: int, device, wher
 
 def _agree(given: Mapping, recorded: Mapping, where: str) -> None:
     """Facts given explicitly must equal what the file records (one error naming the first that differs)."""
-    from ddpipe.evaluate.errors import ClassCountMismatchError, TeacherError
+    from .errors import ClassCountMismatchError, TeacherError
 
     for key in ("num_classes", "in_chans", "input_size", "mean", "std"):
         g = given.get(key)
@@ -452,8 +452,8 @@ def _infer_from_state_dict(sd: Mapping) -> dict:
 
 
 def _from_teacher_file(obj: dict, path: str, facts: dict, device) -> Teacher:
-    from ddpipe.evaluate.errors import CheckpointError, TeacherError
-    from ddpipe.evaluate.models import convert_to_classwise_bn, create_model
+    from .errors import CheckpointError, TeacherError
+    from .models import convert_to_classwise_bn, create_model
 
     sd = obj["model"]
     if state_dict_hash(sd) != obj["teacher_hash"]:
@@ -489,7 +489,7 @@ def _squeeze_facts(path: str) -> dict:
 
 
 def _from_state_dict(sd: dict, path: str, facts: dict, device, kind: str, recorded: dict | None = None) -> Teacher:
-    from ddpipe.evaluate.errors import CheckpointError, TeacherError
+    from .errors import CheckpointError, TeacherError
 
     recorded = recorded or {}
     name = facts.get("model") or recorded.get("model")
@@ -516,7 +516,7 @@ def _from_state_dict(sd: dict, path: str, facts: dict, device, kind: str, record
 
 
 def _from_module(module, facts: dict, device) -> Teacher:
-    from ddpipe.evaluate.errors import TeacherError
+    from .errors import TeacherError
 
     where = f"<{type(module).__name__}>"
     if facts.get("model") or facts.get("model_args"):
@@ -555,14 +555,14 @@ def open_teacher(source: Any, *, device: Any = "cpu", model: str | None = None,
         nn = None
     if nn is not None and isinstance(source, nn.Module):
         return _from_module(source, facts, device)
-    from ddpipe.evaluate.errors import TeacherError
+    from .errors import TeacherError
 
     raise TeacherError(f"a teacher is a file path, an nn.Module or a Teacher, not a {type(source).__name__}")
 
 
 def _open_file(path: str, facts: dict, device) -> Teacher:
-    from ddpipe.evaluate.checkpoint import extract_state_dict, load_checkpoint
-    from ddpipe.evaluate.errors import CheckpointError
+    from .checkpoint import extract_state_dict, load_checkpoint
+    from .errors import CheckpointError
 
     if os.path.isdir(path):
         hint = " (it holds teacher.pt)" if os.path.isfile(os.path.join(path, "teacher.pt")) else ""
@@ -584,7 +584,7 @@ def _open_file(path: str, facts: dict, device) -> Teacher:
 def check_teachers_agree(teachers: Sequence[Teacher]) -> None:
     """One :class:`ClassCountMismatchError` unless all teachers share classes, channels, input size, mean and std
     (an ensemble sees one batch of images)."""
-    from ddpipe.evaluate.errors import ClassCountMismatchError
+    from .errors import ClassCountMismatchError
 
     first = teachers[0]
     for t in teachers[1:]:
@@ -598,7 +598,7 @@ def check_teachers_agree(teachers: Sequence[Teacher]) -> None:
 def open_teachers(sources: Any, *, device: Any = "cpu", **facts: Any) -> list[Teacher]:
     """:func:`open_teacher` for each of ``sources`` (one source or a sequence; the same ``facts`` for all),
     checked to agree (:func:`check_teachers_agree`)."""
-    from ddpipe.evaluate.errors import TeacherError
+    from .errors import TeacherError
 
     if isinstance(sources, (str, os.PathLike, Teacher)) or not isinstance(sources, (list, tuple)):
         sources = [sources]
@@ -639,9 +639,9 @@ def write_teacher(model, path: str, dataset=None, metrics: dict | None = None, c
     """
     import torch
 
-    from ddpipe.evaluate.checkpoint import save_atomic, unwrap_model
-    from ddpipe.evaluate.errors import TeacherError
-    from ddpipe.evaluate.models import has_classwise_bn, model_config
+    from .checkpoint import save_atomic, unwrap_model
+    from .errors import TeacherError
+    from .models import has_classwise_bn, model_config
 
     if isinstance(model, Teacher):
         facts = {"num_classes": model.num_classes, "in_chans": model.in_chans, "input_size": model.input_size,

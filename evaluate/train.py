@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddpipe.evaluate.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
-from ddpipe.evaluate.errors import EvaluateError
+from .distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
+from .errors import EvaluateError
 
 __all__ = [
     "SmoothedValue", "MetricLogger", "accuracy", "epoch_seed", "seed_everything", "seed_epoch", "deterministic",
@@ -253,8 +253,8 @@ def build_loaders(dataset, batch_size: int, workers: int = 0, aug: str = "standa
     """
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from ddpipe.evaluate.datasets import SplitDataset, eval_transform, train_transform
-    from ddpipe.evaluate.datasets import crop_padding as default_padding
+    from .datasets import SplitDataset, eval_transform, train_transform
+    from .datasets import crop_padding as default_padding
 
     split = train_split if train_split is not None else dataset.train
     world, rank = get_world_size(), get_rank()

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 
 from ddpipe.config import option
-from ddpipe.evaluate.check_teacher import TeacherCheckConfig
+from .check_teacher import TeacherCheckConfig
 
 __all__ = ["VerifyConfig", "run", "summary_text"]
 
@@ -43,12 +43,12 @@ class VerifyConfig(TeacherCheckConfig):
 
 
 def run(config: VerifyConfig) -> dict:
-    from ddpipe.labelstore import verify_store
+    from ..labelstore import verify_store
 
     result = verify_store(config.store, backend=config.backend, progress=config.progress and sys.stderr.isatty(),
                           storage_options=config.storage_options)
     if config.teacher:
-        from ddpipe.evaluate import check_teacher
+        from . import check_teacher
 
         check = check_teacher.run(config)
         result = {**result, "ok": bool(result["ok"] and check.ok), "store_ok": result["ok"],
@@ -65,7 +65,7 @@ def summary_text(r: dict) -> str:
             span = f"-{p['last_unit']}" if "last_unit" in p else ""
             rows.append(f"  unit {p['unit']}{span} (epoch {p['epoch']}, batch {p['batch']}) {p['array']}: {p['error']}")
     if "teacher_check" in r:
-        from ddpipe.evaluate.check_teacher import check_teacher_text
+        from .check_teacher import check_teacher_text
 
         rows.append(check_teacher_text(r["teacher_check"]))
     return "\n".join(rows)

@@ -7,8 +7,8 @@ Write with :func:`create_store` / :func:`open_writer`, read with :func:`open_sto
 refuse to write an output onto its input with :func:`check_distinct_locations`.
 """
 
-from ddpipe.labelstore.codecs import ValueCodec, get_codec, list_codecs, register_codec
-from ddpipe.labelstore.errors import (
+from .codecs import ValueCodec, get_codec, list_codecs, register_codec
+from .errors import (
     ChunkCorruptError,
     FormatVersionError,
     ImageSetMismatchError,
@@ -23,14 +23,15 @@ from ddpipe.labelstore.errors import (
     StoreExistsError,
     StoreIOError,
 )
-from ddpipe.labelstore.info import store_info
-from ddpipe.labelstore.location import check_distinct_locations, locations_overlap, same_location, store_location
-from ddpipe.labelstore.prune import plan_units, prune_store
-from ddpipe.labelstore.reader import Slab, StoreReader, UnitData, open_store
-from ddpipe.labelstore.spec import FORMAT_VERSION, MIX_KINDS, StoreSpec, full_plan
-from ddpipe.labelstore.topk import dense_logits, densify, logit_probs, logsumexp_at, softmax_at, top_k
-from ddpipe.labelstore.verify import verify_store
-from ddpipe.labelstore.writer import StoreWriter, Unit, create_store, open_writer
+from .info import store_info
+from .location import check_distinct_locations, is_url, locations_overlap, results_path, same_location, store_location, \
+    write_results
+from .prune import plan_units, prune_store
+from .reader import Slab, StoreReader, UnitData, open_store
+from .spec import FORMAT_VERSION, MIX_KINDS, StoreSpec, full_plan
+from .topk import dense_logits, densify, logit_probs, logsumexp_at, softmax_at, top_k
+from .verify import verify_store
+from .writer import StoreWriter, Unit, create_store, open_writer
 
 __all__ = [
     "FORMAT_VERSION",
@@ -56,6 +57,7 @@ __all__ = [
     "UnitData",
     "ValueCodec",
     "check_distinct_locations",
+    "is_url",
     "create_store",
     "dense_logits",
     "densify",
@@ -70,10 +72,12 @@ __all__ = [
     "plan_units",
     "prune_store",
     "register_codec",
+    "results_path",
     "same_location",
     "softmax_at",
     "store_info",
     "store_location",
+    "write_results",
     "top_k",
     "verify_store",
 ]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpipe.labelstore.errors import MetadataEditedError, SpecError
+from .errors import MetadataEditedError, SpecError
 
 RECORD_MAGIC = b"DDPC"
 RECORD_LAYOUT = 1
@@ -129,8 +129,8 @@ def recomputed_plan(spec, num_units: int, recorded_sha: str | None = None) -> np
     for a pruned store the units :func:`ddpipe.labelstore.prune.plan_units` draws with its pruning
     record. None when the spec does not determine it (a prune of a pruned store, an explicit plan):
     then the plan arrays, checked against ``plan_sha256``, are the reference."""
-    from ddpipe.labelstore.prune import select_units
-    from ddpipe.labelstore.spec import full_plan
+    from .prune import select_units
+    from .spec import full_plan
 
     full = full_plan(spec)
     if spec.pruning is None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ddpipe.labelstore.errors import SpecError
+from .errors import SpecError
 
 _CODECS: dict[str, "ValueCodec"] = {}
 

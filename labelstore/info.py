@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from ddpipe.labelstore.location import store_location
-from ddpipe.labelstore.metadata import is_local
-from ddpipe.labelstore.reader import open_store
-from ddpipe.labelstore.spec import StoreSpec
+from .location import store_location
+from .metadata import is_local
+from .reader import open_store
+from .spec import StoreSpec
 
 # SRe2L's relabel writes, per (epoch, batch), torch.save([coords, flip, mix_index, lam, bbox, logits]):
 # fp16 logits [b, C], float32 coords [b, 4], bool flips [b], int64 mix_index [b], a float lambda

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ddpipe.labelstore.codecs import get_codec
-from ddpipe.labelstore.spec import CHUNK_SAMPLES, FORMAT_VERSION, StoreSpec
+from .codecs import get_codec
+from .spec import CHUNK_SAMPLES, FORMAT_VERSION, StoreSpec
 
 PAD_SAMPLE_ID = 2**32 - 1
 """``sample_id`` of the padding slots of a short last batch."""
@@ -139,7 +139,7 @@ def shard_key(array: str, shard: int, ndim: int) -> str:
 
 def commit_record_bytes(spec: StoreSpec) -> int:
     """Bytes of one commit record of a format-3 store with this spec."""
-    from ddpipe.labelstore.binding import record_bytes
+    from .binding import record_bytes
 
     return record_bytes(len(array_defs(spec)))
 

@@ -25,8 +25,8 @@ import time
 import uuid
 import weakref
 
-from ddpipe.labelstore.layout import LEASE_PREFIX
-from ddpipe.labelstore.objects import Objects
+from .layout import LEASE_PREFIX
+from .objects import Objects
 
 DEFAULT_LEASE_TTL = 300.0
 """Seconds a lease lives without renewal: the longest a killed writer on another host blocks its

@@ -18,13 +18,50 @@ import os
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ddpipe.labelstore.errors import SameLocationError, SpecError
+from .errors import SameLocationError, SpecError
 
 LOCAL_SCHEMES = ("file", "local")
 
 
+RESULTS = "results.json"
+
+
 def is_url(location: Any) -> bool:
+    """Whether ``location`` is a URL (``s3://``, ``memory://``, ``file://`` ...) rather than a local path:
+    the one test every package uses."""
     return isinstance(location, str) and "://" in location
+
+
+def results_path(location: Any) -> str:
+    """Where a phase's ``results.json`` lies inside the store at ``location`` (a path or a URL)."""
+    loc = store_location(location)
+    return loc.rstrip("/") + "/" + RESULTS if is_url(loc) else os.path.join(loc, RESULTS)
+
+
+def write_results(location: Any, result: Any, storage_options: dict | None = None) -> str:
+    """Write ``result`` (a dict, or anything with ``to_dict()``) as indented JSON to ``results.json``
+    inside the store at ``location``: atomically for a local store, through fsspec at a URL. The one
+    writer of a store's ``results.json`` (relabel, prune, import); returns where it was written.
+
+    The file sits at the group's root beside ``zarr.json``; readers of the store ignore it."""
+    import json
+
+    from ddpipe._format import json_default
+
+    if hasattr(result, "to_dict"):
+        result = result.to_dict()
+    text = (json.dumps(result, indent=2, default=json_default) + "\n").encode()
+    path = results_path(location)
+    if is_url(path):
+        import fsspec
+
+        with fsspec.open(path, "wb", **(storage_options or {})) as f:
+            f.write(text)
+    else:
+        from ddpipe._files import replace_atomically
+
+        replace_atomically(path, lambda f: f.write(text))
+    return path
 
 
 def store_location(path: Any) -> str:

@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ddpipe.labelstore.binding import check_checksum, make_checksum, new_store_id, plan_sha256
-from ddpipe.labelstore.errors import FormatVersionError, NotAStoreError, SpecError
-from ddpipe.labelstore.location import is_url, store_location
-from ddpipe.labelstore.spec import BOUND_FORMAT_VERSION, FORMAT_VERSION, READ_FORMAT_VERSIONS, StoreSpec
+from .binding import check_checksum, make_checksum, new_store_id, plan_sha256
+from .errors import FormatVersionError, NotAStoreError, SpecError
+from .location import is_url, store_location
+from .spec import BOUND_FORMAT_VERSION, FORMAT_VERSION, READ_FORMAT_VERSIONS, StoreSpec
 
 ATTR_KEY = "ddpipe"
 
@@ -131,7 +131,7 @@ def open_group(path: Any, mode: str = "r", storage_options: dict | None = None):
     except (ValueError, TypeError) as e:
         raise NotAStoreError(f"{where} is not a readable Zarr v3 group: {e}") from None
     except OSError as e:
-        from ddpipe.labelstore.objects import io_error
+        from .objects import io_error
 
         raise io_error(e, "opening the store", where) from None
 

@@ -12,8 +12,8 @@ import hashlib
 import os
 import uuid
 
-from ddpipe.labelstore.errors import StoreIOError
-from ddpipe.labelstore.location import is_url
+from .errors import StoreIOError
+from .location import is_url
 
 
 def io_error(e: OSError, what: str, where: str) -> StoreIOError:
@@ -46,7 +46,7 @@ class Objects:
 
     def _zstore(self):
         if self._store is None:
-            from ddpipe.labelstore.metadata import open_group
+            from .metadata import open_group
 
             self._store = open_group(self.location, "r").store
         return self._store

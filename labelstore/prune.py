@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ddpipe.labelstore.errors import SpecError
-from ddpipe.labelstore.location import check_distinct_locations, is_url, store_location
-from ddpipe.labelstore.reader import open_store
-from ddpipe.labelstore.spec import PRUNE_GRANULARITIES, StoreSpec, full_plan
-from ddpipe.labelstore.writer import create_store
+from .errors import SpecError
+from .location import check_distinct_locations, is_url, store_location
+from .reader import open_store
+from .spec import PRUNE_GRANULARITIES, StoreSpec, full_plan
+from .writer import create_store
 
 
 def _parse_keep(keep: Any) -> float:

@@ -21,10 +21,10 @@ from typing import Iterator
 
 import numpy as np
 
-from ddpipe.labelstore.backends import DEFAULT_CACHE_BYTES, make_backend
-from ddpipe.labelstore.codecs import get_codec
-from ddpipe.labelstore.binding import is_committed_row, plan_sha256, recomputed_plan, unpack_record
-from ddpipe.labelstore.errors import (
+from .backends import DEFAULT_CACHE_BYTES, make_backend
+from .codecs import get_codec
+from .binding import is_committed_row, plan_sha256, recomputed_plan, unpack_record
+from .errors import (
     ChunkCorruptError,
     ImageSetMismatchError,
     IncompleteUnitError,
@@ -33,7 +33,7 @@ from ddpipe.labelstore.errors import (
     StoredValueError,
     StoreError,
 )
-from ddpipe.labelstore.layout import (
+from .layout import (
     AUX_ARRAY,
     COMMIT_ARRAY,
     CROP_SCALE,
@@ -46,12 +46,12 @@ from ddpipe.labelstore.layout import (
     shard_key,
     shard_units,
 )
-from ddpipe.labelstore.location import store_location
-from ddpipe.labelstore.metadata import StoreMeta, is_local, read_meta
-from ddpipe.labelstore.objects import Objects
-from ddpipe.labelstore.spec import MIX_KINDS, StoreSpec
-from ddpipe.labelstore.topk import logit_probs
-from ddpipe.labelstore.writer import Unit
+from .location import store_location
+from .metadata import StoreMeta, is_local, read_meta
+from .objects import Objects
+from .spec import MIX_KINDS, StoreSpec
+from .topk import logit_probs
+from .writer import Unit
 
 
 UnitData = Unit

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ddpipe.labelstore.errors import SpecError
+from .errors import SpecError
 
 FORMAT_VERSION = 3
 """The on-disk format this code writes (``docs/format.md``). Version 2 added ``sample_cutout_fill``;
@@ -163,7 +163,7 @@ class StoreSpec:
             raise SpecError(f"num_classes must be below 2**32, got {self.num_classes}")
         if self.num_samples > 2**32 - 2:
             raise SpecError(f"num_samples must be below 2**32 - 1, got {self.num_samples}")
-        from ddpipe.labelstore.codecs import get_codec  # codecs import spec's errors only
+        from .codecs import get_codec  # codecs import spec's errors only
 
         get_codec(self.value_codec)
         set_(self, "temperature", parse_temperature(self.temperature))

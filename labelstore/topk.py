@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ddpipe.labelstore.errors import SpecError
+from .errors import SpecError
 
 
 def softmax_at(logits: np.ndarray, temperature: float) -> np.ndarray:

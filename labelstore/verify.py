@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ddpipe.labelstore.errors import ChunkCorruptError
-from ddpipe.labelstore.layout import CROP_SCALE, PAD_SAMPLE_ID
-from ddpipe.labelstore.reader import DamagedObject, StoreReader, open_store
-from ddpipe.labelstore.spec import MIX_KINDS
+from .errors import ChunkCorruptError
+from .layout import CROP_SCALE, PAD_SAMPLE_ID
+from .reader import DamagedObject, StoreReader, open_store
+from .spec import MIX_KINDS
 
 
 def _problem(reader: StoreReader, unit: int, array: str, error: str, last: int | None = None) -> dict:

@@ -31,16 +31,16 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ddpipe.labelstore.codecs import get_codec
-from ddpipe.labelstore.binding import pack_record, plan_sha256, unpack_record
-from ddpipe.labelstore.errors import (
+from .codecs import get_codec
+from .binding import pack_record, plan_sha256, unpack_record
+from .errors import (
     FormatVersionError,
     SpecError,
     StoreError,
     StoreExistsError,
     StoreIOError,
 )
-from ddpipe.labelstore.layout import (
+from .layout import (
     AUX_ARRAY,
     COMMIT_ARRAY,
     CROP_SCALE,
@@ -54,12 +54,12 @@ from ddpipe.labelstore.layout import (
     shard_key,
     shard_units,
 )
-from ddpipe.labelstore.lease import DEFAULT_LEASE_TTL, ShardLeases
-from ddpipe.labelstore.location import store_location
-from ddpipe.labelstore.metadata import ATTR_KEY, is_local, make_attrs, open_group, parse_attrs
-from ddpipe.labelstore.objects import Objects, io_error
-from ddpipe.labelstore.spec import FORMAT_VERSION, MIX_KINDS, StoreSpec, parse_plan
-from ddpipe.labelstore.topk import densify, logsumexp_at, softmax_at, top_k
+from .lease import DEFAULT_LEASE_TTL, ShardLeases
+from .location import store_location
+from .metadata import ATTR_KEY, is_local, make_attrs, open_group, parse_attrs
+from .objects import Objects, io_error
+from .spec import FORMAT_VERSION, MIX_KINDS, StoreSpec, parse_plan
+from .topk import densify, logsumexp_at, softmax_at, top_k
 
 log = logging.getLogger(__name__)
 
@@ -627,7 +627,7 @@ def _write_objects(target: Objects, objs: dict[str, bytes]) -> None:
 
 def _sweep_stale_creations(parent: str, base: str) -> None:
     """Remove creation folders of this store left by killed processes of this host."""
-    from ddpipe.labelstore.lease import _pid_alive
+    from .lease import _pid_alive
 
     host = socket.gethostname()
     try:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import importlib
 
-from ddpipe.labelstore import Unit  # the one record of a unit's parameters (and labels)
-from ddpipe.pipeline.errors import ImageSetMismatchError, LoaderSpecError, SourceError
-from ddpipe.pipeline.feed import ScheduleFeed, StoreFeed
-from ddpipe.pipeline.schedule import (
+from ..labelstore import Unit  # the one record of a unit's parameters (and labels)
+from .errors import ImageSetMismatchError, LoaderSpecError, SourceError
+from .feed import ScheduleFeed, StoreFeed
+from .schedule import (
     RECIPES,
     Schedule,
     ScheduleConfig,
@@ -23,7 +23,7 @@ from ddpipe.pipeline.schedule import (
     replay_units,
     shard_for_rank,
 )
-from ddpipe.pipeline.sources import ArraySource, ImageFolderSource, ImageSource, WebDatasetSource, open_source
+from .sources import ArraySource, ImageFolderSource, ImageSource, WebDatasetSource, open_source
 
 _LAZY = {
     "Batch": "ddpipe.pipeline.loader",

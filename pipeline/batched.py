@@ -41,9 +41,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddpipe.pipeline.errors import LoaderSpecError
-from ddpipe.pipeline.schedule import crop_pixels
-from ddpipe.pipeline.stages import CropResize, Decode, Normalize
+from .errors import LoaderSpecError
+from .schedule import crop_pixels
+from .stages import CropResize, Decode, Normalize
 
 KERNELS = ("auto", "per-sample", "matmul")
 STAGES = ("decode", "crop_resize", "collate", "mix")
@@ -217,7 +217,7 @@ def _fits(nbytes: int, device: torch.device) -> bool:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return nbytes <= free // 2  # leave the other half to the model
-    from ddpipe.pipeline.cache import _available_bytes
+    from .cache import _available_bytes
 
     return nbytes <= _available_bytes() // 4
 
@@ -357,7 +357,7 @@ class ImageBatcher:
         self._spans(lambda lo, hi: self._normalise_span(u8, out, lo, hi), b)
         out = out.permute(0, 3, 1, 2)  # [b, C, H, W], channels-last in memory
         if kind not in ("none", "cutmix"):
-            from ddpipe.pipeline.mix import apply_mix
+            from .mix import apply_mix
 
             t0 = time.perf_counter()
             out = apply_mix(out, kind, unit.mix_perm, unit.mix_lambda, unit.mix_box)

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ddpipe.config import Result, check_int, config_to_dict, option
-from ddpipe.pipeline.errors import ImageSetMismatchError, SourceError
-from ddpipe.pipeline.sources import ImageSource, open_source
+from .errors import ImageSetMismatchError, SourceError
+from .sources import ImageSource, open_source
 
 __all__ = [
     "CACHE_VERSION", "CacheConfig", "CacheResult", "CachedSource", "StaleCacheError", "build_cache", "is_cache",

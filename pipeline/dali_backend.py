@@ -20,9 +20,9 @@ from typing import Iterator
 
 import numpy as np
 
-from ddpipe.pipeline.errors import LoaderSpecError
-from ddpipe.pipeline.schedule import crop_pixels
-from ddpipe.pipeline.stages import DaliContext, Decode
+from .errors import LoaderSpecError
+from .schedule import crop_pixels
+from .stages import DaliContext, Decode
 
 
 def dali_available() -> bool:

@@ -1,7 +1,7 @@
 """Errors raised by the pipeline. Each message says what was expected, what was found, and the fix."""
 
 from ddpipe.errors import DDPipeError
-from ddpipe.labelstore.errors import ImageSetMismatchError
+from ..labelstore.errors import ImageSetMismatchError
 
 __all__ = ["ImageSetMismatchError", "LoaderSpecError", "SourceError"]
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ddpipe.labelstore import Unit, open_store
-from ddpipe.pipeline.errors import ImageSetMismatchError, LoaderSpecError
-from ddpipe.pipeline.schedule import Schedule, replay_units, shard_for_rank
+from ..labelstore import Unit, open_store
+from .errors import ImageSetMismatchError, LoaderSpecError
+from .schedule import Schedule, replay_units, shard_for_rank
 
 
 class Feed:

@@ -29,14 +29,14 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from ddpipe.labelstore import Unit
-from ddpipe.pipeline.backends import BACKENDS
-from ddpipe.pipeline.errors import LoaderSpecError
-from ddpipe.pipeline.feed import Feed, ScheduleFeed, StoreFeed, check_source_fits
-from ddpipe.pipeline.mix import MixStage
-from ddpipe.pipeline.schedule import Schedule, ScheduleConfig
-from ddpipe.pipeline.sources import ImageSource
-from ddpipe.pipeline.stages import IMAGENET_MEAN, IMAGENET_STD, declare_image, image_stages, run_targets, target_stages
+from ..labelstore import Unit
+from .backends import BACKENDS
+from .errors import LoaderSpecError
+from .feed import Feed, ScheduleFeed, StoreFeed, check_source_fits
+from .mix import MixStage
+from .schedule import Schedule, ScheduleConfig
+from .sources import ImageSource
+from .stages import IMAGENET_MEAN, IMAGENET_STD, declare_image, image_stages, run_targets, target_stages
 
 KERNELS = ("auto", "per-sample", "matmul")
 
@@ -249,7 +249,7 @@ def _target_temperature(feed, temperature: float | None) -> float | None:
 
 def _at_temperature(unit: Unit, spec, temperature: float) -> Unit:
     """``unit`` with its top-k probabilities taken at ``temperature`` from its stored logits and log-sum-exp."""
-    from ddpipe.labelstore import logit_probs
+    from ..labelstore import logit_probs
 
     if unit.topk_logits is None or unit.lse is None:
         raise LoaderSpecError(f"unit (epoch {unit.epoch}, batch {unit.batch}) carries no logits to re-temper")
@@ -262,15 +262,15 @@ def _make_backend(config: LoaderConfig, source, feed, stages, mix):
     """The backend turns units into image batches with the ``mix`` stage applied: in the torch
     workers (parallel), or on DALI's output in this process. Same stage, same code, either way."""
     if config.backend == "torch":
-        from ddpipe.pipeline.torch_backend import TorchBackend
+        from .torch_backend import TorchBackend
 
         return TorchBackend(source, feed, stages, mix, num_workers=config.num_workers, prefetch=config.prefetch,
                             start_method=config.start_method)
     if config.backend == "batched":
-        from ddpipe.pipeline.batched import BatchedBackend
+        from .batched import BatchedBackend
 
         return BatchedBackend(source, feed, stages, config, mix)
-    from ddpipe.pipeline.dali_backend import DaliBackend
+    from .dali_backend import DaliBackend
 
     return DaliBackend(source, feed, stages, config, mix)
 
@@ -278,7 +278,7 @@ def _make_backend(config: LoaderConfig, source, feed, stages, mix):
 # --- front doors -----------------------------------------------------------------------------------
 def _source(source, config: LoaderConfig) -> ImageSource:
     """The source, or its decoded cache when ``config.cache`` asks for one (built on first use)."""
-    from ddpipe.pipeline.cache import with_cache
+    from .cache import with_cache
 
     return with_cache(source, config.cache, channels=config.channels, workers=max(1, config.num_workers))
 

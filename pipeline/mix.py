@@ -15,8 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ddpipe.labelstore import MIX_KINDS
-from ddpipe.pipeline.errors import LoaderSpecError
+from ..labelstore import MIX_KINDS
+from .errors import LoaderSpecError
 
 
 def apply_cutout(images: torch.Tensor, boxes: np.ndarray, fill_normalised: torch.Tensor) -> torch.Tensor:

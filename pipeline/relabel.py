@@ -20,13 +20,13 @@ from typing import Callable
 
 import numpy as np
 
-from ddpipe.labelstore import (StoreError, StoreExistsError, StoreSpec, create_store, open_store, open_writer,
+from ..labelstore import (StoreError, StoreExistsError, StoreSpec, create_store, open_store, open_writer,
                                plan_units)
-from ddpipe.labelstore.prune import pruned_spec
-from ddpipe.pipeline.errors import LoaderSpecError
-from ddpipe.pipeline.loader import LoaderConfig, make_relabel_loader
-from ddpipe.pipeline.schedule import Schedule, ScheduleConfig, recipe
-from ddpipe.pipeline.sources import ImageSource, open_source
+from ..labelstore.prune import pruned_spec
+from .errors import LoaderSpecError
+from .loader import LoaderConfig, make_relabel_loader
+from .schedule import Schedule, ScheduleConfig, recipe
+from .sources import ImageSource, open_source
 
 
 def relabel_spec(
@@ -88,7 +88,7 @@ def softmax_top_k(logits: np.ndarray, temperature: float, k: int) -> tuple[np.nd
     could tie with or beat the k-th value (exp is monotone to within an ulp), takes the reference path for
     that row, so the result never depends on the tolerance being small, only on it being an upper bound.
     """
-    from ddpipe.labelstore import softmax_at, top_k
+    from ..labelstore import softmax_at, top_k
 
     x = np.ascontiguousarray(logits, dtype=np.float32)
     t = float(temperature)

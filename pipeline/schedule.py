@@ -23,9 +23,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ddpipe.labelstore import MIX_KINDS, StoreSpec, Unit
-from ddpipe.labelstore.layout import CROP_SCALE, FILL_CHANNELS, augmentation_fill
-from ddpipe.pipeline.errors import LoaderSpecError
+from ..labelstore import MIX_KINDS, StoreSpec, Unit
+from ..labelstore.layout import CROP_SCALE, FILL_CHANNELS, augmentation_fill
+from .errors import LoaderSpecError
 
 SCHEDULE_VERSION = 1
 

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ddpipe.pipeline.errors import SourceError
+from .errors import SourceError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -340,7 +340,7 @@ def open_source(path: str | os.PathLike | Sequence[str], *, in_memory: bool = Tr
     if p.endswith(".tar") or "{" in p:
         return WebDatasetSource(p)
     if os.path.isfile(os.path.join(p, "cache.json")):  # a decoded cache (`ddpipe cache`)
-        from ddpipe.pipeline.cache import open_cache
+        from .cache import open_cache
 
         return open_cache(p)
     if os.path.isdir(p):

@@ -33,8 +33,8 @@ from typing import Any, Iterator
 
 import torch
 
-from ddpipe.pipeline.errors import LoaderSpecError
-from ddpipe.pipeline.loader import LoaderConfig, make_loader
+from .errors import LoaderSpecError
+from .loader import LoaderConfig, make_loader
 
 _TINY = 1e-30
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ddpipe.pipeline.errors import LoaderSpecError
+from .errors import LoaderSpecError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -279,7 +279,7 @@ class Densify(Stage):
         return State((self.num_classes,), "float32")
 
     def apply(self, topk, ctx=None):
-        from ddpipe.labelstore import densify
+        from ..labelstore import densify
 
         return densify(topk[0], topk[1], self.num_classes)
 

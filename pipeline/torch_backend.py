@@ -19,9 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ddpipe.errors import DDPipeError
-from ddpipe.labelstore import Unit
-from ddpipe.pipeline.schedule import crop_pixels
-from ddpipe.pipeline.stages import CropResize, Decode, Flip, Normalize, SampleContext, Stage
+from ..labelstore import Unit
+from .schedule import crop_pixels
+from .stages import CropResize, Decode, Flip, Normalize, SampleContext, Stage
 
 # which timing bucket each reference stage's time goes to (Loader.stage_seconds)
 _STAGE_NAMES = {Decode: "decode", CropResize: "crop_resize", Flip: "crop_resize"}

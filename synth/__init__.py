@@ -5,17 +5,17 @@ runs a recipe (``sre2l``, ``cda``, ``lpld``, ``gvbsm``, ``delt``, ``dm``, ``rand
 or ``family.tag``) and writes an ImageFolder plus ``manifest.json``. See docs/synth.md.
 """
 
-from ddpipe.synth._registry import (create_loss, create_method, default_recipe, is_method, list_losses, list_methods,
+from ._registry import (create_loss, create_method, default_recipe, is_method, list_losses, list_methods,
                                     method_doc, register_loss, register_method)
-from ddpipe.synth.config import RecoverConfig
-from ddpipe.synth.engine import (Batch, Engine, RealData, delt_schedule, delt_start_rounds, medium_order,
+from .config import RecoverConfig
+from .engine import (Batch, Engine, RealData, delt_schedule, delt_start_rounds, medium_order,
                                  rank_order, recover)
-from ddpipe.synth.errors import RunStateError, SynthConfigError, SynthError, TeacherError, UnknownLossError, UnknownMethodError
-from ddpipe.synth.losses import LossTerm, Step, densify_loss, dm_mean_loss
-from ddpipe.synth.stats import collect_class_bn_stats, collect_conv_stats, module_hash, penultimate_features
-from ddpipe.synth.select import herding_order
-from ddpipe.synth.writer import MANIFEST, read_manifest, to_uint8
-from ddpipe.synth import sre2l, cda, lpld, gvbsm, delt, dm, select  # noqa: F401  (register the recipes)
+from .errors import RunStateError, SynthConfigError, SynthError, TeacherError, UnknownLossError, UnknownMethodError
+from .losses import LossTerm, Step, densify_loss, dm_mean_loss
+from .stats import collect_class_bn_stats, collect_conv_stats, module_hash, penultimate_features
+from .select import herding_order
+from .writer import MANIFEST, read_manifest, to_uint8
+from . import sre2l, cda, lpld, gvbsm, delt, dm, select  # noqa: F401  (register the recipes)
 
 __all__ = [
     "Batch", "Engine", "LossTerm", "MANIFEST", "RealData", "RecoverConfig", "RunStateError", "Step",

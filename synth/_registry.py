@@ -13,7 +13,7 @@ import fnmatch
 import warnings
 from typing import Callable
 
-from ddpipe.synth.errors import UnknownLossError, UnknownMethodError
+from .errors import UnknownLossError, UnknownMethodError
 
 __all__ = ["register_method", "list_methods", "is_method", "create_method", "default_recipe", "register_loss",
            "list_losses", "create_loss", "method_doc"]
@@ -74,7 +74,7 @@ def create_method(name: str, **overrides):
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(given) - fields)
     if unknown:
-        from ddpipe.synth.errors import SynthConfigError
+        from .errors import SynthConfigError
 
         raise SynthConfigError(f"{recipe} has no option(s) {unknown}; options: {sorted(fields)}")
     return dataclasses.replace(cfg, recipe=recipe, **given)

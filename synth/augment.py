@@ -89,7 +89,7 @@ class DSA:
         groups = [g for g in strategy.split("_") if g]
         bad = [g for g in groups if g not in self.GROUPS]
         if bad:
-            from ddpipe.synth.errors import SynthConfigError
+            from .errors import SynthConfigError
 
             raise SynthConfigError(f"unknown DSA group(s) {bad}; groups: {', '.join(self.GROUPS)}")
         self.group = groups[_randint(gen, 0, len(groups) - 1)] if groups else None

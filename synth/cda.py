@@ -6,9 +6,9 @@ RandomResizedCrop scale: ``(min_crop, 1)`` with ``min_crop`` cosine-decayed from
 normalisation (pass mean 0 and std 1; images are clamped to [0, 1]).
 """
 
-from ddpipe.synth._registry import register_method
-from ddpipe.synth.config import FMNIST_28PX, FMNIST_STAT_WEIGHT
-from ddpipe.synth.sre2l import sre2l_cfg
+from ._registry import register_method
+from .config import FMNIST_28PX, FMNIST_STAT_WEIGHT
+from .sre2l import sre2l_cfg
 
 __all__ = ["cda_cfg"]
 

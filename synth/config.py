@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ddpipe.synth.errors import SynthConfigError
+from .errors import SynthConfigError
 
 __all__ = ["RecoverConfig", "BATCHINGS", "INITS", "OPTIMIZERS", "SELECTIONS", "FMNIST_28PX", "FMNIST_STAT_WEIGHT"]
 

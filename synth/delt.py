@@ -9,8 +9,8 @@ Batches hold whole classes (bs 100 with IPC 50 is two classes), jitter is off, t
 spans all ITR iterations.
 """
 
-from ddpipe.synth._registry import register_method
-from ddpipe.synth.config import FMNIST_28PX, FMNIST_STAT_WEIGHT, RecoverConfig
+from ._registry import register_method
+from .config import FMNIST_28PX, FMNIST_STAT_WEIGHT, RecoverConfig
 
 __all__ = ["delt_cfg"]
 

@@ -10,8 +10,8 @@ own (``ddpipe recover`` passes DM's ConvNet from ``ddpipe.evaluate.models``, ``-
 default ``convnet``: width 128, depth 3, instance norm, average pooling).
 """
 
-from ddpipe.synth._registry import register_method
-from ddpipe.synth.config import RecoverConfig
+from ._registry import register_method
+from .config import RecoverConfig
 
 __all__ = ["dm_cfg", "DSA_STRATEGY"]
 

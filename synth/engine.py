@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddpipe.synth._registry import create_loss, create_method
-from ddpipe.synth.augment import DSA, cda_min_scale, sre2l_augment
-from ddpipe.synth.config import RecoverConfig
-from ddpipe.synth.errors import SynthConfigError
-from ddpipe.synth.losses import Step
-from ddpipe.synth.stats import (Recorder, class_buffers, collect_class_bn_stats, collect_conv_stats, has_class_buffers,
+from ._registry import create_loss, create_method
+from .augment import DSA, cda_min_scale, sre2l_augment
+from .config import RecoverConfig
+from .errors import SynthConfigError
+from .losses import Step
+from .stats import (Recorder, class_buffers, collect_class_bn_stats, collect_conv_stats, has_class_buffers,
                                 module_hash)
-from ddpipe.synth.writer import FORMAT, ImageFolderWriter, to_uint8
+from .writer import FORMAT, ImageFolderWriter, to_uint8
 
 __all__ = ["RealData", "Batch", "Engine", "recover", "delt_schedule", "delt_start_rounds", "rank_order",
            "medium_order"]
@@ -504,7 +504,7 @@ def recover(method: str | RecoverConfig, *, teachers: Sequence[nn.Module] = (), 
                 stopped = True
                 break
             if cfg.select is not None:
-                from ddpipe.synth.select import select_batch
+                from .select import select_batch
 
                 images = select_batch(engine, batch, orders)
                 history: list[dict] = []

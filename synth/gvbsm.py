@@ -11,8 +11,8 @@ spectrum of each class's Gram matrix (``densify``); batches hold all IPC images 
 relabel uses the teacher ensemble: pass all teachers to ``ddpipe relabel``.
 """
 
-from ddpipe.synth._registry import register_method
-from ddpipe.synth.config import FMNIST_28PX, FMNIST_STAT_WEIGHT, RecoverConfig
+from ._registry import register_method
+from .config import FMNIST_28PX, FMNIST_STAT_WEIGHT, RecoverConfig
 
 __all__ = ["gvbsm_cfg"]
 

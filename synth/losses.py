@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpipe.synth._registry import register_loss
-from ddpipe.synth.errors import TeacherError
-from ddpipe.synth.stats import Recorder, bn_layers, channel_stats, patch_stats
+from ._registry import register_loss
+from .errors import TeacherError
+from .stats import Recorder, bn_layers, channel_stats, patch_stats
 
 if TYPE_CHECKING:
-    from ddpipe.synth.engine import Engine
+    from .engine import Engine
 
 __all__ = ["Step", "LossTerm", "CrossEntropy", "BNStats", "ClassBNStats", "BNStatsEMA", "ConvStats", "Densify",
            "DMMean", "densify_loss", "dm_mean_loss"]

@@ -9,8 +9,8 @@ Targets come from the teacher's class buffers when it has them (LPLD's ``forward
 statistics in one pass over the real data. Everything else is SRe2L's.
 """
 
-from ddpipe.synth._registry import register_method
-from ddpipe.synth.config import FMNIST_28PX, FMNIST_STAT_WEIGHT, RecoverConfig
+from ._registry import register_method
+from .config import FMNIST_28PX, FMNIST_STAT_WEIGHT, RecoverConfig
 
 __all__ = ["lpld_cfg"]
 

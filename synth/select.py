@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ddpipe.synth._registry import register_method
-from ddpipe.synth.config import RecoverConfig
-from ddpipe.synth.errors import SynthConfigError
-from ddpipe.synth.stats import penultimate_features
+from ._registry import register_method
+from .config import RecoverConfig
+from .errors import SynthConfigError
+from .stats import penultimate_features
 
 if TYPE_CHECKING:
-    from ddpipe.synth.engine import Batch, Engine
+    from .engine import Batch, Engine
 
 __all__ = ["class_order", "herding_order", "select_batch"]
 

@@ -9,8 +9,8 @@ clamp to the valid pixel range. The last iterate is saved. (tv_l2 and l2_scale a
 released script, so they are left out.)
 """
 
-from ddpipe.synth._registry import register_method
-from ddpipe.synth.config import FMNIST_28PX, FMNIST_STAT_WEIGHT, RecoverConfig
+from ._registry import register_method
+from .config import FMNIST_28PX, FMNIST_STAT_WEIGHT, RecoverConfig
 
 __all__ = ["sre2l_cfg"]
 

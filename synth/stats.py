@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpipe.synth.errors import TeacherError
+from .errors import TeacherError
 
 __all__ = [
     "bn_layers", "conv_layers", "Recorder", "channel_stats", "patch_stats", "has_class_buffers", "class_buffers",

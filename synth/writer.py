@@ -16,7 +16,7 @@ import shutil
 import numpy as np
 import torch
 
-from ddpipe.synth.errors import RunStateError, SynthConfigError
+from .errors import RunStateError, SynthConfigError
 
 __all__ = ["MANIFEST", "FORMAT", "ImageFolderWriter", "to_uint8", "read_manifest"]
 

@@ -5,7 +5,7 @@ Registered families: DM's ConvNet (``convnet*``), torchvision ResNet-18/50 (``re
 class-wise BN conversion LPLD needs works on any of them.
 """
 
-from ddpipe.evaluate.models._registry import (
+from ._registry import (
     create_model,
     is_model,
     list_models,
@@ -13,8 +13,8 @@ from ddpipe.evaluate.models._registry import (
     model_entrypoint,
     register_model,
 )
-from ddpipe.evaluate.models import convnet, resnet, timm_models
-from ddpipe.evaluate.models.classwise_bn import (
+from . import convnet, resnet, timm_models
+from .classwise_bn import (
     ClassAwareBatchNorm2d,
     class_labels,
     class_stats,
@@ -23,7 +23,7 @@ from ddpipe.evaluate.models.classwise_bn import (
     has_classwise_bn,
     reset_class_stats,
 )
-from ddpipe.evaluate.models.convnet import ConvNet
+from .convnet import ConvNet
 
 _FAMILIES = (convnet, resnet, timm_models)  # importing these modules registers the families
 

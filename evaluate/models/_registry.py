@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Callable
 
-from ddpipe.evaluate.errors import UnknownModelError
+from ..errors import UnknownModelError
 
 __all__ = ["register_model", "list_models", "is_model", "model_entrypoint", "create_model", "model_config"]
 
@@ -65,7 +65,7 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, input_size: int
     remembers its config as ``model.model_cfg`` (see :func:`model_config`)."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if name.startswith("timm:"):
-        from ddpipe.evaluate.models.timm_models import create_timm_model
+        from .timm_models import create_timm_model
 
         input_size = 224 if input_size is None else input_size
         model = create_timm_model(name[len("timm:"):], num_classes=num_classes, in_chans=in_chans,

@@ -23,7 +23,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ddpipe.evaluate.errors import EvaluateError
+from ..errors import EvaluateError
 
 __all__ = [
     "ClassAwareBatchNorm2d", "convert_to_classwise_bn", "class_labels", "collect_class_stats", "class_stats",
@@ -174,7 +174,7 @@ def collect_class_stats(model: nn.Module, loader: Iterable, device: str | torch.
 
     Returns the number of images seen. This is LPLD's ``forward_once`` step.
     """
-    from ddpipe.evaluate.train import MetricLogger
+    from ..train import MetricLogger
 
     model.eval()
     seen = 0

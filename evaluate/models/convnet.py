@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ddpipe.evaluate.errors import ModelConfigError
-from ddpipe.evaluate.models._registry import register_model
+from ..errors import ModelConfigError
+from ._registry import register_model
 
 __all__ = ["ConvNet"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from ddpipe.evaluate.models._registry import register_model
+from ._registry import register_model
 
 __all__: list[str] = []
 

@@ -6,8 +6,8 @@ Models that take an image size (ViTs, MaxViT …) are built for ``input_size``.
 
 from __future__ import annotations
 
-from ddpipe.evaluate.errors import UnknownModelError
-from ddpipe.evaluate.models._registry import register_model
+from ..errors import UnknownModelError
+from ._registry import register_model
 
 __all__ = ["create_timm_model"]
 

@@ -5,11 +5,11 @@
 (:mod:`~ddpipe.pipeline.interop.safe_load`); layouts and what is kept exactly: ``docs/interop.md``.
 """
 
-from ddpipe.pipeline.interop.errors import InteropError
-from ddpipe.pipeline.interop.exporter import ExportConfig, export_refusal, run_export
-from ddpipe.pipeline.interop.folders import FORMATS, BatchRecord, LabelFolder, detect_format, open_folder
-from ddpipe.pipeline.interop.importer import ImportConfig, run_import
-from ddpipe.pipeline.interop.safe_load import ALLOWED_GLOBALS, load_label_file
+from .errors import InteropError
+from .exporter import ExportConfig, export_refusal, run_export
+from .folders import FORMATS, BatchRecord, LabelFolder, detect_format, open_folder
+from .importer import ImportConfig, run_import
+from .safe_load import ALLOWED_GLOBALS, load_label_file
 
 __all__ = [
     "ALLOWED_GLOBALS",

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ddpipe.config import check_choice, option
-from ddpipe.pipeline.interop.errors import InteropError
-from ddpipe.pipeline.interop.folders import SRE2L_SAMPLER_SEED
+from .errors import InteropError
+from .folders import SRE2L_SAMPLER_SEED
 
 EXPORT_FORMATS = ("sre2l",)
 
@@ -77,7 +77,7 @@ def _dense_logits(unit, spec) -> tuple[np.ndarray, bool]:
         out = np.empty((len(idx), spec.num_classes), np.float16)
         np.put_along_axis(out, idx, val.astype(np.float16), axis=-1)
         return out, spec.value_codec == "fp16"  # fp32 logits are rounded to SRe2L's fp16
-    from ddpipe.labelstore import dense_logits
+    from ...labelstore import dense_logits
 
     return dense_logits(idx, val, unit.lse, spec.num_classes, spec.temperature).astype(np.float16), False
 
@@ -87,8 +87,8 @@ def run_export(config: ExportConfig) -> dict:
     import torch
     from tqdm import tqdm
 
-    from ddpipe.labelstore import check_distinct_locations, open_store
-    from ddpipe.pipeline.schedule import SamplerReplay
+    from ...labelstore import check_distinct_locations, open_store
+    from ..schedule import SamplerReplay
 
     t0 = time.perf_counter()
     check_distinct_locations(config.store, config.out, "export")

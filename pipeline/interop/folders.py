@@ -23,8 +23,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ddpipe.pipeline.interop.errors import InteropError
-from ddpipe.pipeline.interop.safe_load import load_label_file
+from .errors import InteropError
+from .safe_load import load_label_file
 
 FORMATS = ("sre2l", "lpld", "lpqld", "gvbsm", "fkd")
 """Folder formats ``ddpipe import`` reads (``auto`` detects one of them)."""
@@ -266,7 +266,7 @@ class LabelFolder:
                     rec.sample_ids = np.asarray(ids, dtype=np.int64)
                 else:
                     if e not in orders:
-                        from ddpipe.pipeline.schedule import SamplerReplay
+                        from ..schedule import SamplerReplay
 
                         replay = replay or SamplerReplay(num_samples, seed)
                         orders.clear()

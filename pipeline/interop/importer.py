@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from ddpipe.config import check_choice, check_int, check_range, config_to_dict, option
-from ddpipe.pipeline.interop.errors import InteropError
-from ddpipe.pipeline.interop.folders import (
+from .errors import InteropError
+from .folders import (
     FORMATS,
     SRE2L_SAMPLER_SEED,
     FKDFolder,
@@ -30,7 +30,7 @@ from ddpipe.pipeline.interop.folders import (
     parse_fkd,
     resolve_layout,
 )
-from ddpipe.pipeline.interop.safe_load import load_label_file
+from .safe_load import load_label_file
 
 VALUE_KINDS = ("auto", "logits", "probs")
 # The temperature each codebase trains with (train_FKD.sh -T 20; LPQLD starts at 20); probabilities
@@ -86,13 +86,13 @@ class ImportConfig:
 
 def logit_stores_supported() -> bool:
     """Whether this ddpipe's store format has ``value_kind = logits`` (format step of issue 12)."""
-    from ddpipe.labelstore import StoreSpec
+    from ...labelstore import StoreSpec
 
     return "value_kind" in StoreSpec.__dataclass_fields__
 
 
 def exact_fields_supported() -> bool:
-    from ddpipe.labelstore import StoreSpec
+    from ...labelstore import StoreSpec
 
     return "exact_fields" in StoreSpec.__dataclass_fields__
 
@@ -145,7 +145,7 @@ class _Labels:
         if self.kind == "logits":
             if index is None:
                 return {"logits": values.astype(np.float32)}
-            from ddpipe.labelstore import logsumexp_at
+            from ...labelstore import logsumexp_at
 
             lse = logsumexp_at(values.astype(np.float32), self.T)  # over every stored logit (MR-k)
             idx, val = _sort_topk(index, values.astype(np.float32))
@@ -155,7 +155,7 @@ class _Labels:
             return {"topk": (idx[:, : self.k], val[:, : self.k])}
         p = _softmax64(values, self.T).astype(np.float32)
         if index is None:
-            from ddpipe.labelstore import top_k
+            from ...labelstore import top_k
 
             idx, val = top_k(p, self.k)
             return {"topk": (idx, val)}
@@ -171,7 +171,7 @@ def randaug_aux(layers: int) -> tuple[str, ...]:
 
 
 def _unit_from_record(rec, labels: _Labels, out_hw, aux_fields: tuple) -> Any:
-    from ddpipe.labelstore import Unit
+    from ...labelstore import Unit
 
     kw = labels(rec.values, rec.value_index, probs_given=False)
     cut = fill = None
@@ -196,7 +196,7 @@ def _image_count(config: ImportConfig) -> tuple[int, str, int | None, list | Non
     """(images, image-set hash, class folders or None, ImageFolder names or None) of --images, or --num-samples."""
     if config.images is None:
         return int(config.num_samples), "", None, None
-    from ddpipe.pipeline.sources import ImageFolderSource, open_source
+    from ..sources import ImageFolderSource, open_source
 
     src = open_source(config.images, in_memory=False) if os.path.isdir(config.images) else open_source(config.images)
     n = len(src)
@@ -216,9 +216,9 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def run_import(config: ImportConfig) -> dict:
     """Import ``config.src`` into a new store at ``config.out``; returns the result record."""
-    from ddpipe.labelstore import check_distinct_locations, create_store, store_info
-    from ddpipe.labelstore.location import redact_storage_options, store_location
-    from ddpipe.pipeline.schedule import DDPIPE_ORDER, TORCH_SAMPLER_ORDER, ScheduleConfig
+    from ...labelstore import check_distinct_locations, create_store, store_info
+    from ...labelstore.location import redact_storage_options, store_location
+    from ..schedule import DDPIPE_ORDER, TORCH_SAMPLER_ORDER, ScheduleConfig
 
     t0 = time.perf_counter()
     check_distinct_locations(config.src, config.out, "import")
@@ -275,7 +275,7 @@ def run_import(config: ImportConfig) -> dict:
             cutout=0.5 if cutout else 0.0, fill="random" if cutout else (0, 0, 0), order=order,
         ).to_dict()
         spec_kw = dict(num_samples=n, num_classes=num_classes, epochs=folder.epochs, batch_size=folder.batch_size)
-    from ddpipe.labelstore import StoreSpec
+    from ...labelstore import StoreSpec
 
     extra_spec: dict = {}
     if logit_stores_supported():
@@ -365,7 +365,7 @@ def _write_results(result: dict, store: str, storage_options: dict | None = None
 
 
 def parse_first_k(folder: LabelFolder) -> int:
-    from ddpipe.pipeline.interop.folders import parse_batch
+    from .folders import parse_batch
 
     _e, _b, path = folder.files[0]
     rec = parse_batch(load_label_file(path), path, folder.fmt, 0, 0)
@@ -376,7 +376,7 @@ def _write_fkd(folder: FKDFolder, writer, spec, labels: _Labels, config: ImportC
                names: list | None) -> tuple[int, int]:
     """FKD: epoch ``e`` = crop ``e`` of every image, images in --images order, batches of ``batch_size``.
     Each pass reads every file once and keeps a window of epochs whose crops fit the memory budget."""
-    from ddpipe.labelstore import Unit
+    from ...labelstore import Unit
 
     keys = _fkd_keys(names, folder)
     per_crop = 4 * 4 + 1 + 2 * 8 * folder.k

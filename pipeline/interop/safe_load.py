@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpipe.pipeline.interop.errors import InteropError
+from .errors import InteropError
 
 _NUMPY_NAMES = (
     "numpy.core.multiarray.scalar",
