@@ -30,17 +30,22 @@ data:
 	else echo "note: $(FMNIST) missing and apt-get unavailable; Fashion-MNIST tests will be skipped"; fi
 
 test: install
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 	$(MAKE) --no-print-directory wheel-check
 
 # Build the wheel, install it with its extras into a separate venv (never editable) and run the
 # digits chain from that install, from an empty folder: a module missing from the wheel fails here.
+# The wheel venv borrows torch & co. from the main venv through a path line in a .pth file, so pip
+# finds the extras' requirements installed and installs only the wheel. That line adds a plain
+# folder to sys.path: the main venv's own .pth files (its editable ddpipe finder among them) are
+# never run, so `import ddpipe` can only find the wheel (tests/wheel_check.py asserts it).
 WHEEL_VENV ?= .venv-wheel
+MAIN_SITE   = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 wheel-check: install
 	rm -rf build dist
 	set -o pipefail; $(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist . $(PIP_QUIET)
 	test -x $(WHEEL_VENV)/bin/python || $(PYTHON) -m venv $(WHEEL_VENV)
-	set -o pipefail; $(WHEEL_VENV)/bin/python -m pip install -q $(TORCH_PINS) $(PIP_QUIET)
+	echo "$(MAIN_SITE)" > "$$($(WHEEL_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/ddpipe-main-venv.pth"
 	set -o pipefail; $(WHEEL_VENV)/bin/python -m pip install -q --force-reinstall --no-deps dist/ddpipe-*.whl $(PIP_QUIET)
 	set -o pipefail; $(WHEEL_VENV)/bin/python -m pip install -q "$$(ls dist/ddpipe-*.whl)[torch,fast,dev]" $(PIP_QUIET)
 	cd "$$(mktemp -d)" && $(abspath $(WHEEL_VENV))/bin/python $(CURDIR)/tests/wheel_check.py

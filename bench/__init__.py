@@ -4,7 +4,8 @@ A benchmark is a module with ``DESCRIPTION``, a ``Config`` dataclass whose field
 :func:`ddpipe.config.option` (the CLI builds ``ddpipe bench NAME``'s flags from them, exactly as for
 the phases; a ``json`` field, if declared, receives ``--json``) and ``run(config) -> int``. Each
 prints a table (stderr under ``--json``, else stdout), prints its rows as one JSON object on stdout
-with ``--json``, and writes the same JSON under ``bench/results/``. Tests never time things.
+with ``--json``, and writes the same JSON under ``bench/results/`` of the current directory (or
+``--results-dir``; never inside the installed package). Tests never time things.
 Modules are imported only when their benchmark runs, so the CLI starts fast; no bench module
 imports argparse or ``ddpipe.cli``.
 """

@@ -1,14 +1,17 @@
-"""Shared helpers of the benchmarks: tables, results JSON, median timers, core pinning, memory.
+"""Shared helpers of the benchmarks: tables, results JSON, median timers, core pinning, memory, and
+reading what an earlier step left behind.
 
 Benchmarks print a fixed-width table (on stderr under ``--json``, so stdout stays one JSON
-object), write their rows under ``bench/results/``, time with the median of repeats, and take
-"one core" numbers with the whole process (every thread) pinned to one CPU.
+object), write their rows under ``bench/results/`` of the current directory (``--results-dir``),
+time with the median of repeats, and take "one core" numbers with the whole process (every
+thread) pinned to one CPU. Nothing is ever written inside the installed package.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -19,10 +22,24 @@ import time
 import types
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
+from ddpipe._files import replace_atomically
 from ddpipe._format import human_bytes, json_default  # noqa: F401  shared with the CLI; bench modules use common.human_bytes
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-WORK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work")
+# relative to the current directory (a clone's root when run from there), never the package's folder
+RESULTS_DIR = os.path.join("bench", "results")
+WORK_DIR = os.path.join("bench", "work")
+
+
+def results_dir(given: str | None = None) -> str:
+    """Where a benchmark writes its JSON: ``given`` (``--results-dir``), else ``bench/results`` under
+    the current directory; absolute."""
+    return os.path.abspath(given or RESULTS_DIR)
+
+
+def work_dir(given: str | None = None, *parts: str) -> str:
+    """Where a benchmark's steps write: ``given`` (``--workdir``), else ``bench/work/<parts>`` under
+    the current directory; absolute."""
+    return os.path.abspath(given or os.path.join(WORK_DIR, *parts))
 
 
 # --- settings -------------------------------------------------------------------------------------
@@ -68,17 +85,80 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) 
 
 
 def write_results(name: str, payload: dict, directory: str | None = None) -> str:
-    """Write ``payload`` as ``<directory>/<name>-<UTC time>.json`` (default ``bench/results``)."""
-    directory = directory or RESULTS_DIR
+    """Write ``payload`` as ``<directory>/<name>-<UTC time>.json`` (default: :func:`results_dir`)."""
+    directory = results_dir(directory)
     os.makedirs(directory, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = os.path.join(directory, f"{name}-{stamp}.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, default=json_default)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(payload, path)
     return path
+
+
+def write_json(payload: dict, path: str) -> None:
+    """``payload`` as indented JSON at ``path``: the old file or the complete new one."""
+    text = json.dumps(payload, indent=1, default=json_default) + "\n"
+    replace_atomically(path, lambda f: f.write(text.encode()))
+
+
+# --- what earlier steps left ------------------------------------------------------------------------
+def read_json(path: str) -> Any:
+    """The JSON at ``path``, or None when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def finished(result_type: type, path: str):
+    """The phase result at ``path`` (a ``results.json``) as the phase's own ``result_type``, when the
+    phase says it is complete; None when it is missing, unreadable or not finished. A result type
+    without a ``status`` field (relabel's) is written only when the run finished."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        return None
+    try:
+        res = result_type.from_dict(data)
+    except TypeError:  # an older or partial file without every field
+        return None
+    return res if getattr(res, "status", "complete") == "complete" else None
+
+
+def folder_key(obj: Any) -> str:
+    """A short hash of ``obj`` as JSON: step folders are named by what determines their contents."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def timed(sidecar: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` and add its CPU and wall seconds to the JSON at ``sidecar`` (summed over resumed
+    sessions: ``cpu_s``, ``wall_s``, ``sessions``)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = fn()
+    rec = read_json(sidecar) or {"cpu_s": 0.0, "wall_s": 0.0, "sessions": 0}
+    rec = {"cpu_s": rec["cpu_s"] + time.process_time() - c0, "wall_s": rec["wall_s"] + time.perf_counter() - t0,
+           "sessions": rec["sessions"] + 1}
+    write_json(rec, sidecar)
+    return res
+
+
+def sidecar_cpu_s(sidecar: str) -> float | None:
+    """The CPU seconds :func:`timed` summed at ``sidecar`` (None when it never ran)."""
+    rec = read_json(sidecar)
+    return rec["cpu_s"] if rec else None
+
+
+# --- flags ------------------------------------------------------------------------------------------
+def csv_list(text: str) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]`` (the parser of comma-separated list flags)."""
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def int_list(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; ValueError naming the text otherwise."""
+    try:
+        return [int(t) for t in csv_list(text)]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
 
 
 # --- timing ---------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import common
+from ddpipe._progress import say
 from ddpipe.config import check_int, config_to_dict, option
 from ddpipe.errors import DDPipeError
 
@@ -64,7 +65,7 @@ class Config:
     epochs: int | None = option(None, help="override the preset's epochs")
     workdir: str | None = option(None, help="where the folder and stores are written (default a temp dir)")
     keep_files: bool = option(False, help="do not delete the folder and stores")
-    results_dir: str | None = option(None, help="where the results JSON goes (default bench/results)")
+    results_dir: str | None = option(None, help="where the results JSON goes (default bench/results under the current directory)")
     seed: int = option(0, help="seed of the teacher-logit model (default 0)")
     json: bool = option(False, help="print the rows as one JSON object on stdout", cli=False)
 
@@ -115,8 +116,8 @@ def run(config: Config) -> int:
     rows = []
     try:
         folder = os.path.join(work, "sre2l")
-        print(f"writing an SRe2L folder: {preset.num_samples} images, {preset.num_classes} classes, "
-              f"batch {preset.batch_size}, {preset.epochs} epochs ...", file=sys.stderr)
+        say(True, f"writing an SRe2L folder: {preset.num_samples} images, {preset.num_classes} classes, "
+                  f"batch {preset.batch_size}, {preset.epochs} epochs ...")
         src_bytes, write_s = write_sre2l_folder(folder, preset, config.seed)
         for name, opts in VARIANTS:
             store = os.path.join(work, f"{len(rows)}.zarr")

@@ -13,12 +13,13 @@ each output lives in a folder
 named by a hash of everything that determines it (teacher, recipe, relabel and student flags),
 so a rerun reuses finished steps, continues a killed one, and a changed recipe gets a new folder.
 Steps run in this process, or in ``--jobs`` spawned processes (one method's chain each) with
-``--threads`` torch threads apiece; progress lines go to stderr.
+``--threads`` torch threads apiece; progress lines go to stderr. The JSON goes under ``bench/results/``
+of the current directory (``--results-dir``), the steps' folders under ``bench/work/`` (``--workdir``).
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import os
 import statistics
@@ -28,6 +29,8 @@ import types
 from dataclasses import dataclass
 
 from . import common
+from .common import csv_list, int_list
+from ddpipe._progress import say
 from ddpipe.config import option
 from ddpipe.errors import DDPipeError
 
@@ -41,7 +44,7 @@ BASELINE = "random"
 # recipe tag per dataset: the 28 px recipes for Fashion-MNIST, the two-iteration test recipes for digits
 DEFAULT_TAG = {"fashion-mnist": "fmnist", "digits": "test"}
 # rough relative cost, so the longest chains start first when --jobs > 1
-_COST = {"dm": 6, "gvbsm": 5, "lpld": 4, "sre2l": 4, "cda": 4, "delt": 3, "herding": 1, "random": 0}
+COST = {"dm": 6, "gvbsm": 5, "lpld": 4, "sre2l": 4, "cda": 4, "delt": 3, "herding": 1, "random": 0}
 
 COLUMNS = [
     ("method", "method", ""),
@@ -58,21 +61,10 @@ QUICK = dict(teacher_epochs=1, epochs=30, iterations_scale=0.1, seeds=(0, 1))
 
 
 # --- configuration ----------------------------------------------------------------------------------
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in str(text).split(",") if t.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(t) for t in _csv(text)]
-    except ValueError:
-        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
-
-
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """``ddpipe bench recover``'s settings (flags ``--field-name``; ``--methods a,b`` and ``--seeds 0,1`` take
-    comma-separated lists). Checked when the run starts (:func:`_resolve`)."""
+    comma-separated lists). Checked when the run starts (:func:`resolve`)."""
 
     dataset: str = option("fashion-mnist", group="data and teacher", help="fashion-mnist or digits (default fashion-mnist)")
     data_root: str | None = option(None, group="data and teacher",
@@ -80,7 +72,7 @@ class Config:
     ipc: int = option(10, group="data and teacher", help="images per class (default 10)")
     teacher_model: str = option("convnet_d3_w32_bn", group="data and teacher", help="teacher (default convnet_d3_w32_bn)")
     teacher_epochs: int = option(4, group="data and teacher", help="teacher training epochs (default 4)")
-    methods: tuple[str, ...] = option(METHODS, parse=_csv, group="image sets",
+    methods: tuple[str, ...] = option(METHODS, parse=csv_list, group="image sets",
                                       help=f"comma-separated methods (default {','.join(METHODS)}); random is always run")
     recipes: str | None = option(None, metavar="TAG", group="image sets",
                                  help="recipe tag of every method, e.g. fmnist -> sre2l.fmnist, cda.fmnist ... (default: "
@@ -96,14 +88,15 @@ class Config:
     epochs: int = option(300, group="the fixed relabel + student recipe", help="relabel = student epochs (default 300)")
     batch_size: int = option(10, flags=("-b",), group="the fixed relabel + student recipe",
                              help="relabel = replay batch (default 10, as `ddpipe demo`)")
-    topk: int = option(5, group="the fixed relabel + student recipe", help="soft-label entries per sample (default 5)")
+    k: int = option(5, flags=("--topk",), group="the fixed relabel + student recipe",
+                    help="soft-label entries per sample, the store's k (default 5)")
     temperature: float = option(4.0, flags=("-T",), group="the fixed relabel + student recipe",
                                 help="distillation temperature (default 4)")
     min_scale: float = option(0.25, group="the fixed relabel + student recipe",
                               help="smallest RandomResizedCrop area (default 0.25)")
     student_model: str = option("convnet_d3_w32_bn", group="the fixed relabel + student recipe",
                                 help="student (default convnet_d3_w32_bn)")
-    seeds: tuple[int, ...] = option((0, 1, 2, 3, 4), parse=_ints, group="the fixed relabel + student recipe",
+    seeds: tuple[int, ...] = option((0, 1, 2, 3, 4), parse=int_list, group="the fixed relabel + student recipe",
                                     help="student seeds, comma-separated (default 0,1,2,3,4)")
     schedule_seed: int = option(42, group="the fixed relabel + student recipe", help="relabel schedule seed (default 42)")
     quick: bool = option(False, group="run",
@@ -112,13 +105,15 @@ class Config:
     jobs: int = option(1, group="run", help="methods run at once, each in its own process (default 1, at most 2)")
     threads: int = option(1, group="run", help="torch threads per process (default 1)")
     workdir: str | None = option(None, group="run",
-                                 help="where every step's output goes (default bench/work/recover-DATASET)")
-    results_dir: str | None = option(None, group="run", help="where the results JSON goes (default bench/results)")
+                                 help="where every step's output goes (default bench/work/recover-DATASET under the current "
+                                      "directory)")
+    results_dir: str | None = option(None, group="run",
+                                     help="where the results JSON goes (default bench/results under the current directory)")
     progress: bool = option(True, group="run", help="no progress lines on stderr (progress=False)")
     json: bool = option(False, cli=False, help="print the rows as one JSON object on stdout (the CLI's --json)")
 
 
-def _resolve(config: Config) -> types.SimpleNamespace:
+def resolve(config: Config) -> types.SimpleNamespace:
     """The settings of one run: ``quick`` applied to those left at their defaults, the rest checked."""
     args = common.resolved_args(config, QUICK)
     args.methods, args.seeds = list(args.methods), [int(s) for s in args.seeds]
@@ -136,15 +131,12 @@ def _resolve(config: Config) -> types.SimpleNamespace:
         raise DDPipeError(f"--iterations-scale must be positive, got {args.iterations_scale}")
     if args.recipes is None:
         args.recipes = DEFAULT_TAG.get(args.dataset, "default")
-    args.workdir = os.path.abspath(args.workdir or os.path.join(common.WORK_DIR, f"recover-{args.dataset}"))
+    args.workdir = common.work_dir(args.workdir, f"recover-{args.dataset}")
+    args.results_dir = common.results_dir(args.results_dir)
     return args
 
 
 # --- keys and recipes ------------------------------------------------------------------------------
-def _key(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
 def recipe_for(method: str, tag: str) -> str:
     """``method.tag`` when registered, else the family's default recipe."""
     from ..synth import default_recipe, is_method
@@ -165,13 +157,43 @@ def recover_overrides(recipe: str, scale: float) -> dict:
     return out
 
 
-def plan(args) -> dict:
+@dataclass(frozen=True)
+class MethodPlan:
+    """One method's steps: its recover settings and method config, and the folders of its images, its
+    label store and its students (seed -> folder)."""
+
+    method: str
+    recipe: str
+    recover: dict  # the recover run's settings (method = the recipe, ipc, seed, dataset, dm_model, overrides)
+    config: dict  # the recipe's method config, overrides applied
+    images: str
+    store: str
+    students: dict  # seed -> folder
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every step's folder and settings, keyed so that a folder is reused only for the same inputs."""
+
+    teacher_dir: str
+    teacher_cfg: dict
+    relabel: dict  # the fixed relabel recipe (these keys name the label folders and the JSON's fixed_recipe)
+    student: dict
+    methods: dict  # method -> MethodPlan
+
+    @property
+    def teacher_pt(self) -> str:
+        return os.path.join(self.teacher_dir, "teacher.pt")
+
+
+def plan(args) -> Plan:
     """Every step's folder and flags, keyed so that a folder is reused only for the same inputs."""
     from ..synth import create_method
 
+    key = common.folder_key
     teacher_cfg = dict(dataset=args.dataset, model=args.teacher_model, epochs=args.teacher_epochs, seed=0)
-    teacher_dir = os.path.join(args.workdir, f"teacher-{_key(teacher_cfg)}")
-    relabel_cfg = dict(epochs=args.epochs, batch_size=args.batch_size, topk=args.topk, temperature=args.temperature,
+    # the relabel recipe's keys name the label folders (a hash of them) and the JSON's fixed_recipe: kept as they are
+    relabel_cfg = dict(epochs=args.epochs, batch_size=args.batch_size, topk=args.k, temperature=args.temperature,
                        min_scale=args.min_scale, seed=args.schedule_seed)
     student_cfg = dict(dataset=args.dataset, model=args.student_model)
     methods = {}
@@ -181,153 +203,220 @@ def plan(args) -> dict:
         cfg = create_method(recipe, **over).to_dict()
         rec = dict(method=recipe, ipc=args.ipc, seed=args.image_seed, dataset=args.dataset,
                    dm_model=args.dm_model if m == "dm" else None, **over)
-        ikey = _key([teacher_cfg, rec, cfg])
-        images = os.path.join(args.workdir, "images", f"{m}-{ikey}")
-        lkey = _key([ikey, relabel_cfg])
-        store = os.path.join(args.workdir, "labels", f"{m}-{lkey}.zarr")
-        students = {s: os.path.join(args.workdir, "students", f"{m}-s{s}-{_key([lkey, student_cfg, s])}")
-                    for s in args.seeds}
-        methods[m] = dict(method=m, recipe=recipe, recover=rec, config=cfg, images=images, store=store,
-                          students=students)
-    return dict(teacher_dir=teacher_dir, teacher_cfg=teacher_cfg, relabel=relabel_cfg, student=student_cfg,
-                methods=methods)
+        ikey = key([teacher_cfg, rec, cfg])
+        lkey = key([ikey, relabel_cfg])
+        methods[m] = MethodPlan(
+            method=m, recipe=recipe, recover=rec, config=cfg,
+            images=os.path.join(args.workdir, "images", f"{m}-{ikey}"),
+            store=os.path.join(args.workdir, "labels", f"{m}-{lkey}.zarr"),
+            students={s: os.path.join(args.workdir, "students", f"{m}-s{s}-{key([lkey, student_cfg, s])}")
+                      for s in args.seeds})
+    return Plan(teacher_dir=os.path.join(args.workdir, f"teacher-{key(teacher_cfg)}"), teacher_cfg=teacher_cfg,
+                relabel=relabel_cfg, student=student_cfg, methods=methods)
 
 
 # --- steps ------------------------------------------------------------------------------------------
-def _say(args, text: str) -> None:
-    if args.progress:
-        print(f"[bench recover] {text}", file=sys.stderr, flush=True)
+TAG = "bench recover"
 
 
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+@dataclass(frozen=True)
+class TeacherStep:
+    """The teacher's squeeze result and whether this call trained it (False: reused)."""
+
+    result: object  # evaluate.squeeze.SqueezeResult
+    computed_now: bool
+
+    @property
+    def top1(self) -> float:
+        return self.result.final["top1"]
 
 
-def train_teacher(args, p: dict) -> dict:
+def train_teacher(args, teacher_dir: str, c: dict) -> TeacherStep:
+    """The teacher of settings ``c`` (a plan's ``teacher_cfg``) in ``teacher_dir``: reused when the folder
+    holds a complete squeeze, else trained (resuming)."""
     from ..evaluate import squeeze
 
-    res = _read_json(os.path.join(p["teacher_dir"], "results.json"))
-    pt = os.path.join(p["teacher_dir"], "teacher.pt")
-    if res and res.get("status") == "complete" and os.path.exists(pt):
-        _say(args, f"teacher: reused {p['teacher_dir']} (top-1 {res['final']['top1']:.2f}%)")
-        return {**res, "computed_now": False}
-    c = p["teacher_cfg"]
-    _say(args, f"teacher: {c['model']} on {c['dataset']}, {c['epochs']} epochs ...")
-    res = _timed(p["teacher_dir"] + ".bench.json", lambda: squeeze.run(squeeze.SqueezeConfig(
-        out=p["teacher_dir"], dataset=c["dataset"], data_root=args.data_root, model=c["model"], epochs=c["epochs"],
-        seed=c["seed"], resume=True, threads=args.threads * args.jobs, progress=False)).to_dict())
-    _say(args, f"teacher: top-1 {res['final']['top1']:.2f}% in {res['wall_time_s']:.0f} s")
-    return {**res, "computed_now": True}
+    res = common.finished(squeeze.SqueezeResult, os.path.join(teacher_dir, "results.json"))
+    if res is not None and os.path.exists(os.path.join(teacher_dir, "teacher.pt")):
+        say(args.progress, f"teacher: reused {teacher_dir} (top-1 {res.final['top1']:.2f}%)", TAG)
+        return TeacherStep(res, computed_now=False)
+    say(args.progress, f"teacher: {c['model']} on {c['dataset']}, {c['epochs']} epochs ...", TAG)
+    res = common.timed(teacher_dir + ".bench.json", lambda: squeeze.run(squeeze.SqueezeConfig(
+        out=teacher_dir, dataset=c["dataset"], data_root=args.data_root, model=c["model"], epochs=c["epochs"],
+        seed=c["seed"], resume=True, threads=args.threads * args.jobs, progress=False)))
+    say(args.progress, f"teacher: top-1 {res.final['top1']:.2f}% in {res.wall_time_s:.0f} s", TAG)
+    return TeacherStep(res, computed_now=True)
 
 
-def _timed(sidecar: str, fn):
-    """Run ``fn`` and add its CPU and wall seconds to ``sidecar`` (summed over resumed sessions)."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    res = fn()
-    rec = _read_json(sidecar) or {"cpu_s": 0.0, "wall_s": 0.0, "sessions": 0}
-    rec = {"cpu_s": rec["cpu_s"] + time.process_time() - c0, "wall_s": rec["wall_s"] + time.perf_counter() - t0,
-           "sessions": rec["sessions"] + 1}
-    from ..evaluate.checkpoint import write_json_atomic
+@dataclass(frozen=True)
+class ChainTask:
+    """One method's chain for :func:`run_chain` (picklable: it crosses to a worker process).
+    ``upto``: stop after "images" or "labels" (None: the students too)."""
 
-    write_json_atomic(rec, sidecar)
-    return res
-
-
-def _cpu(sidecar: str):
-    rec = _read_json(sidecar)
-    return rec["cpu_s"] if rec else None
+    method: MethodPlan
+    teacher_pt: str
+    relabel: dict
+    student: dict
+    args: dict
+    upto: str | None = None
 
 
-def run_chain(task: dict) -> dict:
-    """One method: recover -> relabel -> one student per seed (``task["upto"]``: stop after "images" or
+@dataclass(frozen=True)
+class StepTime:
+    """A step's own wall seconds (its result's) and the CPU seconds :func:`common.timed` summed."""
+
+    wall_time_s: float
+    cpu_s: float | None
+
+
+@dataclass(frozen=True)
+class StudentRun:
+    top1: float
+    top5: float
+    wall_time_s: float
+    cpu_s: float | None
+    out: str
+
+
+@dataclass(frozen=True)
+class ChainOutcome:
+    """What :func:`run_chain` found or computed for one method."""
+
+    method: str
+    computed: tuple  # the steps this call computed (not reused)
+    images: StepTime
+    recover_notes: dict | None
+    labels: StepTime | None = None
+    image_set_hash: str | None = None
+    students: dict | None = None  # seed (str) -> StudentRun
+
+
+def run_chain(task: ChainTask) -> ChainOutcome:
+    """One method: recover -> relabel -> one student per seed (``task.upto``: stop after "images" or
     "labels"). Runs in a worker process or in-process."""
     import torch
 
     from ..evaluate import recover, relabel, student
+    from ..labelstore.location import results_path
 
-    args = types.SimpleNamespace(**task["args"])
-    m, teacher_pt = task["method"], task["teacher_pt"]
+    args = types.SimpleNamespace(**task.args)
+    m = task.method
     torch.set_num_threads(args.threads)
-    out = {"method": m["method"], "computed": []}  # the steps this call computed (not reused)
+    computed = []
     # 1. images
-    manifest = _read_json(os.path.join(m["images"], "manifest.json"))
-    if not (manifest and manifest.get("status") == "complete"):
-        rc = m["recover"]
-        _say(args, f"{m['method']}: recover {m['recipe']} ...")
-        _timed(m["images"] + ".bench.json", lambda: recover.run(recover.RecoverRunConfig(
-            out=m["images"], method=rc["method"], teacher=(teacher_pt,), ipc=rc["ipc"], seed=rc["seed"],
+    images = common.finished(recover.RecoverResult, os.path.join(m.images, "results.json"))
+    if images is None:
+        rc = m.recover
+        say(args.progress, f"{m.method}: recover {m.recipe} ...", TAG)
+        images = common.timed(m.images + ".bench.json", lambda: recover.run(recover.RecoverRunConfig(
+            out=m.images, method=rc["method"], teacher=(task.teacher_pt,), ipc=rc["ipc"], seed=rc["seed"],
             dataset=rc["dataset"], data_root=args.data_root, dm_model=args.dm_model,
             iterations=rc.get("iterations"), round_iterations=rc.get("round_iterations"),
             threads=args.threads, progress=False)))
-        manifest = _read_json(os.path.join(m["images"], "manifest.json"))
-        out["computed"].append("images")
-        _say(args, f"{m['method']}: images in {manifest['wall_time_s']:.1f} s")
-    out["manifest"] = {k: manifest.get(k) for k in ("recipe", "wall_time_s", "notes", "losses", "runs", "counts")}
-    out["manifest"]["cpu_s"] = _cpu(m["images"] + ".bench.json")
-    if task.get("upto") == "images":
-        return out
+        computed.append("images")
+        say(args.progress, f"{m.method}: images in {images.wall_time_s:.1f} s", TAG)
+    out = ChainOutcome(method=m.method, computed=(), images=StepTime(images.wall_time_s,
+                       common.sidecar_cpu_s(m.images + ".bench.json")), recover_notes=images.notes)
+    if task.upto == "images":
+        return dataclasses.replace(out, computed=tuple(computed))
     # 2. labels
-    rl = _read_json(relabel.results_path(m["store"]))
-    if not rl:
-        c = task["relabel"]
-        _say(args, f"{m['method']}: relabel {c['epochs']} epochs ...")
-
-        def do_relabel():
-            return relabel.run(relabel.RelabelConfig(
-                out=m["store"], images=m["images"], teacher=(teacher_pt,), epochs=c["epochs"],
-                batch_size=c["batch_size"], topk=c["topk"], temperature=c["temperature"], min_scale=c["min_scale"],
-                seed=c["seed"], workers=0, resume=True, threads=args.threads, progress=False)).to_dict()
-
-        rl = _timed(m["store"] + ".bench.json", do_relabel)
-        out["computed"].append("labels")
-        _say(args, f"{m['method']}: labels in {rl['wall_time_s']:.1f} s")
-    out["relabel"] = {k: rl.get(k) for k in ("store", "units", "wall_time_s", "image_set_hash")}
-    out["relabel"]["cpu_s"] = _cpu(m["store"] + ".bench.json")
-    if task.get("upto") == "labels":
-        return out
+    rl = common.finished(relabel.RelabelResult, results_path(m.store))
+    if rl is None:
+        c = task.relabel
+        say(args.progress, f"{m.method}: relabel {c['epochs']} epochs ...", TAG)
+        rl = common.timed(m.store + ".bench.json", lambda: relabel.run(relabel.RelabelConfig(
+            out=m.store, images=m.images, teacher=(task.teacher_pt,), epochs=c["epochs"],
+            batch_size=c["batch_size"], k=c["topk"], temperature=c["temperature"], min_scale=c["min_scale"],
+            seed=c["seed"], workers=0, resume=True, threads=args.threads, progress=False)))
+        computed.append("labels")
+        say(args.progress, f"{m.method}: labels in {rl.wall_time_s:.1f} s", TAG)
+    out = dataclasses.replace(out, labels=StepTime(rl.wall_time_s, common.sidecar_cpu_s(m.store + ".bench.json")),
+                              image_set_hash=rl.image_set_hash)
+    if task.upto == "labels":
+        return dataclasses.replace(out, computed=tuple(computed))
     # 3. students
-    out["students"] = {}
-    for seed, folder in m["students"].items():
-        res = _read_json(os.path.join(folder, "results.json"))
-        if not (res and res.get("status") == "complete"):
-            _say(args, f"{m['method']}: student seed {seed} ...")
-            res = _timed(folder + ".bench.json", lambda: student.run(student.TrainConfig(
-                out=folder, images=m["images"], labels=m["store"], dataset=args.dataset, data_root=args.data_root,
-                model=task["student"]["model"], seed=int(seed), workers=0, threads=args.threads,
-                val_every=args.epochs, resume=True, progress=False)).to_dict())
-            out["computed"].append(f"student seed {seed}")
-            _say(args, f"{m['method']}: student seed {seed}: top-1 {res['final']['top1']:.2f}% "
-                       f"in {res['wall_time_s']:.0f} s")
-        out["students"][str(seed)] = {"top1": res["final"]["top1"], "top5": res["final"]["top5"],
-                                      "wall_time_s": res["wall_time_s"], "cpu_s": _cpu(folder + ".bench.json"),
-                                      "out": folder}
-    return out
+    students = {}
+    for seed, folder in m.students.items():
+        res = common.finished(student.TrainResult, os.path.join(folder, "results.json"))
+        if res is None:
+            say(args.progress, f"{m.method}: student seed {seed} ...", TAG)
+            res = common.timed(folder + ".bench.json", lambda: student.run(student.TrainConfig(
+                out=folder, images=m.images, labels=m.store, dataset=args.dataset, data_root=args.data_root,
+                model=task.student["model"], seed=int(seed), workers=0, threads=args.threads,
+                val_every=args.epochs, resume=True, progress=False)))
+            computed.append(f"student seed {seed}")
+            say(args.progress, f"{m.method}: student seed {seed}: top-1 {res.final['top1']:.2f}% "
+                               f"in {res.wall_time_s:.0f} s", TAG)
+        students[str(seed)] = StudentRun(top1=res.final["top1"], top5=res.final["top5"], wall_time_s=res.wall_time_s,
+                                         cpu_s=common.sidecar_cpu_s(folder + ".bench.json"), out=folder)
+    return dataclasses.replace(out, students=students, computed=tuple(computed))
 
 
 # --- table -----------------------------------------------------------------------------------------
-def _row(m: dict, chain: dict) -> dict:
-    top1 = [s["top1"] for s in chain["students"].values()]
-    cfg = m["config"]
-    return {
-        "method": m["method"], "recipe": m["recipe"],
-        "init": None if cfg.get("select") else cfg["init"],
-        "iterations": None if cfg.get("select") else cfg["iterations"],
-        "loss": cfg["loss"] or None, "lr": None if cfg.get("select") else cfg["lr"],
-        "images_wall_s": chain["manifest"]["wall_time_s"], "images_cpu_s": chain["manifest"]["cpu_s"],
-        "relabel_wall_s": chain["relabel"]["wall_time_s"], "relabel_cpu_s": chain["relabel"]["cpu_s"],
-        "student_wall_s": sum(s["wall_time_s"] for s in chain["students"].values()),
-        "student_cpu_s": _sum_or_none(s["cpu_s"] for s in chain["students"].values()),
-        "top1_by_seed": {k: s["top1"] for k, s in chain["students"].items()},
-        "top5_by_seed": {k: s["top5"] for k, s in chain["students"].items()},
-        "top1_mean": statistics.fmean(top1), "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
-        "top5_mean": statistics.fmean(s["top5"] for s in chain["students"].values()),
-        "images": m["images"], "store": m["store"], "image_set_hash": chain["relabel"]["image_set_hash"],
-        "recover_notes": chain["manifest"].get("notes"), "computed_now": chain["computed"],
-    }
+@dataclass(frozen=True)
+class Row:
+    """One method's row of the table and of the JSON's ``rows`` (:meth:`to_dict`, the same keys)."""
+
+    method: str
+    recipe: str
+    init: str | None
+    iterations: int | None
+    loss: dict | None
+    lr: float | None
+    images_wall_s: float
+    images_cpu_s: float | None
+    relabel_wall_s: float
+    relabel_cpu_s: float | None
+    student_wall_s: float
+    student_cpu_s: float | None
+    top1_by_seed: dict
+    top5_by_seed: dict
+    top1_mean: float
+    top1_std: float
+    top5_mean: float
+    images: str
+    store: str
+    image_set_hash: str
+    recover_notes: dict | None
+    computed_now: list
+    top1_text: str
+    delta_vs_random: float
+    beats_random: bool | None  # None for random itself
+    delta_text: str
+    welch_t: float | None
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _row(m: MethodPlan, chain: ChainOutcome, base: ChainOutcome) -> Row:
+    """``m``'s row; ``base`` is random real images' chain (``chain`` itself for random)."""
+    students = chain.students.values()
+    top1 = [s.top1 for s in students]
+    base_top1 = [s.top1 for s in base.students.values()]
+    mean, base_mean = statistics.fmean(top1), statistics.fmean(base_top1)
+    is_base = m.method == BASELINE
+    selection = bool(m.config.get("select"))
+    return Row(
+        method=m.method, recipe=m.recipe,
+        init=None if selection else m.config["init"],
+        iterations=None if selection else m.config["iterations"],
+        loss=m.config["loss"] or None, lr=None if selection else m.config["lr"],
+        images_wall_s=chain.images.wall_time_s, images_cpu_s=chain.images.cpu_s,
+        relabel_wall_s=chain.labels.wall_time_s, relabel_cpu_s=chain.labels.cpu_s,
+        student_wall_s=sum(s.wall_time_s for s in students),
+        student_cpu_s=_sum_or_none(s.cpu_s for s in students),
+        top1_by_seed={k: s.top1 for k, s in chain.students.items()},
+        top5_by_seed={k: s.top5 for k, s in chain.students.items()},
+        top1_mean=mean, top1_std=statistics.stdev(top1) if len(top1) > 1 else 0.0,
+        top5_mean=statistics.fmean(s.top5 for s in students),
+        images=m.images, store=m.store, image_set_hash=chain.image_set_hash,
+        recover_notes=chain.recover_notes, computed_now=list(chain.computed),
+        top1_text=f"{mean:.2f} +- {statistics.stdev(top1) if len(top1) > 1 else 0.0:.2f}",
+        delta_vs_random=0.0 if is_base else mean - base_mean,
+        beats_random=None if is_base else bool(mean > base_mean),
+        delta_text="-" if is_base else f"{mean - base_mean:+.2f}",
+        welch_t=None if is_base else welch_t(top1, base_top1))
 
 
 def _sum_or_none(values) -> float | None:
@@ -344,62 +433,47 @@ def welch_t(a: list[float], b: list[float]) -> float | None:
     return diff / se if se > 0 else (0.0 if diff == 0 else float("inf") if diff > 0 else float("-inf"))
 
 
-def _finish_rows(rows: list[dict]) -> None:
-    base = next(r for r in rows if r["method"] == BASELINE)
-    for r in rows:
-        r["top1_text"] = f"{r['top1_mean']:.2f} +- {r['top1_std']:.2f}"
-        if r["method"] == BASELINE:
-            r["delta_vs_random"], r["beats_random"], r["delta_text"], r["welch_t"] = 0.0, None, "-", None
-        else:
-            r["delta_vs_random"] = r["top1_mean"] - base["top1_mean"]
-            r["welch_t"] = welch_t(list(r["top1_by_seed"].values()), list(base["top1_by_seed"].values()))
-            r["beats_random"] = bool(r["top1_mean"] > base["top1_mean"])
-            r["delta_text"] = f"{r['delta_vs_random']:+.2f}"
-
-
 # --- run --------------------------------------------------------------------------------------------
 def run(config: Config) -> int:
     t_start = time.time()
-    args = _resolve(config)
+    args = resolve(config)
     out = common.table_stream(args.json)
     os.makedirs(args.workdir, exist_ok=True)
     p = plan(args)
-    _say(args, f"work dir {args.workdir}; methods {', '.join(args.methods)}; recipes {args.recipes}; "
-               f"{len(args.seeds)} student seed(s); {args.jobs} process(es) x {args.threads} thread(s)")
-    teacher = train_teacher(args, p)
-    teacher_pt = os.path.join(p["teacher_dir"], "teacher.pt")
+    say(args.progress, f"work dir {args.workdir}; methods {', '.join(args.methods)}; recipes {args.recipes}; "
+                       f"{len(args.seeds)} student seed(s); {args.jobs} process(es) x {args.threads} thread(s)", TAG)
+    teacher = train_teacher(args, p.teacher_dir, p.teacher_cfg)
     shared = dict(vars(args))
-    tasks = [dict(method=p["methods"][m], teacher_pt=teacher_pt, relabel=p["relabel"], student=p["student"], args=shared)
-             for m in sorted(args.methods, key=lambda m: -_COST.get(m, 1))]
-    chains: dict[str, dict] = {}
+    tasks = [ChainTask(method=p.methods[m], teacher_pt=p.teacher_pt, relabel=p.relabel, student=p.student, args=shared)
+             for m in sorted(args.methods, key=lambda m: -COST.get(m, 1))]
+    chains: dict[str, ChainOutcome] = {}
     if args.jobs == 1:
         for t in tasks:
-            chains[t["method"]["method"]] = run_chain(t)
+            chains[t.method.method] = run_chain(t)
     else:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
             for res in pool.imap_unordered(run_chain, tasks):
-                chains[res["method"]] = res
-    rows = [_row(p["methods"][m], chains[m]) for m in args.methods]
-    _finish_rows(rows)
+                chains[res.method] = res
+    rows = [_row(p.methods[m], chains[m], chains[BASELINE]) for m in args.methods]
     wall = time.time() - t_start
     payload = {
         "benchmark": "recover", "dataset": args.dataset, "ipc": args.ipc, "recipes": args.recipes,
         "question": "does each method's image set beat random real images under one fixed relabel + student recipe?",
-        "teacher": {"model": args.teacher_model, "epochs": args.teacher_epochs, "top1": teacher["final"]["top1"],
-                    "top5": teacher["final"]["top5"], "wall_time_s": teacher.get("wall_time_s"),
-                    "teacher_hash": teacher.get("teacher_hash"), "dir": p["teacher_dir"],
-                    "cpu_s": _cpu(p["teacher_dir"] + ".bench.json"), "computed_now": teacher["computed_now"]},
+        "teacher": {"model": args.teacher_model, "epochs": args.teacher_epochs, "top1": teacher.top1,
+                    "top5": teacher.result.final["top5"], "wall_time_s": teacher.result.wall_time_s,
+                    "teacher_hash": teacher.result.teacher_hash, "dir": p.teacher_dir,
+                    "cpu_s": common.sidecar_cpu_s(p.teacher_dir + ".bench.json"), "computed_now": teacher.computed_now},
         "fixed_recipe": {
-            "relabel": {**p["relabel"], "schedule": "sre2l (RandomResizedCrop(min_scale..1) + flip + CutMix)",
+            "relabel": {**p.relabel, "schedule": "sre2l (RandomResizedCrop(min_scale..1) + flip + CutMix)",
                         "codec": "fp16"},
-            "student": {**p["student"], "seeds": args.seeds, "optimizer": "AdamW lr 1e-3 wd 0.01, cosine",
+            "student": {**p.student, "seeds": args.seeds, "optimizer": "AdamW lr 1e-3 wd 0.01, cosine",
                         "loss": "KL(store soft labels || softmax(student / T))", "validation": "real test set"},
         },
         "image_seed": args.image_seed, "iterations_scale": args.iterations_scale,
-        "recover_configs": {m: p["methods"][m]["config"] for m in args.methods},
-        "rows": rows,
+        "recover_configs": {m: p.methods[m].config for m in args.methods},
+        "rows": [r.to_dict() for r in rows],
         "std": "sample standard deviation over the student seeds (0 with one seed)",
         "beats_random": "the method's mean student top-1 is higher than random real images' mean",
         "welch_t": "(mean - random mean) / sqrt(var/n + var_random/n) over the student seeds; |t| above "
@@ -408,20 +482,20 @@ def run(config: Config) -> int:
         "timing_note": "wall_time_s: this invocation (steps reused from earlier runs take none); steps_wall_s / "
                        "steps_cpu_s: the steps' own wall and process CPU seconds summed over every session that "
                        "computed them (CPU time is what the work costs when other processes share the machine)",
-        "steps_wall_s": (teacher.get("wall_time_s") or 0.0) + sum(
-            r["images_wall_s"] + r["relabel_wall_s"] + r["student_wall_s"] for r in rows),
-        "steps_cpu_s": _sum_or_none([_cpu(p["teacher_dir"] + ".bench.json")] + [
-            r[k] for r in rows for k in ("images_cpu_s", "relabel_cpu_s", "student_cpu_s")]),
+        "steps_wall_s": (teacher.result.wall_time_s or 0.0) + sum(
+            r.images_wall_s + r.relabel_wall_s + r.student_wall_s for r in rows),
+        "steps_cpu_s": _sum_or_none([common.sidecar_cpu_s(p.teacher_dir + ".bench.json")] + [
+            v for r in rows for v in (r.images_cpu_s, r.relabel_cpu_s, r.student_cpu_s)]),
         "machine": common.machine_info(), "loadavg": os.getloadavg(),
         "args": shared,
     }
     print(f"\nddpipe bench recover: {args.dataset}, IPC {args.ipc}, recipes '{args.recipes}', teacher "
-          f"{args.teacher_model} {teacher['final']['top1']:.2f}%; relabel + student fixed: {args.epochs} epochs, "
-          f"batch {args.batch_size}, top-{args.topk}, T={args.temperature:g}, min-scale {args.min_scale:g}, "
+          f"{args.teacher_model} {teacher.top1:.2f}%; relabel + student fixed: {args.epochs} epochs, "
+          f"batch {args.batch_size}, top-{args.k}, T={args.temperature:g}, min-scale {args.min_scale:g}, "
           f"{args.student_model}, seeds {','.join(map(str, args.seeds))}", file=out)
-    print(common.format_table(rows, COLUMNS), file=out)
-    wins = [r["method"] for r in rows if r["beats_random"]]
-    losers = [r["method"] for r in rows if r["beats_random"] is False]
+    print(common.format_table(payload["rows"], COLUMNS), file=out)
+    wins = [r.method for r in rows if r.beats_random]
+    losers = [r.method for r in rows if r.beats_random is False]
     print(f"beat random: {', '.join(wins) or 'none'}; do not: {', '.join(losers) or 'none'}. "
           f"Wall time {wall / 60:.1f} min (steps reused from earlier runs take none).", file=out)
     path = common.write_results("recover", payload, args.results_dir)

@@ -98,9 +98,9 @@ class Config:
     backends: tuple[str, ...] = option(("torch", "dali"), help="replay loaders, repeatable (default torch and dali)")
     ranks: int = option(2, help="ranks of the torchrun relabel (default 2; 1 skips it)")
     quick: bool = option(False, help="a one-minute run for tests: 1/200 of imagenet1k-ipc50 (F/2 and F), epochs 1 2, torch loader")
-    workdir: str | None = option(None, help="where images and stores go (default a temp dir under bench/work)")
+    workdir: str | None = option(None, help="where images and stores go (default a temp dir under bench/work of the current directory)")
     keep_work: bool = option(False, help="keep images and stores afterwards")
-    results_dir: str | None = option(None, help="where the results JSON and plot go (default bench/results)")
+    results_dir: str | None = option(None, help="where the results JSON and plot go (default bench/results under the current directory)")
     seed: int = option(0, help="seed of the images, teacher, student and schedule (default 0)")
     json: bool = option(False, help="print the rows as one JSON object on stdout", cli=False)
 
@@ -241,15 +241,13 @@ def phase_relabel(job: dict) -> dict:
     teacher = TimedTeacher(small_net(job["num_classes"], job["seed"]))
     schedule = recipe("sre2l", output_size=(job["image_size"], job["image_size"]))
     loader = LoaderConfig(num_workers=0, **_loader_kw())
+    sched, spec = relabel_spec(source, schedule, epochs=job["epochs"], batch_size=job["batch_size"],
+                               num_classes=job["num_classes"], k=job["k"], seed=job["seed"], value_codec=job["codec"])
     t0 = time.perf_counter()
-    out = relabel(job["store"], source, teacher, schedule=schedule, epochs=job["epochs"], batch_size=job["batch_size"],
-                  num_classes=job["num_classes"], k=job["k"], seed=job["seed"], value_codec=job["codec"],
-                  loader=loader, rank=rank, world_size=world)
+    out = relabel(job["store"], source, teacher, sched, spec, loader=loader, rank=rank, world_size=world)
     wall = time.perf_counter() - t0
     image_s = None
     if job.get("measure_images"):  # the same relabel loader alone: the image work inside relabel's wall time
-        sched, _spec = relabel_spec(source, schedule, epochs=job["epochs"], batch_size=job["batch_size"],
-                                    num_classes=job["num_classes"], k=job["k"], seed=job["seed"], value_codec=job["codec"])
         with make_relabel_loader(source, sched, None, loader) as ld:
             for _ in ld.epoch(0):
                 pass
@@ -336,8 +334,9 @@ def _arrays_equal(a: str, b: str) -> bool:
     from ..labelstore import open_store
 
     ra, rb = open_store(a), open_store(b)
-    return all(np.array_equal(ra._backend.read(n, 0, ra.num_units), rb._backend.read(n, 0, rb.num_units))
-               for n in ra.array_names)
+    a_arrays = ra.read_slab(0, ra.num_units, check_values=False).arrays
+    b_arrays = rb.read_slab(0, rb.num_units, check_values=False).arrays
+    return a_arrays.keys() == b_arrays.keys() and all(np.array_equal(a_arrays[n], b_arrays[n]) for n in a_arrays)
 
 
 def run(config: Config) -> int:
@@ -346,7 +345,7 @@ def run(config: Config) -> int:
     out = common.table_stream(config.json)
     p = PRESETS[config.preset]
     fractions = sorted({config.fraction / int(d) for d in config.sweep})
-    base = config.workdir or common.WORK_DIR
+    base = common.work_dir(config.workdir)
     os.makedirs(base, exist_ok=True)
     work = tempfile.mkdtemp(prefix="scale-", dir=base)
     images_root = os.path.join(base, "scale-images")
@@ -360,14 +359,17 @@ def run(config: Config) -> int:
         images = sum(r["images"] for r in res)
         wall = max(r["wall_s"] for r in res)
         info = store_info(store)
+        split = {}  # relabel: the teacher's and the images' seconds, and what neither explains
+        if phase == "relabel" and res[0].get("image_s") is not None:
+            teacher_s, image_s = res[0]["teacher_s"], res[0]["image_s"]
+            share = max(0.0, wall - teacher_s - image_s) / wall
+            split = {"overhead_share": share, "teacher_s": teacher_s, "image_s": image_s,
+                     "overhead_us_per_sample": 1e6 * share * wall / max(1, images)}
         d = {"preset": p.name, "fraction": fraction, "images": n, "epochs": epochs, "phase": phase,
              "backend": backend, "targets": targets, "ranks": ranks, "samples_per_s": images / wall if wall else None,
              "peak_rss_mb": max(r["peak_rss_mb"] for r in res), "open_source_s": max(r["open_source_s"] for r in res),
-             "bytes_per_sample_epoch": info["bytes_per_sample_epoch"], "overhead_share": None, "wall_s": wall, **extra}
-        if phase == "relabel" and res[0].get("image_s") is not None:
-            d["teacher_s"], d["image_s"] = res[0]["teacher_s"], res[0]["image_s"]
-            d["overhead_share"] = max(0.0, wall - d["teacher_s"] - d["image_s"]) / wall
-            d["overhead_us_per_sample"] = 1e6 * d["overhead_share"] * wall / max(1, sum(r["images"] for r in res))
+             "bytes_per_sample_epoch": info["bytes_per_sample_epoch"], "overhead_share": None, "wall_s": wall, **extra,
+             **split}
         rows.append(d)
         print(common.format_table([d], COLUMNS).splitlines()[-1], file=out, flush=True)
         return d

@@ -93,7 +93,7 @@ class Config:
     control: bool = option(True, help="no control run on a folder with one logit changed by one ulp")
     workdir: str | None = option(None, help="where everything is written (default a temp dir)")
     keep_files: bool = option(False, help="do not delete the working directory")
-    results_dir: str | None = option(None, help="where the results JSON goes (default bench/results)")
+    results_dir: str | None = option(None, help="where the results JSON goes (default bench/results under the current directory)")
     json: bool = option(False, help="print the result as one JSON object on stdout", cli=False)
 
     def __post_init__(self) -> None:
@@ -310,8 +310,19 @@ def run_their_script(spec_path: str) -> None:
             json.dump({"wandb_log": logged, "sampler_orders": orders}, f)
 
 
+@dataclass(frozen=True)
+class TheirRun:
+    """What one run of SRe2L's script left: its wandb log lines, the sampler's orders (when recorded),
+    its wall seconds and its stdout."""
+
+    wandb_log: list
+    sampler_orders: list
+    seconds: float
+    stdout: str
+
+
 def _their_run(name: str, work: str, script: str, argv: list, seed: int, num_classes: int, teacher: str,
-               record_sampler: bool = False) -> dict:
+               record_sampler: bool = False) -> TheirRun:
     spec = {"script": script, "argv": argv, "seed": seed, "num_classes": num_classes, "teacher": teacher,
             "capture": os.path.join(work, f"{name}.capture.json"), "record_sampler": record_sampler}
     spec_path = os.path.join(work, f"{name}.spec.json")
@@ -330,9 +341,8 @@ def _their_run(name: str, work: str, script: str, argv: list, seed: int, num_cla
                           f"{proc.stderr[-4000:]}")
     with open(spec["capture"]) as f:
         cap = json.load(f)
-    cap["seconds"] = seconds
-    cap["stdout"] = proc.stdout
-    return cap
+    return TheirRun(wandb_log=cap["wandb_log"], sampler_orders=cap["sampler_orders"], seconds=seconds,
+                    stdout=proc.stdout)
 
 
 # --- comparisons -------------------------------------------------------------------------------------
@@ -463,11 +473,11 @@ def checkpoint_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def _train_summary(cap: dict, out_dir: str) -> dict:
-    logs = cap["wandb_log"]
+def _train_summary(cap: TheirRun, out_dir: str) -> dict:
+    logs = cap.wandb_log
     last = logs[-1] if logs else {}
     return {
-        "seconds": cap["seconds"],
+        "seconds": cap.seconds,
         "epochs_logged": len(logs),
         "train_loss": last.get("train/loss"),
         "train_top1": last.get("train/Top1"),
@@ -528,7 +538,7 @@ def run(config: Config) -> int:
         t0 = time.perf_counter()
         imp = run_import(ImportConfig(format="sre2l", src=labels, images=train_dir, out=store, progress=False))
         import_s = time.perf_counter() - t0
-        imp_cmp = compare_import(store, labels, rel["sampler_orders"], config.batch_size)
+        imp_cmp = compare_import(store, labels, rel.sampler_orders, config.batch_size)
 
         # 3. ddpipe export, compared with the original folder
         exported = os.path.join(work, "labels_export")
@@ -566,7 +576,7 @@ def run(config: Config) -> int:
     rows = [
         {"step": "relabel: their generate_soft_label.py", "result": f"{exp_cmp['files']} files",
          "detail": f"{config.epochs} epochs x {-(-config.classes * config.per_class // config.batch_size)} batches, "
-                   f"teacher val top-1 {teacher_top1:.1f}%, {rel['seconds']:.1f} s"},
+                   f"teacher val top-1 {teacher_top1:.1f}%, {rel.seconds:.1f} s"},
         {"step": "import: every field vs torch.load", "result": "bit for bit" if imp_cmp["identical"] else "DIFFERS",
          "detail": f"{imp_cmp['checks']} checks, rows' images = their sampler's order; lossy={imp['lossy']}"},
         {"step": "export vs original folder", "result": "identical" if exp_cmp["identical"] else "DIFFERS",
@@ -591,7 +601,7 @@ def run(config: Config) -> int:
         "torch": torch.__version__,
         "sre2l": sources,
         "teacher_val_top1": teacher_top1,
-        "relabel": {"argv": relabel_argv, "seconds": rel["seconds"], "sampler_orders": rel["sampler_orders"]},
+        "relabel": {"argv": relabel_argv, "seconds": rel.seconds, "sampler_orders": rel.sampler_orders},
         "import": {"seconds": import_s, "result": imp, "comparison": imp_cmp},
         "export": exp_cmp,
         "train_original": tr_orig,

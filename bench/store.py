@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from ddpipe._format import keep_fraction
 from . import common
+from ddpipe._format import keep_fraction
+from ddpipe._progress import progress_bar, say
 from ddpipe.config import check_choice, check_int, check_range, config_to_dict, option
 from ddpipe.errors import DDPipeError
 
@@ -102,7 +103,7 @@ class Config:
         (1.0, 1 / 40), parse=keep_fraction, help="kept fraction of units, repeatable: 1, 1/40, 40x (default 1 and 1/40)")
     k: int = option(10, help="top-k entries per sample (default 10)")
     epochs: int | None = option(None, help="override the preset's epochs (quick runs, tests)")
-    workdir: str | None = option(None, help="where stores are written (default a temp dir under bench/work, else /tmp)")
+    workdir: str | None = option(None, help="where stores are written (default a temp dir under bench/work of the current directory, else /tmp)")
     keep_stores: bool = option(False, help="do not delete the stores after measuring")
     backend: str = option("tensorstore", choices=("tensorstore", "zarr"), help="read backend (default tensorstore)")
     workers: int = option(min(2, os.cpu_count() or 1), help="relabel processes writing disjoint shards (default min(2, cores))")
@@ -112,7 +113,7 @@ class Config:
     random_units: int = option(300, help="random units read per repeat (default 300)")
     sre2l_mb: float = option(
         300.0, help="MB of SRe2L-format batch files written for the baseline, at most 2,000 files (default 300)")
-    results_dir: str | None = option(None, help="where the results JSON goes (default bench/results)")
+    results_dir: str | None = option(None, help="where the results JSON goes (default bench/results under the current directory)")
     seed: int = option(0, help="seed of the schedule, teacher model and pruning (default 0)")
     json: bool = option(False, help="print the rows as one JSON object on stdout", cli=False)
 
@@ -182,10 +183,8 @@ def _relabel_shard(task) -> tuple[int, int, float, dict]:
     return len(rows), samples, t_teacher, t_write
 
 
-def relabel(preset: Preset, specs: dict, plan, workdir: str, tag: str, config: Config, progress: bool) -> dict:
+def relabel(preset: Preset, specs: dict, plan, workdir: str, tag: str, config: Config, progress: bool) -> RelabelTiming:
     """Create one store per codec for ``plan`` (None = every unit) and fill it; return timings."""
-    from tqdm import tqdm
-
     from ..labelstore import create_store
     from ..labelstore.spec import parse_plan
 
@@ -202,7 +201,7 @@ def relabel(preset: Preset, specs: dict, plan, workdir: str, tag: str, config: C
     step = spec0.units_per_shard * -(-shards // (4 * workers))
     tasks = [(preset, config.seed, config.k, paths, units[s : s + step].tolist()) for s in range(0, len(units), step)]
     t_teacher, t_write, samples = 0.0, dict.fromkeys(paths, 0.0), 0
-    bar = tqdm(total=int(len(units)), desc=f"relabel {preset.name} {tag}", unit="unit", disable=not progress, file=sys.stderr)
+    bar = progress_bar(total=int(len(units)), desc=f"relabel {preset.name} {tag}", unit="unit", enabled=progress)
     t0 = time.perf_counter()
     if workers == 1:
         results = map(_relabel_shard, tasks)
@@ -226,12 +225,42 @@ def relabel(preset: Preset, specs: dict, plan, workdir: str, tag: str, config: C
         if pool is not None:
             pool.terminate()
         bar.close()
-    wall = time.perf_counter() - t0
-    return {"paths": paths, "samples": samples, "wall_s": wall, "teacher_s": t_teacher, "write_s": t_write, "workers": workers}
+    return RelabelTiming(paths=paths, samples=samples, wall_s=time.perf_counter() - t0, teacher_s=t_teacher,
+                         write_s=t_write, workers=workers)
+
+
+@dataclass(frozen=True)
+class RelabelTiming:
+    """One relabel of a preset into a store per codec: the stores' paths and the seconds spent
+    (``to_dict``: the JSON's ``presets.<name>.relabel.<tag>``, the paths left out)."""
+
+    paths: dict  # codec -> store path
+    samples: int
+    wall_s: float
+    teacher_s: float
+    write_s: dict  # codec -> writer seconds
+    workers: int
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "paths"}
 
 
 # --- reads ------------------------------------------------------------------------------------------
-def measure_reads(path: str, config: Config) -> dict:
+@dataclass(frozen=True)
+class Reads:
+    """Samples/s of one store, read sequentially and at random (median over repeats; all repeats kept)."""
+
+    seq: float
+    seq_all: list
+    seq_cpu: float
+    random: float
+    random_all: list
+    random_cpu: float
+    backend: str
+    loadavg: float
+
+
+def measure_reads(path: str, config: Config) -> Reads:
     """Sequential (``iter_units``) and random (``read_unit``) samples/s, whole process on one core."""
     from ..labelstore import open_store
 
@@ -270,17 +299,29 @@ def measure_reads(path: str, config: Config) -> dict:
         seq_rate, seq_all, seq_cpu = common.median_rates(seq, config.repeats)
         rnd_rate, rnd_all, rnd_cpu = common.median_rates(rand, config.repeats)
         backend = reader.backend
-    return {
-        "seq": seq_rate, "seq_all": seq_all, "seq_cpu": seq_cpu, "random": rnd_rate, "random_all": rnd_all,
-        "random_cpu": rnd_cpu, "backend": backend, "loadavg": load,
-    }
+    return Reads(seq=seq_rate, seq_all=seq_all, seq_cpu=seq_cpu, random=rnd_rate, random_all=rnd_all,
+                 random_cpu=rnd_cpu, backend=backend, loadavg=load)
 
 
 # --- SRe2L's layout ---------------------------------------------------------------------------------
-def sre2l_baseline(preset: Preset, spec, workdir: str, config: Config, progress: bool) -> dict:
+@dataclass(frozen=True)
+class Sre2lBaseline:
+    """SRe2L's layout for the same units: its files' bytes and ``torch.load`` rate on one core
+    (``asdict``: the JSON's ``presets.<name>.sre2l``)."""
+
+    files: int
+    samples: int
+    bytes: int
+    bytes_per_sample_epoch: float
+    write_samples_per_s: float | None
+    load_samples_per_s: float
+    load_cpu_samples_per_s: float
+    load_all: list
+
+
+def sre2l_baseline(preset: Preset, spec, workdir: str, config: Config, progress: bool) -> Sre2lBaseline:
     """Write the first units of the schedule as SRe2L files and time ``torch.load`` of them on one core."""
     import torch
-    from tqdm import tqdm
 
     from .teacher_model import TeacherModel
 
@@ -290,7 +331,7 @@ def sre2l_baseline(preset: Preset, spec, workdir: str, config: Config, progress:
     n_files = int(max(2, min(spec.full_units, SRE2L_MAX_FILES, config.sre2l_mb * 1e6 // file_bytes)))
     root = os.path.join(workdir, f"{preset.name}-sre2l")
     files, samples, t_write = [], 0, 0.0
-    for i in tqdm(range(n_files), desc=f"sre2l files {preset.name}", unit="file", disable=not progress, file=sys.stderr):
+    for i in progress_bar(range(n_files), desc=f"sre2l files {preset.name}", unit="file", enabled=progress):
         e, b = divmod(i, spec.batches_per_epoch)
         su = sched.unit(e, b)
         logits = teacher.dense_logits(su, config.k)
@@ -329,31 +370,80 @@ def sre2l_baseline(preset: Preset, spec, workdir: str, config: Config, progress:
         torch.set_num_threads(threads)
         if not config.keep_stores:
             shutil.rmtree(root, ignore_errors=True)
-    return {
-        "files": n_files,
-        "samples": samples,
-        "bytes": on_disk,
-        "bytes_per_sample_epoch": on_disk / samples,
-        "write_samples_per_s": samples / t_write if t_write else None,
-        "load_samples_per_s": rate,
-        "load_cpu_samples_per_s": cpu_rate,
-        "load_all": rates,
-    }
+    return Sre2lBaseline(files=n_files, samples=samples, bytes=on_disk, bytes_per_sample_epoch=on_disk / samples,
+                         write_samples_per_s=samples / t_write if t_write else None, load_samples_per_s=rate,
+                         load_cpu_samples_per_s=cpu_rate, load_all=rates)
 
 
 # --- one preset -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Row:
+    """One (preset, codec, keep) row of the table and of the JSON's ``rows`` (``asdict``, the same keys)."""
+
+    preset: str
+    k: int
+    codec: str
+    keep: float
+    units: int
+    samples: int
+    bytes: int
+    sre2l_bytes: int
+    ratio: float
+    seq_samples_per_s: float
+    random_samples_per_s: float
+    sre2l_samples_per_s: float
+    write_samples_per_s: float | None
+    relabel_wall_s: float
+    bytes_per_sample_epoch: float
+    gib: float
+    sre2l_gib: float
+    bytes_by_array: dict
+    backend: str
+    seq_all: list
+    random_all: list
+    seq_cpu_samples_per_s: float
+    random_cpu_samples_per_s: float
+    loadavg_1min: float
+    epochs: int
+    sre2l_cpu_samples_per_s: float
+    target_bytes: int | None  # the issue's size target (None: none, or not the full preset shape)
+    bytes_ok: bool | None
+    seq_ok: bool
+    random_ok: bool
+
+
+def _row(preset: Preset, config: Config, codec: str, keep: float, rel: RelabelTiming, si: dict, reads: Reads,
+         sre: Sre2lBaseline) -> Row:
+    """The row of one store (``si``: its ``store_info``), with the issue's targets and whether it meets them."""
+    t_bytes = None
+    if preset.epochs == PRESETS[preset.name].epochs:  # targets apply at the full shape only
+        t_bytes = next((limit for (name, k), limit in BYTES_TARGETS.items()
+                        if name == preset.name and math.isclose(k, keep)), None)
+    wt = rel.write_s[codec]
+    return Row(
+        preset=preset.name, k=config.k, codec=codec, keep=keep, units=si["units"], samples=rel.samples,
+        bytes=si["bytes_on_disk"], sre2l_bytes=si["sre2l_equivalent_bytes"],
+        ratio=si["sre2l_equivalent_bytes"] / si["bytes_on_disk"],
+        seq_samples_per_s=reads.seq, random_samples_per_s=reads.random, sre2l_samples_per_s=sre.load_samples_per_s,
+        write_samples_per_s=rel.samples / wt if wt else None, relabel_wall_s=rel.wall_s,
+        bytes_per_sample_epoch=si["bytes_per_sample_epoch"], gib=si["bytes_on_disk"] / 2**30,
+        sre2l_gib=si["sre2l_equivalent_bytes"] / 2**30, bytes_by_array=si["bytes_by_array"], backend=reads.backend,
+        seq_all=reads.seq_all, random_all=reads.random_all, seq_cpu_samples_per_s=reads.seq_cpu,
+        random_cpu_samples_per_s=reads.random_cpu, loadavg_1min=reads.loadavg, epochs=preset.epochs,
+        sre2l_cpu_samples_per_s=sre.load_cpu_samples_per_s, target_bytes=t_bytes,
+        bytes_ok=None if t_bytes is None else si["bytes_on_disk"] <= t_bytes,
+        seq_ok=reads.seq >= SEQ_TARGET, random_ok=reads.random >= RANDOM_TARGET)
+
+
 def run_preset(preset: Preset, codecs: list[str], keeps: list[float], workdir: str, config: Config, out, progress: bool) -> tuple[list[dict], dict]:
+    """Every (codec, keep) store of ``preset`` and SRe2L's files for it: the rows and the preset's info (JSON)."""
     from ..labelstore import plan_units, store_info
     from ..labelstore.prune import pruned_spec
 
     base = preset.relabel_schedule(config.seed).store_spec(
         preset.num_classes, config.k, value_codec=codecs[0], temperature=1.0, teacher_hash="bench.teacher_model",
     )
-    info = {
-        "preset": asdict(preset), "num_samples": preset.num_samples, "full_units": base.full_units,
-        "batches_per_epoch": base.batches_per_epoch, "sample_epochs": preset.num_samples * preset.epochs, "relabel": {},
-    }
-    rows = []
+    relabels, measured = {}, []  # tag -> RelabelTiming; (codec, keep, relabel, store_info, reads) per store
     for keep in keeps:
         tag = "full" if keep == 1.0 else f"keep{keep:.4g}"
         if keep == 1.0:
@@ -361,68 +451,25 @@ def run_preset(preset: Preset, codecs: list[str], keeps: list[float], workdir: s
         else:  # planned before relabel: the teacher only computes kept units
             plan = plan_units(base, keep, "batch", config.seed)
             specs = {c: pruned_spec(base.replace(value_codec=c), keep, "batch", config.seed) for c in codecs}
-        rel = relabel(preset, specs, plan, workdir, tag, config, progress)
-        info["relabel"][tag] = {k: v for k, v in rel.items() if k != "paths"}
+        rel = relabels[tag] = relabel(preset, specs, plan, workdir, tag, config, progress)
         print(
-            f"[{preset.name} keep={keep:.4g}] relabel wrote {rel['samples']:,} sample-epochs into {len(codecs)} store(s) "
-            f"in {rel['wall_s']:.1f} s wall ({rel['workers']} process(es); teacher model {rel['teacher_s']:.1f} s, "
-            + ", ".join(f"{c} writer {t:.1f} s" for c, t in rel["write_s"].items()) + ")",
+            f"[{preset.name} keep={keep:.4g}] relabel wrote {rel.samples:,} sample-epochs into {len(codecs)} store(s) "
+            f"in {rel.wall_s:.1f} s wall ({rel.workers} process(es); teacher model {rel.teacher_s:.1f} s, "
+            + ", ".join(f"{c} writer {t:.1f} s" for c, t in rel.write_s.items()) + ")",
             file=out, flush=True,
         )
-        for codec, path in rel["paths"].items():
-            si = store_info(path)
-            reads = measure_reads(path, config)
-            wt = rel["write_s"][codec]
-            row = {
-                "preset": preset.name,
-                "k": config.k,
-                "codec": codec,
-                "keep": keep,
-                "units": si["units"],
-                "samples": rel["samples"],
-                "bytes": si["bytes_on_disk"],
-                "sre2l_bytes": si["sre2l_equivalent_bytes"],
-                "ratio": si["sre2l_equivalent_bytes"] / si["bytes_on_disk"],
-                "seq_samples_per_s": reads["seq"],
-                "random_samples_per_s": reads["random"],
-                "sre2l_samples_per_s": None,
-                "write_samples_per_s": rel["samples"] / wt if wt else None,
-                "relabel_wall_s": rel["wall_s"],
-                "bytes_per_sample_epoch": si["bytes_per_sample_epoch"],
-                "gib": si["bytes_on_disk"] / 2**30,
-                "sre2l_gib": si["sre2l_equivalent_bytes"] / 2**30,
-                "bytes_by_array": si["bytes_by_array"],
-                "backend": reads["backend"],
-                "seq_all": reads["seq_all"],
-                "random_all": reads["random_all"],
-                "seq_cpu_samples_per_s": reads["seq_cpu"],
-                "random_cpu_samples_per_s": reads["random_cpu"],
-                "loadavg_1min": reads["loadavg"],
-                "epochs": preset.epochs,
-            }
-            rows.append(row)
+        for codec, path in rel.paths.items():
+            measured.append((codec, keep, rel, store_info(path), measure_reads(path, config)))
             if not config.keep_stores:
                 shutil.rmtree(path, ignore_errors=True)
     sre = sre2l_baseline(preset, base, workdir, config, progress)
-    info["sre2l"] = sre
-    for row in rows:
-        row["sre2l_samples_per_s"] = sre["load_samples_per_s"]
-        row["sre2l_cpu_samples_per_s"] = sre["load_cpu_samples_per_s"]
-        _targets(row, preset)
+    rows = [asdict(_row(preset, config, codec, keep, rel, si, reads, sre)) for codec, keep, rel, si, reads in measured]
+    info = {
+        "preset": asdict(preset), "num_samples": preset.num_samples, "full_units": base.full_units,
+        "batches_per_epoch": base.batches_per_epoch, "sample_epochs": preset.num_samples * preset.epochs,
+        "relabel": {tag: rel.to_dict() for tag, rel in relabels.items()}, "sre2l": asdict(sre),
+    }
     return rows, info
-
-
-def _targets(row: dict, preset: Preset) -> None:
-    """Attach the issue's targets and whether this row meets them (None: no target / not full shape)."""
-    full_shape = row["epochs"] == PRESETS[preset.name].epochs
-    t_bytes = None
-    for (name, keep), limit in BYTES_TARGETS.items():
-        if name == preset.name and math.isclose(keep, row["keep"]) and full_shape:
-            t_bytes = limit
-    row["target_bytes"] = t_bytes
-    row["bytes_ok"] = None if t_bytes is None else row["bytes"] <= t_bytes
-    row["seq_ok"] = row["seq_samples_per_s"] >= SEQ_TARGET
-    row["random_ok"] = row["random_samples_per_s"] >= RANDOM_TARGET
 
 
 COLUMNS = [
@@ -450,7 +497,7 @@ def _workdir(config: Config) -> tuple[str, bool]:
     if config.workdir:
         os.makedirs(config.workdir, exist_ok=True)
         return tempfile.mkdtemp(prefix="store-", dir=config.workdir), True
-    for parent in (common.WORK_DIR, None):
+    for parent in (common.work_dir(), None):
         try:
             if parent:
                 os.makedirs(parent, exist_ok=True)
@@ -511,7 +558,7 @@ def run(config: Config) -> int:
     except BaseException:
         if rows:  # keep what was measured before the failure or interrupt
             path = common.write_results("store-partial", _payload(rows, infos, t_start, config, False), config.results_dir)
-            print(f"wrote the rows measured so far to {path}", file=sys.stderr)
+            say(True, f"wrote the rows measured so far to {path}")
         raise
     finally:
         if not config.keep_stores:

@@ -14,10 +14,37 @@ compared once, as the *fingerprint*.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass
 
 FIELDS = ("top1", "wall", "relabel_s", "label_bytes")
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """What one finished cell measured (the same keys in ``table.json``'s ``records``): top-1 and wall
+    seconds per student seed (keys are seeds as text), the relabel's seconds, the label bytes, and where
+    the numbers came from ("folders", or the source of the record they were carried from)."""
+
+    top1: dict
+    wall: dict
+    relabel_s: float | None
+    label_bytes: int | None
+    source: str
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CellRecord":
+        return cls(top1=dict(d.get("top1", {})), wall=dict(d.get("wall", {})), relabel_s=d.get("relabel_s"),
+                   label_bytes=d.get("label_bytes"), source=d.get("source", "table.json"))
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def has_seeds(self, seeds) -> bool:
+        """Whether the record has every student seed in ``seeds``."""
+        return all(str(s) in self.top1 for s in seeds)
 
 
 def fingerprint(args, protocols: dict) -> dict:
@@ -27,9 +54,10 @@ def fingerprint(args, protocols: dict) -> dict:
                 protocols=protocols)
 
 
-def cell_key(c: dict) -> str:
-    """One cell's place in the table: ``part|method|ipc|label setting|student|draw``."""
-    return "|".join(str(c[k]) for k in ("part", "method", "ipc", "label_setting", "student", "draw"))
+def cell_key(c) -> str:
+    """One cell's place in the table: ``part|method|ipc|label setting|student|draw`` (``c``: a cell, or
+    anything with those attributes)."""
+    return "|".join(str(getattr(c, k)) for k in ("part", "method", "ipc", "label_setting", "student", "draw"))
 
 
 def _legacy_fingerprint(payload: dict, recipes: str) -> dict:
@@ -40,26 +68,26 @@ def _legacy_fingerprint(payload: dict, recipes: str) -> dict:
                 protocols=payload.get("protocols"))
 
 
-def records_from_rows(rows: list[dict]) -> dict[str, dict]:
+def records_from_rows(rows: list[dict]) -> dict[str, CellRecord]:
     """Per-cell records from the rows of a table.json written before records existed.
 
     Rows keep top-1 per run (``draw/seed``) but wall and relabel seconds only as row means: a record
     made here carries the row's means for every seed.
     """
-    out: dict[str, dict] = {}
+    out: dict[str, CellRecord] = {}
     for r in rows:
         by_draw: dict[str, dict] = {}
         for run, top1 in r.get("top1_by_run", {}).items():
             draw, seed = run.split("/")
             by_draw.setdefault(draw, {})[seed] = top1
         for draw, top1 in by_draw.items():
-            key = cell_key(dict(r, draw=int(draw)))
-            out[key] = dict(top1=top1, wall={s: r.get("train_s") for s in top1}, relabel_s=r.get("relabel_s"),
-                            label_bytes=r.get("label_bytes"), source="table.json rows")
+            key = "|".join(str(r[k]) for k in ("part", "method", "ipc", "label_setting", "student")) + f"|{int(draw)}"
+            out[key] = CellRecord(top1=top1, wall={s: r.get("train_s") for s in top1}, relabel_s=r.get("relabel_s"),
+                                  label_bytes=r.get("label_bytes"), source="table.json rows")
     return out
 
 
-def load(path: str, args, protocols: dict) -> tuple[dict[str, dict], str]:
+def load(path: str, args, protocols: dict) -> tuple[dict[str, CellRecord], str]:
     """The records of the table.json at ``path`` that this run may use, and one line saying what was taken."""
     try:
         with open(path) as f:
@@ -72,26 +100,25 @@ def load(path: str, args, protocols: dict) -> tuple[dict[str, dict], str]:
     theirs = _legacy_fingerprint(payload, args.recipes) if legacy else payload.get("fingerprint")
     if theirs != fingerprint(args, protocols):
         return {}, f"{path} was made with other settings: nothing carried"
-    records = records_from_rows(payload.get("rows", [])) if legacy else payload["records"]
+    if legacy:
+        records = records_from_rows(payload.get("rows", []))
+    else:
+        records = {k: CellRecord.from_dict(v) for k, v in payload["records"].items()}
     return records, f"{len(records)} cell records carried from {path}"
 
 
-def complete(c: dict, seeds) -> bool:
-    """Whether the cell's record has every student seed the cell asks for."""
-    return bool(c.get("record")) and all(str(s) in c["record"]["top1"] for s in seeds)
-
-
-def merge(c: dict, seeds, top1: dict, wall: dict, relabel_s, label_bytes) -> tuple[dict, dict, object, object]:
-    """A cell's numbers: its folders' where they have them, its record's for the rest of ``seeds``."""
-    rec = c.get("record") or {}
+def merge(record: CellRecord | None, seeds, top1: dict, wall: dict, relabel_s, label_bytes) -> tuple[dict, dict, object, object]:
+    """A cell's numbers: its folders' where they have them, its ``record``'s for the rest of ``seeds``."""
     top1, wall = dict(top1), dict(wall)
+    if record is None:
+        return top1, wall, relabel_s, label_bytes
     wanted = {str(s) for s in seeds}
-    for seed, v in rec.get("top1", {}).items():
+    for seed, v in record.top1.items():
         if seed in wanted and seed not in top1:
             top1[seed] = v
-            wall[seed] = rec.get("wall", {}).get(seed)
+            wall[seed] = record.wall.get(seed)
     if relabel_s is None:
-        relabel_s = rec.get("relabel_s")
+        relabel_s = record.relabel_s
     if label_bytes is None:
-        label_bytes = rec.get("label_bytes")
+        label_bytes = record.label_bytes
     return top1, wall, relabel_s, label_bytes

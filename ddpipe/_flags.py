@@ -9,8 +9,9 @@ For each field declared with :func:`ddpipe.config.option` (and ``cli=True``):
   gets both (``--flip`` / ``--no-flip``);
 - a ``tuple``/``list`` field repeats its flag (``--teacher A --teacher B``); with ``parse`` each
   occurrence may give several values (``--seeds 0,1,2``);
-- ``choices`` limits the values, ``parse`` turns the text into the value (a ``ValueError`` is the
-  flag's one-line error), otherwise the field's type (int, float, str) does.
+- ``choices`` limits the values (a function there is called when the parser is built), ``parse``
+  turns the text into the value (a ``ValueError`` is the flag's one-line error), otherwise the
+  field's type (int, float, str) does.
 
 Flags that are not given are left out of the namespace, so the dataclass's own defaults apply:
 :func:`config_from_args` is ``cls(**given)``, and the config's ``__post_init__`` validates.
@@ -24,7 +25,7 @@ import types
 import typing
 from typing import Any
 
-from ddpipe.config import flag_name
+from ddpipe.config import field_choices, flag_name
 
 __all__ = ["add_config_arguments", "config_from_args", "cli_fields"]
 
@@ -96,8 +97,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name}
         if meta.get("metavar"):
             kw["metavar"] = meta["metavar"]
-        if meta.get("choices") is not None:
-            kw["choices"] = list(meta["choices"])
+        choices = field_choices(f)
+        if choices is not None:
+            kw["choices"] = list(choices)
         flags = [flag_name(f.name), *meta.get("flags", ())]
 
         if meta.get("positional"):

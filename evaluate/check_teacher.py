@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..pipeline.backends import BACKENDS as LOADERS
-from ddpipe.config import Result, check_choice, check_int, option
+from ddpipe.config import Result, check_int, option
 from ._phase import RunOptions
 from .errors import TeacherError
 from .teacher import TeacherOptions
@@ -69,8 +69,6 @@ class TeacherCheckConfig(TeacherOptions, RunOptions):
         check_int(e, "sample", self.sample, min=0)
         check_int(e, "sample_seed", self.sample_seed, min=0)
         check_int(e, "workers", self.workers, min=0)
-        check_choice(e, "loader", self.loader, LOADERS)
-        check_choice(e, "backend", self.backend, ("auto", "tensorstore", "zarr"))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -117,12 +117,17 @@ def extract_state_dict(obj, path: str = "checkpoint") -> dict:
     return dict(sd)
 
 
-def resume_checkpoint(ckpt_path: str, config: dict, keys, *, resume: bool, overwrite: bool, phase: str) -> dict | None:
+def resume_checkpoint(ckpt_path: str, config: dict, config_class: type, *, resume: bool, overwrite: bool,
+                      phase: str) -> dict | None:
     """The checkpoint a run continues from, or ``None`` to start afresh.
 
     A checkpoint left by an earlier run needs ``resume`` (or ``overwrite``, which ignores it), and
-    every setting in ``keys`` must equal the one it was made with: one clear error otherwise.
+    every field of ``config_class`` that changes the result (:func:`ddpipe.config.result_fields`) must
+    have the value it was made with (``config`` is this run's config dict, as the checkpoint records
+    it): one line naming the changed flags otherwise, before any data or model is loaded.
     """
+    from ddpipe.config import check_resume
+
     from .errors import RunStateError
 
     if overwrite or not os.path.exists(ckpt_path):
@@ -131,8 +136,6 @@ def resume_checkpoint(ckpt_path: str, config: dict, keys, *, resume: bool, overw
         raise RunStateError(f"{os.path.dirname(ckpt_path)} already holds a {phase} run; pass --resume to continue it "
                             "or --overwrite to start afresh")
     ckpt = load_checkpoint(ckpt_path)
-    changed = [f"{k}: {ckpt['config'].get(k)!r} -> {config.get(k)!r}" for k in keys if ckpt["config"].get(k) != config.get(k)]
-    if changed:
-        raise RunStateError(f"{ckpt_path} was made with other settings ({'; '.join(changed)}); "
-                            "rerun with the original flags or pass --overwrite")
+    check_resume(config_class, ckpt.get("config") or {}, config, RunStateError, ckpt_path,
+                 hint="rerun with the original values or pass --overwrite")
     return ckpt

@@ -17,13 +17,13 @@ which units LPLD's random pruning keeps) and the table reports the mean.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 
 from ..pipeline.backends import BACKENDS as LOADERS
 from ddpipe._format import keep_fraction
-from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, config_to_dict, option
+from ddpipe._progress import say
+from ddpipe.config import Result, check_int, check_out_path, check_range, config_to_dict, option
 from ._phase import RunOptions
 from .errors import DemoError
 
@@ -54,7 +54,7 @@ class DemoConfig(RunOptions):
     epochs: int = option(300, help="student epochs = relabel epochs (default 300)")
     batch_size: int = option(10, flags=("-b",),
                              help="relabel = replay batch = the unit LPLD prunes (default 10: 10 units per epoch at IPC 10)")
-    topk: int = option(5, help="soft-label entries per sample (default 5)")
+    k: int = option(5, flags=("--topk",), help="soft-label entries per sample, the store's k (default 5)")
     temperature: float = option(4.0, flags=("-T",), help="distillation temperature (default 4)")
     keep: float = option(1 / 40, parse=keep_fraction, help="fraction of units the pruned store keeps: 0.025, 1/40 or "
                                                             "40x (default 1/40)")
@@ -73,14 +73,13 @@ class DemoConfig(RunOptions):
         super().validate()
         e = self.error
         check_out_path(e, "out", self.out)
-        for name in ("ipc", "teacher_epochs", "epochs", "batch_size", "topk", "seeds", "jobs"):
+        for name in ("ipc", "teacher_epochs", "epochs", "batch_size", "k", "seeds", "jobs"):
             check_int(e, name, getattr(self, name), min=1)
         check_int(e, "iterations", self.iterations, min=1, allow_none=True)
         check_int(e, "workers", self.workers, min=0)
         check_int(e, "seed", self.seed, min=0)
         check_range(e, "temperature", self.temperature, min=0, min_exclusive=True)
         check_range(e, "min_scale", self.min_scale, min=0, max=1, min_exclusive=True)
-        check_choice(e, "loader", self.loader, LOADERS)
         try:
             object.__setattr__(self, "keep", keep_fraction(self.keep))
         except ValueError as err:
@@ -117,11 +116,6 @@ class DemoResult(Result):
     config: dict
 
 
-def _say(enabled: bool, text: str) -> None:
-    if enabled:
-        print(f"[demo] {text}", file=sys.stderr, flush=True)
-
-
 def _keep_text(keep: float) -> str:
     n = 1 / keep
     return f"{n:.0f}x-pruned" if abs(n - round(n)) < 1e-9 else f"pruned (keep {keep:.3g})"
@@ -129,6 +123,12 @@ def _keep_text(keep: float) -> str:
 
 def run(config: DemoConfig) -> DemoResult:
     """Run (or resume) the whole chain as ``config`` says; returns the table."""
+    from ddpipe.phase import run_phase
+
+    return run_phase(config, DemoConfig, _run, "demo")
+
+
+def _run(config: DemoConfig) -> DemoResult:
     import numpy as np
 
     from . import prune, recover, relabel, squeeze
@@ -136,13 +136,11 @@ def run(config: DemoConfig) -> DemoResult:
     from .datasets import load_dataset
     from ..labelstore import store_info
 
-    if not isinstance(config, DemoConfig):
-        raise TypeError(f"demo.run takes a DemoConfig, got {type(config).__name__}")
     t0 = time.perf_counter()
     seconds = {}
     out = os.path.abspath(os.path.expanduser(config.out))
     os.makedirs(out, exist_ok=True)
-    say, progress = config.progress, config.progress
+    verbose, progress = config.progress, config.progress
     seeds = [config.seed + i for i in range(config.seeds)]
     dataset = load_dataset(config.dataset, data_root=config.data_root)
     n_images = config.ipc * dataset.num_classes
@@ -150,7 +148,7 @@ def run(config: DemoConfig) -> DemoResult:
     synthesised = not recipe.startswith(("random.", "herding."))
 
     # 1. teacher
-    _say(say, f"1/5 squeeze: {config.teacher_model} on {config.dataset}, {config.teacher_epochs} epochs")
+    say(verbose, f"1/5 squeeze: {config.teacher_model} on {config.dataset}, {config.teacher_epochs} epochs", "demo")
     teacher_dir = os.path.join(out, "teacher")
     teacher = squeeze.run(squeeze.SqueezeConfig(
         out=teacher_dir, dataset=config.dataset, data_root=config.data_root, model=config.teacher_model,
@@ -162,13 +160,13 @@ def run(config: DemoConfig) -> DemoResult:
     # 2. images: the method's, and a random real selection of the same size (the reference)
     t = time.perf_counter()
     if note:
-        _say(say, f"2/5 {note}")
+        say(verbose, f"2/5 {note}", "demo")
     sets = {"random": os.path.join(out, f"images-random-ipc{config.ipc}")}
     if synthesised:
         sets["synth"] = os.path.join(out, f"images-{recipe}-ipc{config.ipc}")
     for kind, folder in sets.items():
         method = "random" if kind == "random" else recipe
-        _say(say, f"2/5 recover: {method}, {config.ipc} images per class ({n_images} images) -> {folder}")
+        say(verbose, f"2/5 recover: {method}, {config.ipc} images per class ({n_images} images) -> {folder}", "demo")
         recover.run(recover.RecoverRunConfig(
             out=folder, method=method, teacher=(teacher_pt,), dataset=config.dataset, data_root=config.data_root,
             ipc=config.ipc, seed=config.seed, iterations=config.iterations if kind == "synth" else None,
@@ -183,15 +181,15 @@ def run(config: DemoConfig) -> DemoResult:
               for kind in sets}
     rl = {}
     for kind in sets:
-        _say(say, f"3/5 relabel {kind} images: {config.epochs} epochs x {-(-n_images // config.batch_size)} batches "
-                  f"of {config.batch_size}, top-{config.topk}, T={config.temperature:g}")
+        say(verbose, f"3/5 relabel {kind} images: {config.epochs} epochs x {-(-n_images // config.batch_size)} batches "
+                     f"of {config.batch_size}, top-{config.k}, T={config.temperature:g}", "demo")
         rl[kind] = relabel.run(relabel.RelabelConfig(
-            out=stores[kind], images=sets[kind], teacher=(teacher_pt,), topk=config.topk,
+            out=stores[kind], images=sets[kind], teacher=(teacher_pt,), k=config.k,
             temperature=config.temperature, seed=config.seed + 42, loader=config.loader, workers=config.workers,
             resume=True, device=config.device, threads=config.threads, progress=progress, **schedule))
     main = "synth" if synthesised else "random"
     store = stores[main]
-    units = rl[main]["units"]
+    units = rl[main].units
     seconds["relabel"] = time.perf_counter() - t
     pruned = {}
     for s in seeds:
@@ -199,7 +197,7 @@ def run(config: DemoConfig) -> DemoResult:
         if not os.path.exists(os.path.join(pruned[s], "zarr.json")):
             prune.run(prune.PruneConfig(src=store, out=pruned[s], keep=config.keep, seed=s, progress=False))
     kept = store_info(pruned[seeds[0]])["units"]
-    _say(say, f"4/5 prune: kept {kept:,} of {units:,} units" + (f" (seed {seeds[0]})" if len(seeds) > 1 else ""))
+    say(verbose, f"4/5 prune: kept {kept:,} of {units:,} units" + (f" (seed {seeds[0]})" if len(seeds) > 1 else ""), "demo")
 
     # 5. students: one recipe; the images and labels differ
     t = time.perf_counter()
@@ -216,14 +214,14 @@ def run(config: DemoConfig) -> DemoResult:
         kinds["random-real"] = ("random real images, full soft labels", sets["random"],
                                 lambda s: dict(labels=stores["random"]))
     rows = [{"run": f"teacher ({len(dataset.train):,} real images)", "kind": "teacher",
-             "top1": teacher["final"]["top1"], "top5": teacher["final"]["top5"], "label_bytes": None,
+             "top1": teacher.final["top1"], "top5": teacher.final["top5"], "label_bytes": None,
              "images": len(dataset.train)}]
     jobs = [(kind, name, s, dict(out=os.path.join(out, f"student-{kind}-seed{s}"), images=imgs, dataset=config.dataset,
                                  data_root=config.data_root, model=config.student_model, seed=s, loader=config.loader,
                                  workers=config.workers, val_every=config.epochs, resume=True, device=config.device,
                                  progress=False, **labels(s)))
             for kind, (name, imgs, labels) in kinds.items() for s in seeds]
-    results = _train_students(jobs, config, say)
+    results = _train_students(jobs, config, verbose)
     for kind, (name, _, _) in kinds.items():
         per_seed = []
         for s in seeds:
@@ -244,7 +242,7 @@ def run(config: DemoConfig) -> DemoResult:
         demo="chain", dataset=config.dataset, ipc=config.ipc, method=config.method, recipe=recipe,
         images=f"{recipe} (synthesised)" if synthesised else "random real selection", epochs=config.epochs,
         batch_size=config.batch_size, units=units, kept_units=kept, seeds=seeds, rows=rows,
-        label_bytes_note=LABEL_BYTES_NOTE, teacher_hash=teacher["teacher_hash"], store=store,
+        label_bytes_note=LABEL_BYTES_NOTE, teacher_hash=teacher.teacher_hash, store=store,
         pruned_stores=[pruned[s] for s in seeds],
         store_info={k: full_info[k] for k in ("bytes_on_disk", "sre2l_equivalent_bytes", "compression_vs_sre2l")},
         pruned_store_bytes_on_disk=pruned_info["bytes_on_disk"],
@@ -262,7 +260,7 @@ def _train_student(kw: dict) -> dict:
     return student.run(student.TrainConfig(**kw)).to_dict()
 
 
-def _train_students(jobs: list, config: DemoConfig, say: bool) -> dict:
+def _train_students(jobs: list, config: DemoConfig, verbose: bool) -> dict:
     """``{(kind, seed): train result}``: in this process (``jobs=1``), else ``jobs`` spawned processes at a time.
 
     One torch thread per process, so two cores train two small students at once instead of sharing
@@ -273,14 +271,14 @@ def _train_students(jobs: list, config: DemoConfig, say: bool) -> dict:
     if config.jobs <= 1 or total == 1:
         results = {}
         for i, (kind, name, s, kw) in enumerate(jobs):
-            _say(say, f"5/5 train {i + 1}/{total}: {name}, seed {s}")
-            results[(kind, s)] = res = _train_student({**kw, "threads": config.threads, "progress": say})
-            _say(say, f"5/5 trained {i + 1}/{total}: top-1 {res['final']['top1']:.2f}% ({res['wall_time_s']:.0f} s)")
+            say(verbose, f"5/5 train {i + 1}/{total}: {name}, seed {s}", "demo")
+            results[(kind, s)] = res = _train_student({**kw, "threads": config.threads, "progress": verbose})
+            say(verbose, f"5/5 trained {i + 1}/{total}: top-1 {res['final']['top1']:.2f}% ({res['wall_time_s']:.0f} s)", "demo")
         return results
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    _say(say, f"5/5 train {total} students, {min(config.jobs, total)} at a time (one process and one thread each)")
+    say(verbose, f"5/5 train {total} students, {min(config.jobs, total)} at a time (one process and one thread each)", "demo")
     # spawn, not fork: this process has run torch's thread pools already (the teacher, relabel)
     with ProcessPoolExecutor(min(config.jobs, total), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_train_student, {**kw, "threads": 1}): (kind, name, s) for kind, name, s, kw in jobs}
@@ -288,8 +286,8 @@ def _train_students(jobs: list, config: DemoConfig, say: bool) -> dict:
         for done, fut in enumerate(as_completed(futures), 1):
             kind, name, s = futures[fut]
             results[(kind, s)] = res = fut.result()
-            _say(say, f"5/5 trained {done}/{total}: {name}, seed {s}: top-1 {res['final']['top1']:.2f}% "
-                      f"({res['wall_time_s']:.0f} s)")
+            say(verbose, f"5/5 trained {done}/{total}: {name}, seed {s}: top-1 {res['final']['top1']:.2f}% "
+                         f"({res['wall_time_s']:.0f} s)", "demo")
     return results
 
 

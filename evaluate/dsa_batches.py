@@ -22,10 +22,11 @@ DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 
 class DSABatches:
-    """One epoch of ``(images, class labels)`` with per-image DSA, for :class:`~ddpipe.evaluate.loop.TrainingRun`."""
+    """One epoch of ``(images, class labels)`` with per-image DSA: a
+    :class:`~ddpipe.evaluate.train_batches.TrainBatches` for :class:`~ddpipe.evaluate.loop.TrainingRun`."""
 
-    store = None  # no label store is read
-    loader = None
+    store = None  # the labels are the images' classes: no label store is read
+    label_seconds = None
 
     def __init__(self, args, dataset, dist):
         import torch

@@ -3,7 +3,8 @@
 :class:`TrainingRun` owns what both phases share, in the order of a run:
 
 1. distributed setup (torchrun: one process group; otherwise one process, silently), the output
-   folder, and the checkpoint a ``resume`` continues from (its settings must equal this run's);
+   folder, and the checkpoint a ``resume`` continues from (every setting that changes the result
+   must equal this run's: the config's :func:`ddpipe.config.result_fields`);
 2. :meth:`TrainingRun.attach`: the model (wrapped in DDP under torchrun), optimiser and schedule,
    restored from the checkpoint when resuming (weights, optimiser, schedule, every RNG);
 3. :meth:`TrainingRun.fit`: the epoch loop: one epoch of training, the schedule's step, validation
@@ -19,9 +20,10 @@ randomness is a pure function of the seed and the epoch, so a resumed run reache
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any, Callable, Iterable
+
+from ddpipe._progress import say
 
 __all__ = ["TrainingRun"]
 
@@ -31,13 +33,14 @@ CHECKPOINT = "checkpoint.pth"
 class TrainingRun:
     """One run of a training phase writing into ``out`` (see the module docstring).
 
-    ``config`` is the run's full, JSON-safe config (recorded in every checkpoint); ``resume_keys``
-    are the settings that change the weights, which a resumed run must share. ``final_file`` is the
+    ``config`` is the run's full, JSON-safe config (recorded in every checkpoint); a resumed run must
+    share every field of ``config_class`` that changes the result (:func:`ddpipe.config.result_fields`;
+    :func:`~ddpipe.evaluate.checkpoint.resume_checkpoint`). ``final_file`` is the
     phase's last output (``teacher.pt``, ``student.pt``), removed with the checkpoint and results by
     ``overwrite``.
     """
 
-    def __init__(self, phase: str, out: str, config: dict, resume_keys: Iterable[str], *, resume: bool,
+    def __init__(self, phase: str, out: str, config: dict, config_class: type, *, resume: bool,
                  overwrite: bool, device: str, progress: bool, final_file: str):
         import torch
 
@@ -56,7 +59,7 @@ class TrainingRun:
         self.ckpt_path = os.path.join(out, CHECKPOINT)
         self.results_path = os.path.join(out, RESULTS)
         self.final_path = os.path.join(out, final_file)
-        self.ckpt = resume_checkpoint(self.ckpt_path, config, tuple(resume_keys), resume=resume, overwrite=overwrite,
+        self.ckpt = resume_checkpoint(self.ckpt_path, config, config_class, resume=resume, overwrite=overwrite,
                                       phase=phase)
         if self.ckpt is None and resume:
             self.log(f"{phase}: no checkpoint in {out}, starting afresh")
@@ -73,8 +76,8 @@ class TrainingRun:
 
     # --- helpers -------------------------------------------------------------------------------------
     def log(self, text: str) -> None:
-        if self.say:
-            print(text, file=sys.stderr, flush=True)
+        """One line on stderr from the main rank, unless progress is off."""
+        say(self.say, text)
 
     def elapsed(self) -> float:
         """Seconds this run has computed, summed over the sessions of a resumed run."""

@@ -1,8 +1,8 @@
 """``ddpipe prune``: write a standalone store holding a random subset of a store's units (LPLD).
 
 The library call is ``run(PruneConfig(src=..., out=..., keep=...)) -> PruneResult``; it calls
-:func:`ddpipe.labelstore.prune_store` and writes ``results.json`` into the new store's folder (a
-local one; zarr ignores files it does not know). ``keep`` accepts 0.025, ``"1/40"`` or ``"40x"``.
+:func:`ddpipe.labelstore.prune_store` and writes ``results.json`` inside the new store, locally or at
+its URL (:func:`ddpipe.labelstore.location.write_results`; zarr ignores files it does not know). ``keep`` accepts 0.025, ``"1/40"`` or ``"40x"``.
 ``dry_run`` only counts the units that would be kept. To prune *before* relabelling, so the
 teacher never computes the dropped units, give ``keep`` to relabel instead. No torch needed.
 """
@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass, field
 
 from ddpipe._format import keep_fraction
-from ddpipe.config import Result, check_choice, check_int, config_to_dict, option
+from ddpipe.config import Result, check_choices, check_int, config_to_dict, option
 from ddpipe.errors import DDPipeError
 from .errors import PruneError
+from ..labelstore.location import is_url, redact_storage_options, results_path, store_location, write_results
 
 __all__ = ["PruneConfig", "PruneResult", "run", "summary_text"]
 
@@ -25,8 +26,6 @@ GRANULARITIES = ("batch", "epoch")
 
 def _norm(path: str) -> str:
     """The store's location in labelstore's normal form (relative, ``~``, trailing slash, ``file://`` resolved)."""
-    from ..labelstore.location import store_location
-
     return store_location(path)
 
 
@@ -54,7 +53,7 @@ class PruneConfig:
             object.__setattr__(self, "keep", keep_fraction(self.keep))
         except ValueError as err:
             raise e(f"keep: {err}") from None
-        check_choice(e, "granularity", self.granularity, GRANULARITIES)
+        check_choices(self, e)
         check_int(e, "seed", self.seed, min=0)
         try:
             same = _norm(self.src) == _norm(self.out)
@@ -63,7 +62,7 @@ class PruneConfig:
         if same:
             raise e(f"out {self.out} is the source store; prune writes a new store, choose another --out")
         out = os.path.expanduser(os.fspath(self.out))
-        if "://" not in out and os.path.isfile(out):
+        if not is_url(out) and os.path.isfile(out):
             raise e(f"out {self.out} is an existing file, not a store; choose another path")
 
 
@@ -93,14 +92,16 @@ class PruneResult(Result):
 
 def run(config: PruneConfig) -> PruneResult:
     """Prune as ``config`` says; returns the result (also ``out/results.json``)."""
+    from ddpipe.phase import run_phase
+
+    return run_phase(config, PruneConfig, _run, "prune")
+
+
+def _run(config: PruneConfig) -> PruneResult:
     from ..labelstore import open_store, prune_store, store_info
     from ..labelstore.prune import select_units
 
-    if not isinstance(config, PruneConfig):
-        raise TypeError(f"prune.run takes a PruneConfig, got {type(config).__name__}")
     t0 = time.perf_counter()
-    from ..labelstore.location import is_url, redact_storage_options
-
     reader = open_store(config.src, storage_options=config.storage_options)
     recorded = config_to_dict(config)
     for name in ("storage_options", "out_storage_options"):
@@ -118,20 +119,7 @@ def run(config: PruneConfig) -> PruneResult:
                 dst_storage_options=out_opts)
     info = store_info(config.out, storage_options=out_opts)
     res = PruneResult(kept_units=int(info["units"]), wall_time_s=time.perf_counter() - t0, info=info, **common)
-    from ._phase import RESULTS, write_json
-
-    out = _norm(config.out)
-    if not is_url(out):
-        write_json(res, os.path.join(out, RESULTS))
-    else:  # inside the store at its URL, as relabel writes its results.json
-        import json
-
-        import fsspec
-
-        from ddpipe._format import json_default
-
-        with fsspec.open(out.rstrip("/") + "/" + RESULTS, "wb", **(out_opts or {})) as f:
-            f.write((json.dumps(res.to_dict(), indent=2, default=json_default) + "\n").encode())
+    write_results(config.out, res, out_opts)  # inside the new store, locally or at its URL, as relabel does
     return res
 
 
@@ -144,4 +132,4 @@ def summary_text(res: PruneResult) -> str:
     return (f"prune: kept {res.kept_units} of {res.units} units (keep {res.keep:.4g}, {res.granularity}) -> {res.out}\n"
             f"  {human_bytes(info.get('bytes_on_disk'))} on disk, "
             f"{info.get('compression_vs_sre2l') or 0:.1f}x smaller than SRe2L's layout\n"
-            f"  results {os.path.join(res.out, 'results.json')}")
+            f"  results {results_path(res.out)}")

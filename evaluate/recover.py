@@ -24,13 +24,14 @@ import os
 import sys
 from dataclasses import dataclass
 
-from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, config_to_dict, option
+from ddpipe.config import Result, check_int, check_out_path, check_range, check_resume, config_to_dict, option, \
+    result_values
 from ._phase import RunOptions
 from .errors import RecoverError
 from .teacher import TeacherOptions
 
-__all__ = ["RecoverRunConfig", "RecoverResult", "run", "summary_text", "resolve_recipe", "MATCH_TERMS",
-           "DATASET_RECIPE_TAGS"]
+__all__ = ["RecoverRunConfig", "RecoverResult", "run", "summary_text", "resolve_recipe", "check_continuation",
+           "MATCH_TERMS", "DATASET_RECIPE_TAGS"]
 
 # the loss terms whose weight r_bn sets (SRe2L's r_bn, G-VBSM's r_loss)
 MATCH_TERMS = ("bn_stats", "class_bn_stats", "bn_stats_ema", "conv_stats")
@@ -44,12 +45,15 @@ class RecoverRunConfig(TeacherOptions, RunOptions):
     """Everything ``ddpipe recover`` does, as one value (``None``: the recipe's value). Bad values
     raise :class:`RecoverError` here. (The method record itself is :class:`ddpipe.synth.RecoverConfig`.)
     The teacher fields (``teacher``, and ``model``, ``input_size`` ... for plain state dicts) are
-    :class:`ddpipe.evaluate.teacher.TeacherOptions`'; selections and DM need no teacher."""
+    :class:`ddpipe.evaluate.teacher.TeacherOptions`'; selections and DM need no teacher. Rerunning into
+    an ``out`` that holds a run continues it, if every field that changes the images (all but those marked
+    ``changes_result=False``) is as it was."""
 
     error = RecoverError
     teacher_required = False
 
-    out: str = option(help="output folder (ImageFolder new000/... plus manifest.json and results.json)", group="output")
+    out: str = option(help="output folder (ImageFolder new000/... plus manifest.json and results.json)", group="output",
+                      changes_result=False)
     method: str = option("sre2l", group="method",
                          help="sre2l, cda, lpld, gvbsm, delt, dm, random, herding, or a recipe such as sre2l.in1k "
                               "(ddpipe.synth.list_methods()); a family runs the dataset's recipe when there is one "
@@ -75,20 +79,22 @@ class RecoverRunConfig(TeacherOptions, RunOptions):
                                     "change the label, e.g. digits)")
     round_iterations: int | None = option(None, group="method", help="DELT's ROUND_ITR (default: recipe)")
     dm_model: str = option("convnet", group="method", help="DM: the random network's registered model (default convnet)")
-    stats_cache: str | None = option(None, group="method",
+    stats_cache: str | None = option(None, group="method", changes_result=False,  # a cache of the same statistics
                                      help="G-VBSM: .pt file caching the real-data conv statistics "
                                           "(default OUT/gvbsm_stats.pt)")
     # data
     dataset: str | None = option(None, group="data",
                                  help="real data: fashion-mnist, digits, imagefolder:<path> (default: the teacher's dataset)")
-    data_root: str | None = option(None, group="data", help="directory holding the dataset's files")
+    data_root: str | None = option(None, group="data", help="directory holding the dataset's files",
+                                   changes_result=False)
     # output
     image_format: str = option("png", flags=("--format",), choices=("png", "jpeg"), group="output",
                                help="image files: png (lossless, default) or jpeg (SRe2L wrote PIL's default quality 75)")
     jpeg_quality: int = option(95, group="output", help="JPEG quality (default 95)")
-    overwrite: bool = option(False, group="output", help="replace a different earlier run in --out")
+    overwrite: bool = option(False, group="output", help="replace a different earlier run in --out",
+                             changes_result=False)
     seed: int | None = option(None, group="run", help="seed of initialisation and augmentation (default: recipe, 0)")
-    stop_after_batches: int | None = option(None, metavar="N", group="run",
+    stop_after_batches: int | None = option(None, metavar="N", group="run", changes_result=False,
                                             help="stop after N batches as if killed; for testing resume")
 
     def validate(self) -> None:
@@ -103,11 +109,9 @@ class RecoverRunConfig(TeacherOptions, RunOptions):
         check_int(e, "batch_size", self.batch_size, min=1, allow_none=True)
         check_range(e, "r_bn", self.r_bn, min=0, allow_none=True)
         check_range(e, "first_bn_multiplier", self.first_bn_multiplier, min=0, allow_none=True)
-        check_choice(e, "init", self.init, (None, *INITS))
         check_int(e, "jitter", self.jitter, min=0, allow_none=True)
         check_range(e, "min_scale", self.min_scale, min=0, max=1, min_exclusive=True, allow_none=True)
         check_int(e, "round_iterations", self.round_iterations, min=1, allow_none=True)
-        check_choice(e, "image_format", self.image_format, ("png", "jpeg"))
         check_int(e, "jpeg_quality", self.jpeg_quality, min=1, max=100)
         check_int(e, "seed", self.seed, min=0, allow_none=True)
         check_int(e, "stop_after_batches", self.stop_after_batches, min=0, allow_none=True)
@@ -191,9 +195,34 @@ def _real_data(split, input_size: int, in_chans: int):
     return RealData(split.labels, fetch=fetch)
 
 
+# the manifest's record of the phase options that made the images (under "extra", which synth keeps as given)
+RUN_OPTIONS = "run_options"
+
+
+def _options(config: RecoverRunConfig) -> dict:
+    """The config's fields that change the images, JSON-ready (teachers given as objects by their description)."""
+    return {**result_values(config), "teacher": config.teacher_texts()}
+
+
+def check_continuation(config: RecoverRunConfig, out: str) -> None:
+    """Refuse, in one line naming each changed flag with its old and new value, to continue the run that
+    ``out`` holds with other options that change the images (``overwrite`` replaces it instead). A manifest
+    without the record (written before it existed) is left to synth's own check of its fingerprint."""
+    from ..synth import read_manifest
+    from ..synth.errors import RunStateError
+
+    if config.overwrite or not os.path.isdir(out):
+        return
+    manifest = read_manifest(out)
+    recorded = ((manifest or {}).get("extra") or {}).get(RUN_OPTIONS)
+    if isinstance(recorded, dict):
+        check_resume(RecoverRunConfig, recorded, _options(config), RunStateError, f"the recover run in {out}",
+                     hint="rerun with the original values, choose another --out or pass --overwrite to replace it")
+
+
 def run(config: RecoverRunConfig) -> RecoverResult:
     """Run recover as ``config`` says; returns the result (also in ``out/results.json``)."""
-    from ._phase import run_phase
+    from ddpipe.phase import run_phase
 
     return run_phase(config, RecoverRunConfig, _run, "recover")
 
@@ -208,6 +237,7 @@ def _run(config: RecoverRunConfig) -> RecoverResult:
 
     device = resolve_device(config.device)
     out = os.path.abspath(os.path.expanduser(config.out))
+    check_continuation(config, out)  # before any teacher or data is loaded
     teachers = []
     if config.teacher:
         teachers = open_teachers(list(config.teacher), device=device, **config.teacher_facts())
@@ -249,7 +279,7 @@ def _run(config: RecoverRunConfig) -> RecoverResult:
         jpeg_quality=config.jpeg_quality, overwrite=config.overwrite, progress=config.progress,
         stop_after_batches=config.stop_after_batches, stats_cache=config.stats_cache,
         extra={"dataset": dataset.name, "classes": list(dataset.classes), "teachers": [t.source for t in teachers],
-               "dm_model": config.dm_model if cfg.method == "dm" else None},
+               "dm_model": config.dm_model if cfg.method == "dm" else None, RUN_OPTIONS: _options(config)},
     )
     from ..synth import MANIFEST
 
@@ -264,7 +294,8 @@ def _run(config: RecoverRunConfig) -> RecoverResult:
         teachers=[t.source for t in teachers], teacher_hashes=[t.teacher_hash for t in teachers],
         method_config=cfg.to_dict(), config={**config_to_dict(config), "teacher": config.teacher_texts()},
         versions=versions(),
-        manifest=os.path.join(manifest["out"], MANIFEST), extra=manifest.get("extra", {}))
+        manifest=os.path.join(manifest["out"], MANIFEST),
+        extra={k: v for k, v in manifest.get("extra", {}).items() if k != RUN_OPTIONS})
     write_json_atomic(res.to_dict(), os.path.join(manifest["out"], RESULTS))
     return res
 

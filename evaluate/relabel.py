@@ -4,16 +4,19 @@ The library call is ``run(RelabelConfig(...)) -> RelabelResult``::
 
     from .relabel import RelabelConfig, run
     res = run(RelabelConfig(images="runs/images", teacher=("runs/teacher/teacher.pt",), out="runs/labels.zarr",
-                            epochs=300, batch_size=100, topk=10, temperature=4.0))
+                            epochs=300, batch_size=100, k=10, temperature=4.0))
 
 This module only loads the teachers (:mod:`ddpipe.evaluate.teacher`: ddpipe teacher files, squeeze
 checkpoints, plain torchvision/timm state dicts with ``model``/``num_classes``/``input_size``, or
-``nn.Module`` objects) and calls :func:`ddpipe.pipeline.relabel.relabel` once; that function owns the
-schedule and store spec, the prune plan (``keep``), the store's creation and the rank logic. The
+``nn.Module`` objects), builds the store's spec once with :func:`ddpipe.pipeline.relabel.relabel_spec`
+and passes it to :func:`ddpipe.pipeline.relabel.relabel`; that module owns the schedule and store
+spec, the prune plan (``keep``), the store's creation and the rank logic. The
 schedule's output size is the teacher's input size, so a 32 px teacher is shown 32 px crops.
 Several teachers form G-VBSM's ensemble (:class:`~ddpipe.evaluate.teacher.Ensemble`). ``keep``
 plans the kept units first, so the teacher only computes those. Resuming is the same config
-with ``resume=True`` (``--resume``): committed shards are skipped. Under ``torchrun`` rank 0
+with ``resume=True`` (``--resume``): committed shards are skipped; every field that changes the
+labels must be as the store's creation recorded it (its provenance, ``relabel_options``), or the
+resume is refused in one line naming the changed flags. Under ``torchrun`` rank 0
 creates the store and every rank writes its own shards.
 
 **Outputs.** The store at ``out``: a local path (relative, absolute, ``~``, with or without a trailing
@@ -35,14 +38,16 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ddpipe._format import keep_fraction
-from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, option
-from ._phase import RESULTS, ResumeOption, RunOptions
+from ddpipe.config import Result, check_int, check_out_path, check_range, check_resume, option, result_values
+from ._phase import ResumeOption, RunOptions
 from .errors import RelabelError
 from .teacher import TeacherOptions
+from ..labelstore.codecs import list_codecs
+from ..labelstore.location import results_path, write_results
 from ..labelstore.spec import MIX_KINDS
 from ..pipeline.backends import BACKENDS as LOADERS
 
-__all__ = ["RelabelConfig", "RelabelResult", "run", "summary_text", "results_path"]
+__all__ = ["RelabelConfig", "RelabelResult", "run", "summary_text", "results_path", "check_continuation"]
 
 GRANULARITIES = ("batch", "epoch")
 
@@ -55,6 +60,7 @@ class RelabelConfig(TeacherOptions, ResumeOption, RunOptions):
     the shared run options.
 
     Bad values raise :class:`~ddpipe.evaluate.errors.RelabelError` naming the field when the config is built.
+    ``k`` and ``value_codec`` are the store spec's names (the flags ``--topk`` and ``--codec`` still work).
     """
 
     error = RelabelError
@@ -62,7 +68,7 @@ class RelabelConfig(TeacherOptions, ResumeOption, RunOptions):
     images: str = option(help="the image set: an ImageFolder, a .npz of uint8 images, or .tar shards", group="inputs")
     # --- schedule and labels ------------------------------------------------------------------------
     out: str = option(help="the label store to write: a path or a URL (file://, memory://, s3:// ...)",
-                      group="schedule and labels")
+                      group="schedule and labels", changes_result=False)
     epochs: int = option(300, help="student epochs the labels cover (default 300, SRe2L)", group="schedule and labels")
     batch_size: int = option(1024, flags=("-b",), group="schedule and labels",
                              help="relabel = replay batch size (default 1024, SRe2L)")
@@ -71,9 +77,10 @@ class RelabelConfig(TeacherOptions, ResumeOption, RunOptions):
     mix: str | None = option(None, choices=MIX_KINDS, group="schedule and labels", help="override the recipe's mix")
     min_scale: float | None = option(None, group="schedule and labels",
                                      help="override the recipe's smallest crop area, in (0, 1] (e.g. 0.08)")
-    topk: int = option(10, group="schedule and labels",
-                       help="soft-label entries kept per sample, 1 .. the teacher's classes (default 10)")
-    codec: str = option("fp16", group="schedule and labels", help="value codec: fp32, fp16 or uint8 (default fp16)")
+    k: int = option(10, flags=("--topk",), group="schedule and labels",
+                    help="soft-label entries kept per sample (top-k), 1 .. the teacher's classes (default 10)")
+    value_codec: str = option("fp16", flags=("--codec",), choices=list_codecs, group="schedule and labels",
+                              help="value codec: fp32, fp16 or uint8 (default fp16)")
     value_kind: str = option("probs", group="schedule and labels", choices=("probs", "logits"),
                              help="store softmax(logits / T) (probs, default) or the top-k logits and each row's "
                              "log-sum-exp, so `ddpipe train -T` chooses the temperature (logits; fp16 or fp32 codec)")
@@ -89,8 +96,11 @@ class RelabelConfig(TeacherOptions, ResumeOption, RunOptions):
                               help="prune batches or whole epochs (default batch)")
     prune_seed: int = option(0, group="pruning (LPLD)", help="seed of the random choice of kept units, >= 0 (default 0)")
     # --- run ------------------------------------------------------------------------------------------
-    loader: str = option("torch", choices=LOADERS, group="run", help="image backend: torch (the reference), dali or batched (docs/pipeline.md; default torch)")
-    workers: int = option(2, flags=("-j",), group="run", help="loader workers, >= 0 (default 2)")
+    # the backends show the teacher the same crops, flips and mixes (pixels within 1/255, docs/pipeline.md), like
+    # --device; the schedule, not the worker count, draws them
+    loader: str = option("torch", choices=LOADERS, group="run", changes_result=False,
+                         help="image backend: torch (the reference), dali or batched (docs/pipeline.md; default torch)")
+    workers: int = option(2, flags=("-j",), group="run", help="loader workers, >= 0 (default 2)", changes_result=False)
 
     def validate(self) -> None:
         super().validate()
@@ -102,24 +112,16 @@ class RelabelConfig(TeacherOptions, ResumeOption, RunOptions):
         check_out_path(e, "out", self.out, kind="label store (a directory)")
         check_int(e, "epochs", self.epochs, min=1)
         check_int(e, "batch_size", self.batch_size, min=1)
-        check_int(e, "topk", self.topk, min=1)
-        if self.num_classes is not None and self.topk > self.num_classes:
-            raise e(f"topk must be <= num_classes ({self.num_classes}), got {self.topk}")
+        check_int(e, "k", self.k, min=1)
+        if self.num_classes is not None and self.k > self.num_classes:
+            raise e(f"k (--topk) must be <= num_classes ({self.num_classes}), got {self.k}")
         check_range(e, "temperature", self.temperature, min=0.0, min_exclusive=True)
         check_int(e, "seed", self.seed, min=0)
         check_int(e, "prune_seed", self.prune_seed, min=0)
         check_int(e, "workers", self.workers, min=0)
         check_range(e, "min_scale", self.min_scale, min=0.0, max=1.0, min_exclusive=True, allow_none=True)
         check_range(e, "keep", self.keep, min=0.0, max=1.0, min_exclusive=True, allow_none=True)
-        if self.mix is not None:
-            check_choice(e, "mix", self.mix, MIX_KINDS)
-        check_choice(e, "granularity", self.granularity, GRANULARITIES)
-        check_choice(e, "loader", self.loader, LOADERS)
-        from ..labelstore import list_codecs
-
-        check_choice(e, "codec", self.codec, list_codecs())
-        check_choice(e, "value_kind", self.value_kind, ("probs", "logits"))
-        if self.value_kind == "logits" and self.codec == "uint8":
+        if self.value_kind == "logits" and self.value_codec == "uint8":
             raise e("value_kind logits needs the fp16 or fp32 codec, not uint8")
         if not isinstance(self.schedule, str) or not self.schedule:
             raise e(f"schedule must be a recipe name, got {self.schedule!r}")
@@ -154,10 +156,6 @@ class RelabelResult(Result):
     versions: dict
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
 def resolve_out(out: Any) -> str:
     """The store's location in labelstore's normal form (:func:`ddpipe.labelstore.location.store_location`):
     an absolute local path (relative paths, ``~``, trailing slashes and ``file://`` URLs resolved), or a
@@ -167,36 +165,39 @@ def resolve_out(out: Any) -> str:
     return store_location(out)
 
 
-def results_path(store: Any) -> str:
-    """Where relabel writes its ``results.json``: inside the store (``<store>/results.json``)."""
-    s = resolve_out(store)
-    return s.rstrip("/") + "/" + RESULTS if _is_url(s) else os.path.join(s, RESULTS)
+# the store's provenance record of the phase options that made its labels
+RUN_OPTIONS = "relabel_options"
 
 
-def _write_results(result: dict, path: str) -> None:
-    import json
+def _options(config: RelabelConfig) -> dict:
+    """The config's fields that change the labels, JSON-ready (teachers given as objects by their description)."""
+    return {**result_values(config), "teacher": config.teacher_texts()}
 
-    from ddpipe._files import replace_atomically
-    from ddpipe._format import json_default
 
-    text = (json.dumps(result, indent=2, default=json_default) + "\n").encode()
-    if _is_url(path):
-        import fsspec
+def check_continuation(config: RelabelConfig, out: str) -> None:
+    """With ``resume``, refuse in one line (naming each changed flag with its old and new value) to continue
+    the store at ``out`` with other options that change the labels than its creation recorded. A store
+    without the record (made before it existed, or by another tool) is left to the spec check on reopening."""
+    from ..labelstore import StoreError
+    from ..labelstore.metadata import read_meta
 
-        with fsspec.open(path, "wb") as f:
-            f.write(text)
-    else:
-        replace_atomically(path, lambda f: f.write(text))
+    if not config.resume:
+        return
+    try:
+        _, meta = read_meta(out)
+    except (StoreError, OSError):
+        return  # no store yet: resuming creates it
+    recorded = meta.provenance.get(RUN_OPTIONS)
+    if isinstance(recorded, dict):
+        check_resume(RelabelConfig, recorded, _options(config), RelabelError, f"the store {out}",
+                     hint="rerun with the original values or write another --out")
 
 
 def run(config: RelabelConfig) -> RelabelResult:
     """Relabel as ``config`` says; returns the result also written to ``<store>/results.json``."""
-    if not isinstance(config, RelabelConfig):
-        raise RelabelError(f"run takes a RelabelConfig, not a {type(config).__name__}")
-    from ._phase import torch_threads
+    from ddpipe.phase import run_phase
 
-    with torch_threads(config.threads):
-        return _run(config)
+    return run_phase(config, RelabelConfig, _run, "relabel")
 
 
 def _run(config: RelabelConfig) -> RelabelResult:
@@ -207,18 +208,19 @@ def _run(config: RelabelConfig) -> RelabelResult:
     from .errors import ClassCountMismatchError
     from .teacher import Ensemble, open_teachers, teacher_hash
     from ..pipeline import LoaderConfig, open_source, recipe
-    from ..pipeline.relabel import relabel
+    from ..pipeline.relabel import relabel, relabel_spec
 
     t0 = time.perf_counter()
     out = resolve_out(config.out)
+    check_continuation(config, out)  # before any teacher or image is loaded
     dist = init_distributed(config.device, announce=config.progress)
     device = torch.device(dist.device)
 
     # 1. teachers and images
     teachers = open_teachers(list(config.teacher), device=device, **config.teacher_facts())
     t = teachers[0]
-    if config.topk > t.num_classes:
-        raise RelabelError(f"topk must be <= the teacher's {t.num_classes} classes, got {config.topk}")
+    if config.k > t.num_classes:
+        raise RelabelError(f"k (--topk) must be <= the teacher's {t.num_classes} classes, got {config.k}")
     source = open_source(config.images)
     n_classes_seen = int(source.labels.max()) + 1 if len(source.labels) else 0
     if n_classes_seen > t.num_classes:
@@ -239,13 +241,17 @@ def _run(config: RelabelConfig) -> RelabelResult:
     loader = LoaderConfig(backend=config.loader, channels=t.in_chans, mean=tuple(t.mean), std=tuple(t.std),
                           num_workers=config.workers, mix=True)
     described = [x.describe() for x in teachers]
+    sched, spec = relabel_spec(
+        source, schedule, epochs=config.epochs, batch_size=config.batch_size, num_classes=t.num_classes,
+        k=config.k, seed=config.seed, value_codec=config.value_codec, temperature=config.temperature,
+        teacher_hash=thash, value_kind=config.value_kind, keep=config.keep, granularity=config.granularity,
+        prune_seed=config.prune_seed,
+    )
     summary = relabel(
-        out, source, ensemble, schedule=schedule, epochs=config.epochs, batch_size=config.batch_size,
-        num_classes=t.num_classes, k=config.topk, seed=config.seed, value_codec=config.codec,
-        temperature=config.temperature, teacher_hash=thash, keep=config.keep, granularity=config.granularity,
-        prune_seed=config.prune_seed, loader=loader, rank=dist.rank, world_size=dist.world_size,
-        progress=config.progress and is_main_process(), exist_ok=config.resume, value_kind=config.value_kind,
-        provenance={"teachers": [{k: d[k] for k in ("source", "kind", "teacher_hash")} for d in described]},
+        out, source, ensemble, sched, spec, loader=loader, rank=dist.rank, world_size=dist.world_size,
+        progress=config.progress and is_main_process(), resume=config.resume,
+        provenance={"teachers": [{k: d[k] for k in ("source", "kind", "teacher_hash")} for d in described],
+                    RUN_OPTIONS: _options(config)},
     )
     main = is_main_process()
     result = RelabelResult(
@@ -258,17 +264,17 @@ def _run(config: RelabelConfig) -> RelabelResult:
         config=config.to_dict(), versions=versions(),
     )
     if main:
-        _write_results(result.to_dict(), result.results)
+        write_results(out, result)  # result.results: inside the store, beside zarr.json
     return result
 
 
 def summary_text(result: RelabelResult | dict) -> str:
     """The human-readable lines of a result."""
-    r = result.to_dict() if hasattr(result, "to_dict") else result
-    rate = f"{r['samples_per_s']:.0f} samples/s" if r["samples_per_s"] else "-"
-    lines = [f"relabel: {r['units_written']} of {r['units']} units computed by the teacher "
-             f"({r['teacher_forward_calls']} forward passes, {r['images_labelled']} images, {rate}) "
-             f"in {r['wall_time_s']:.1f} s", f"  store {r['store']}"]
-    if r.get("results"):
-        lines.append(f"  results {r['results']}")
+    r = RelabelResult.from_dict(result) if isinstance(result, dict) else result  # a results.json read back
+    rate = f"{r.samples_per_s:.0f} samples/s" if r.samples_per_s else "-"
+    lines = [f"relabel: {r.units_written} of {r.units} units computed by the teacher "
+             f"({r.teacher_forward_calls} forward passes, {r.images_labelled} images, {rate}) "
+             f"in {r.wall_time_s:.1f} s", f"  store {r.store}"]
+    if r.results:
+        lines.append(f"  results {r.results}")
     return "\n".join(lines)

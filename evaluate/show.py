@@ -76,6 +76,12 @@ def make_grid(rows: list[list], pad: int = 2, min_cell: int = 64):
 
 def run(config: ShowConfig) -> ShowResult:
     """Draw the grid ``config`` asks for; returns what was written."""
+    from ddpipe.phase import run_phase
+
+    return run_phase(config, ShowConfig, _run, "show")
+
+
+def _run(config: ShowConfig) -> ShowResult:
     from PIL import Image
 
     src = os.path.abspath(os.path.expanduser(config.src))

@@ -7,7 +7,9 @@ rewritten every epoch) and, at the end, ``teacher.pt`` (state dict, model config
 a sha256 ``teacher_hash``; the format is :mod:`ddpipe.evaluate.teacher`'s), which recover and
 relabel read back.
 ``resume`` continues a killed run at the epoch after its last checkpoint and reaches bit-identical
-weights (every epoch's randomness is a pure function of ``seed`` and the epoch). ``init`` starts
+weights (every epoch's randomness is a pure function of ``seed`` and the epoch); it is refused, in
+one line naming the flags, when an option that changes the weights differs from the checkpoint's
+(every field but those declared ``option(changes_result=False)``: :func:`ddpipe.config.result_fields`). ``init`` starts
 from a torchvision, timm or ddpipe state dict; with ``epochs=0`` it only validates and writes
 ``teacher.pt``. The epoch loop is :class:`ddpipe.evaluate.loop.TrainingRun`, shared with ``train``.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, config_to_dict, option, \
+from ddpipe.config import Result, check_int, check_out_path, check_range, config_to_dict, option, \
     parse_key_values
 from ._phase import ResumeOption, RunOptions
 from .errors import SqueezeError
@@ -30,10 +32,6 @@ __all__ = ["SqueezeConfig", "SqueezeResult", "run", "summary_text", "load_teache
            "write_teacher", "TEACHER_FORMAT", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "convnet_d3_w32_bn"
-# settings that change the weights: a resumed run must use the same values
-_RESUME_KEYS = ("dataset", "data_root", "model", "model_args", "epochs", "batch_size", "opt", "lr", "momentum",
-                "weight_decay", "warmup_epochs", "label_smoothing", "aug", "crop_padding", "seed", "max_train_samples",
-                "init", "reset_head", "classwise_bn")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,19 +40,23 @@ class SqueezeConfig(RunOptions, ResumeOption):
 
     error = SqueezeError
 
-    out: str = option(help="output directory (teacher.pt, checkpoint.pth, results.json)", group="run")
+    # a resumed run must share every field that changes the weights (all but those marked changes_result=False)
+    out: str = option(help="output directory (teacher.pt, checkpoint.pth, results.json)", group="run",
+                      changes_result=False)
     # data
     dataset: str = option("fashion-mnist", group="data",
                           help="fashion-mnist, digits, imagefolder:<path> or an ImageFolder path (default fashion-mnist)")
-    data_root: str | None = option(None, group="data",
+    data_root: str | None = option(None, group="data", changes_result=False,  # where the same dataset lies
                                    help="directory holding the dataset's files (default: the Debian package's location)")
-    download: bool = option(False, group="data", help="fetch a missing dataset with torchvision (needs network)")
+    download: bool = option(False, group="data", help="fetch a missing dataset with torchvision (needs network)",
+                            changes_result=False)
     max_train_samples: int | None = option(None, group="data",
                                            help="train on a seeded random subset of this many images (default: all)")
     aug: str = option("standard", choices=("standard", "none"), group="data",
                       help="standard: random crop with padding (<=32 px) or RandomResizedCrop, plus flip (default)")
     crop_padding: int | None = option(None, group="data",
                                       help="zero padding of the standard random crop (default: 4 at 32 px, 2 at 28 px, 1 at 8 px)")
+    # counts: a DataLoader's workers draw the augmentation from per-worker seeds (ImageFolder data)
     workers: int = option(0, flags=("-j",), group="data", help="DataLoader worker processes (default 0)")
     # model
     model: str = option(DEFAULT_MODEL, group="model",
@@ -84,12 +86,13 @@ class SqueezeConfig(RunOptions, ResumeOption):
     warmup_epochs: int = option(0, group="optimisation", help="linear warm-up epochs before the cosine decay (default 0)")
     label_smoothing: float = option(0.0, group="optimisation", help="cross-entropy label smoothing (default 0)")
     # run
-    overwrite: bool = option(False, group="run", help="start afresh even if OUT holds a run")
+    overwrite: bool = option(False, group="run", help="start afresh even if OUT holds a run", changes_result=False)
     seed: int = option(0, group="run", help="seed of initialisation, order and augmentation (default 0)")
-    val_every: int = option(1, group="run", help="validate every N epochs and after the last (default 1)")
-    stop_after_epoch: int | None = option(None, metavar="E", group="run",
+    val_every: int = option(1, group="run", help="validate every N epochs and after the last (default 1)",
+                            changes_result=False)
+    stop_after_epoch: int | None = option(None, metavar="E", group="run", changes_result=False,
                                           help="stop as if killed once epoch E (0-based) is checkpointed; for testing resume")
-    deterministic: bool = option(True, group="run",
+    deterministic: bool = option(True, group="run", changes_result=False,  # a kernel choice, like --device
                                  help="allow non-deterministic kernels (deterministic=False: faster on GPU, breaks bit-identical resume)")
 
     def validate(self) -> None:
@@ -109,9 +112,6 @@ class SqueezeConfig(RunOptions, ResumeOption):
         check_range(e, "momentum", self.momentum, min=0)
         check_range(e, "weight_decay", self.weight_decay, min=0, allow_none=True)
         check_range(e, "label_smoothing", self.label_smoothing, min=0, max=1)
-        check_choice(e, "aug", self.aug, ("standard", "none"))
-        check_choice(e, "opt", self.opt, ("sgd", "adamw"))
-        check_choice(e, "classwise_bn", self.classwise_bn, ("none", "ema", "exact"))
         fixed = sorted(set(parse_key_values(e, "model_args", self.model_args)) & {"num_classes", "in_chans", "input_size"})
         if fixed:
             raise e(f"model_args: {fixed[0]} is the dataset's (its images and classes), not a model argument; "
@@ -167,7 +167,7 @@ def _resolved_config(config: SqueezeConfig, world_size: int) -> dict:
 # --- the run --------------------------------------------------------------------------------------
 def run(config: SqueezeConfig) -> SqueezeResult:
     """Train (or resume) a teacher as ``config`` says; returns the result also written to results.json."""
-    from ._phase import run_phase
+    from ddpipe.phase import run_phase
 
     return run_phase(config, SqueezeConfig, _run, "squeeze")
 
@@ -187,7 +187,7 @@ def _run(config: SqueezeConfig) -> SqueezeResult:
     init_distributed(config.device, announce=False)  # the world size resolves the default lr
     cfg = _resolved_config(config, get_world_size())
     out = cfg["out"]
-    tr = TrainingRun("squeeze", out, cfg, _RESUME_KEYS, resume=config.resume, overwrite=config.overwrite,
+    tr = TrainingRun("squeeze", out, cfg, SqueezeConfig, resume=config.resume, overwrite=config.overwrite,
                      device=config.device, progress=config.progress, final_file="teacher.pt")
     teacher_path = tr.final_path
 

@@ -14,6 +14,9 @@ The library call is ``run(TrainConfig(...)) -> TrainResult``. Three label modes,
   with ``augment="dsa"`` instead the DC / DSA evaluation protocol (the whole image set shuffled
   every epoch, DSA per image, cross-entropy; :mod:`ddpipe.evaluate.dsa_batches`).
 
+Each mode's batches are a :class:`ddpipe.evaluate.train_batches.TrainBatches` (the one protocol the
+loop consumes; :func:`~ddpipe.evaluate.train_batches.make_batches` picks the mode's class).
+
 Checkpoints are written atomically every epoch; ``resume`` continues at the next epoch and gives
 the same final weights as an uninterrupted run on the CPU.
 """
@@ -24,42 +27,42 @@ import os
 from dataclasses import dataclass
 
 from ..pipeline.backends import BACKENDS as LOADERS
-from ddpipe.config import Result, check_choice, check_int, check_out_path, check_range, config_to_dict, option, \
+from ddpipe.config import Result, check_int, check_out_path, check_range, config_to_dict, option, \
     parse_key_values
 from ._phase import ResumeOption, RunOptions
 from .errors import TrainError
+from .train_batches import TrainBatches, kd_loss, soft_cross_entropy  # the label modes' batches and losses
 from ..labelstore.spec import MIX_KINDS
 
 __all__ = ["TrainConfig", "TrainResult", "run", "summary_text", "kd_loss", "soft_cross_entropy", "LabelBytesRead"]
-
-_RESUME_KEYS = ("images", "labels", "online_teacher", "hard_labels", "dataset", "model", "model_args", "epochs",
-                "batch_size", "schedule", "mix", "seed", "temperature", "topk", "opt", "lr", "weight_decay", "augment")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(RunOptions, ResumeOption):
     """Everything ``ddpipe train`` does, as one value. Give exactly one of ``labels``,
-    ``online_teacher`` and ``hard_labels``. Bad values raise :class:`TrainError` here."""
+    ``online_teacher`` and ``hard_labels``. Bad values raise :class:`TrainError` here. A ``resume``
+    must keep every field that changes the result (all but those marked ``changes_result=False``)."""
 
     error = TrainError
 
     images: str = option(help="the distilled image set (ImageFolder, .npz, .tar shards)", group="data")
-    out: str = option(help="output directory (checkpoint.pth, results.json, student.pt)", group="run")
+    out: str = option(help="output directory (checkpoint.pth, results.json, student.pt)", group="run",
+                      changes_result=False)
     dataset: str = option("fashion-mnist", group="data",
                           help="the real dataset to validate on: fashion-mnist, digits, imagefolder:<path> "
                                "(default fashion-mnist)")
-    data_root: str | None = option(None, group="data",
+    data_root: str | None = option(None, group="data", changes_result=False,  # where the same dataset lies
                                    help="where the dataset's files are (default: the Debian package's location)")
     # labels: exactly one
     labels: str | None = option(None, metavar="STORE", group="labels (choose one)", help="replay this label store")
     online_teacher: tuple[str, ...] = option((), metavar="CKPT", group="labels (choose one)",
                                              help="label every batch live with this teacher (repeat for an ensemble)")
     hard_labels: bool = option(False, group="labels (choose one)", help="one-hot labels of the images (mixed by lambda)")
-    check_teacher: tuple[str, ...] = option((), metavar="CKPT", group="teacher check (stores only)",
+    check_teacher: tuple[str, ...] = option((), metavar="CKPT", group="teacher check (stores only)", changes_result=False,
                                             help="before training, re-run this teacher (the store's; repeat for an "
                                                  "ensemble) on the first units the student replays and stop unless "
                                                  "the stored labels match (ddpipe.evaluate.check_teacher)")
-    check_units: int = option(4, group="teacher check (stores only)",
+    check_units: int = option(4, group="teacher check (stores only)", changes_result=False,
                               help="how many of the first replayed units --check-teacher re-runs (default 4)")
     # schedule (online teacher and hard labels; a store carries its own)
     epochs: int | None = option(None, group="schedule", help="training epochs (default: the store's, else 300)")
@@ -74,8 +77,8 @@ class TrainConfig(RunOptions, ResumeOption):
                              help="override the recipe's mix")
     min_scale: float | None = option(None, group="schedule", help="override the recipe's smallest crop area")
     schedule_seed: int = option(42, group="schedule", help="schedule seed (default 42)")
-    topk: int | None = option(None, group="schedule",
-                              help="online teacher: keep top-k like a store (default: all classes)")
+    k: int | None = option(None, flags=("--topk",), group="schedule",
+                           help="online teacher: keep top-k like a store (the store's k; default: all classes)")
     temperature: float | None = option(None, flags=("-T",), group="schedule",
                                        help="distillation temperature (default: the store's; online teacher 20); "
                                             "a logit store's targets are taken at this temperature")
@@ -91,13 +94,18 @@ class TrainConfig(RunOptions, ResumeOption):
                                  help="weight decay on conv/linear kernels only (default 0.01)")
     momentum: float = option(0.9, group="model and optimisation", help="SGD momentum (default 0.9)")
     # run
-    overwrite: bool = option(False, group="run", help="start afresh even if OUT holds a run")
+    overwrite: bool = option(False, group="run", help="start afresh even if OUT holds a run", changes_result=False)
     seed: int = option(0, group="run", help="seed of the student's initialisation (default 0)")
-    val_every: int = option(10, group="run", help="validate every N epochs and after the last (default 10)")
-    stop_after_epoch: int | None = option(None, metavar="E", group="run", help="stop after epoch E (testing resume)")
-    loader: str = option("torch", choices=LOADERS, group="run", help="image backend: torch (the reference), dali or batched (docs/pipeline.md; default torch)")
-    workers: int = option(2, flags=("-j",), group="run", help="loader workers (default 2)")
-    deterministic: bool = option(True, group="run",
+    val_every: int = option(10, group="run", help="validate every N epochs and after the last (default 10)",
+                            changes_result=False)
+    stop_after_epoch: int | None = option(None, metavar="E", group="run", help="stop after epoch E (testing resume)",
+                                          changes_result=False)
+    # the backends replay the same crops, flips, mixes and labels (pixels within 1/255, docs/pipeline.md), like
+    # --device; the replay's randomness is the schedule's, whatever the worker count
+    loader: str = option("torch", choices=LOADERS, group="run", changes_result=False,
+                         help="image backend: torch (the reference), dali or batched (docs/pipeline.md; default torch)")
+    workers: int = option(2, flags=("-j",), group="run", help="loader workers (default 2)", changes_result=False)
+    deterministic: bool = option(True, group="run", changes_result=False,  # a kernel choice, like --device
                                  help="allow non-deterministic kernels (deterministic=False: faster on GPU, breaks bit-identical resume)")
 
     def validate(self) -> None:
@@ -111,7 +119,6 @@ class TrainConfig(RunOptions, ResumeOption):
         if len(modes) != 1:
             raise e("give exactly one of labels (--labels STORE), online_teacher (--online-teacher CKPT) and "
                     f"hard_labels (--hard-labels); got {', '.join(modes) if modes else 'none'}")
-        check_choice(e, "augment", self.augment, ("schedule", "dsa"))
         if self.augment == "dsa" and not self.hard_labels:
             raise e("augment dsa (--augment dsa) is the hard-label protocol of DC/DSA/DM; give hard_labels "
                     "(--hard-labels) with it")
@@ -122,7 +129,7 @@ class TrainConfig(RunOptions, ResumeOption):
         check_int(e, "batch_size", self.batch_size, min=1, allow_none=True)
         check_range(e, "min_scale", self.min_scale, min=0, max=1, min_exclusive=True, allow_none=True)
         check_int(e, "schedule_seed", self.schedule_seed, min=0)
-        check_int(e, "topk", self.topk, min=1, allow_none=True)
+        check_int(e, "k", self.k, min=1, allow_none=True)
         check_range(e, "temperature", self.temperature, min=0, min_exclusive=True, allow_none=True)
         check_range(e, "lr", self.lr, min=0, min_exclusive=True)
         check_range(e, "weight_decay", self.weight_decay, min=0)
@@ -131,9 +138,6 @@ class TrainConfig(RunOptions, ResumeOption):
         check_int(e, "val_every", self.val_every, min=1)
         check_int(e, "stop_after_epoch", self.stop_after_epoch, min=0, allow_none=True)
         check_int(e, "workers", self.workers, min=0)
-        check_choice(e, "opt", self.opt, ("adamw", "sgd"))
-        check_choice(e, "loader", self.loader, LOADERS)
-        check_choice(e, "mix", self.mix, (None, *MIX_KINDS))
         fixed = sorted(set(parse_key_values(e, "model_args", self.model_args)) & {"num_classes", "in_chans", "input_size"})
         if fixed:
             raise e(f"model_args: {fixed[0]} is the dataset's (its images and classes), not a model argument; "
@@ -177,165 +181,12 @@ class TrainResult(Result):
     teacher_check: dict | None = None  # --check-teacher's result (TeacherCheckResult.to_dict())
 
 
-# --- losses -------------------------------------------------------------------------------------------
-def kd_loss(temperature: float):
-    """KL(targets || softmax(student / T)), batch mean; targets are probabilities at T (SRe2L)."""
-    import torch.nn.functional as F
-
-    def loss(output, targets):
-        return F.kl_div(F.log_softmax(output / temperature, dim=1), targets, reduction="batchmean")
-
-    return loss
-
-
-def soft_cross_entropy(output, targets):
-    import torch.nn.functional as F
-
-    return -(targets * F.log_softmax(output, dim=1)).sum(1).mean()
-
-
-def online_targets(logits, temperature: float, k: int | None):
-    """A live teacher's targets through the store's arithmetic: softmax at T, top-k, marginal smoothing."""
-    import torch
-
-    from ..labelstore import densify, softmax_at, top_k
-
-    probs = softmax_at(logits.detach().float().cpu().numpy(), temperature)
-    c = probs.shape[1]
-    if k is not None and k < c:
-        idx, val = top_k(probs, k)
-        probs = densify(idx, val, c)
-    return torch.from_numpy(probs)
-
-
-def retemper(targets, store_temperature: float, temperature: float):
-    """A logit store's dense targets (probabilities at the store's temperature ``T_s``, the tail
-    classes sharing one logit) at the training temperature ``T``: ``softmax(log(p) * T_s / T)``, which is
-    ``softmax(row / T)`` of the stored logit row since ``log p = row / T_s - lse`` (docs/format.md §5)."""
-    import torch
-
-    z = torch.log(targets.double().clamp_min(1e-300)) * (float(store_temperature) / float(temperature))
-    return torch.softmax(z, dim=1).to(targets.dtype)
-
-
-def mixed_one_hot(meta, num_classes: int):
-    """SRe2L's hard-label baseline under the same mix: lam * y + (1 - lam) * y[perm]."""
-    import torch
-
-    y = torch.nn.functional.one_hot(meta.labels, num_classes).float()
-    if meta.mix_kind == "none":
-        return y
-    return meta.mix_lambda * y + (1.0 - meta.mix_lambda) * y[meta.mix_perm]
-
-
-# --- batches ------------------------------------------------------------------------------------------
-class _Batches:
-    """One epoch of ``(images, targets, meta)`` for the chosen label mode (the loop never branches on it)."""
-
-    def __init__(self, args: "TrainConfig", dataset, dist, device):
-        from ..labelstore import open_store
-        from ..pipeline import LoaderConfig, open_source
-
-        self.args, self.dist = args, dist
-        self.source = open_source(args.images)
-        self.config = LoaderConfig(backend=args.loader, channels=dataset.in_chans, mean=tuple(dataset.mean),
-                                   std=tuple(dataset.std), num_workers=args.workers,
-                                   output_size=(dataset.input_size, dataset.input_size))
-        self.num_classes = dataset.num_classes
-        self.teacher = None
-        self.store = open_store(args.labels) if args.labels else None
-        if self.store is not None:
-            spec = self.store.spec
-            self.epochs = args.epochs or spec.epochs
-            self.batch_size = spec.batch_size
-            self.temperature = args.temperature or spec.temperature
-            if spec.num_classes != dataset.num_classes:
-                from .errors import ClassCountMismatchError
-
-                raise ClassCountMismatchError(
-                    f"the store {args.labels} holds {spec.num_classes}-class labels but {dataset.name} has "
-                    f"{dataset.num_classes} classes")
-            size = (spec.augmentation or {}).get("output_size")
-            if size and tuple(size) != (dataset.input_size, dataset.input_size):
-                from .errors import TrainError
-
-                raise TrainError(
-                    f"the store {args.labels} replays {size[0]}x{size[1]} px crops but {dataset.name} is "
-                    f"{dataset.input_size} px; train with the dataset the store was relabelled for")
-            if args.batch_size not in (None, spec.batch_size):
-                from ..pipeline import LoaderSpecError
-
-                raise LoaderSpecError(f"--batch-size {args.batch_size} differs from the store's {spec.batch_size}; "
-                                      "replay batches are the relabel batches")
-            self.loader = self._store_loader()
-        else:
-            from ..pipeline import Schedule, recipe
-
-            self.epochs = args.epochs or 300
-            self.batch_size = args.batch_size or 1024
-            self.temperature = args.temperature or 20.0
-            cfg = recipe(args.schedule, output_size=(dataset.input_size, dataset.input_size), mix=args.mix,
-                         scale=(args.min_scale, 1.0) if args.min_scale is not None else None)
-            self.schedule = Schedule(cfg, args.schedule_seed, self.source.sizes, self.batch_size, self.epochs)
-            if args.online_teacher:
-                from .errors import ClassCountMismatchError, TrainError
-                from .teacher import Ensemble, open_teachers
-
-                teachers = open_teachers(list(args.online_teacher), device=device)
-                t = teachers[0]
-                if t.num_classes != dataset.num_classes:
-                    raise ClassCountMismatchError(
-                        f"teacher {t.source} predicts {t.num_classes} classes but {dataset.name} has "
-                        f"{dataset.num_classes}")
-                if (t.input_size, t.in_chans) != (dataset.input_size, dataset.in_chans):
-                    raise TrainError(
-                        f"teacher {t.source} takes {t.in_chans}-channel {t.input_size} px images but {dataset.name} "
-                        f"is {dataset.in_chans}-channel {dataset.input_size} px; use a teacher of this dataset")
-                self.teacher = Ensemble(teachers, device)
-
-    def _store_loader(self):
-        from ..pipeline import make_loader
-
-        return make_loader(self.source, self.store, self.config, rank=self.dist.rank, world_size=self.dist.world_size)
-
-    def epoch(self, epoch: int):
-        import numpy as np
-
-        if self.store is not None:
-            spec = self.store.spec
-            if spec.value_kind == "logits" and self.temperature != spec.temperature:
-                # a logit store: the targets at the training temperature, not the store's
-                for images, targets, meta in self.loader.epoch(epoch):
-                    yield images, retemper(targets, spec.temperature, self.temperature), meta
-                return
-            yield from self.loader.epoch(epoch)
-            return
-        from ..pipeline import make_relabel_loader
-
-        nb = self.schedule.batches_per_epoch
-        rows = np.stack([np.full(nb, epoch), np.arange(nb)], axis=1)[self.dist.rank :: self.dist.world_size]
-        with make_relabel_loader(self.source, self.schedule, rows, self.config) as loader:
-            for images, _, meta in loader.epoch(0):
-                if self.teacher is not None:
-                    targets = online_targets(self.teacher(images), self.temperature, self.args.topk)
-                else:
-                    targets = mixed_one_hot(meta, self.num_classes)
-                yield images, targets, meta
-
-    def criterion(self):
-        return soft_cross_entropy if self.args.hard_labels else kd_loss(self.temperature)
-
-    def close(self) -> None:
-        if self.store is not None:
-            self.loader.close()
-
-
 # --- the run --------------------------------------------------------------------------------------------
 def run(config: TrainConfig) -> TrainResult:
     """Train (or resume) a student as ``config`` says; returns the result also written to results.json."""
-    from ._phase import run_phase
+    from ddpipe.phase import run_phase
 
-    return run_phase(config, TrainConfig, _run, "student")
+    return run_phase(config, TrainConfig, _run, "train")
 
 
 def _run(config: TrainConfig) -> TrainResult:
@@ -345,6 +196,7 @@ def _run(config: TrainConfig) -> TrainResult:
     from .loop import TrainingRun
     from .teacher import build_model  # create_model with bad arguments as one error
     from .train import build_loaders, build_optimizer, build_scheduler, seed_everything
+    from .train_batches import make_batches
 
     # 1. output directory, distributed mode, config, the checkpoint to resume
     cfg = config_to_dict(config)
@@ -353,17 +205,12 @@ def _run(config: TrainConfig) -> TrainResult:
         cfg[key] = [os.fspath(t) if isinstance(t, (str, os.PathLike)) else f"<{type(t).__name__}>"
                     for t in getattr(config, key)]
     cfg["out"] = out = os.path.abspath(os.path.expanduser(config.out))
-    tr = TrainingRun("train", out, cfg, _RESUME_KEYS, resume=config.resume, overwrite=config.overwrite,
+    tr = TrainingRun("train", out, cfg, TrainConfig, resume=config.resume, overwrite=config.overwrite,
                      device=config.device, progress=config.progress, final_file="student.pt")
 
     # 2. data: the distilled images with their labels, and the real test set
     dataset = load_dataset(config.dataset, data_root=config.data_root)
-    if config.augment == "dsa":
-        from .dsa_batches import DSABatches
-
-        batches = DSABatches(config, dataset, tr.dist)
-    else:
-        batches = _Batches(config, dataset, tr.dist, tr.device)
+    batches = make_batches(config, dataset, tr.dist, tr.device)  # a TrainBatches of the config's label mode
     teacher_check = None
     try:
         if config.check_teacher:  # before any seeding: the check's randomness cannot reach the weights
@@ -392,7 +239,7 @@ def _run(config: TrainConfig) -> TrainResult:
                 final=tr.last_val(), wall_time_s=tr.elapsed(),
                 label_bytes=label_bytes.bytes if label_bytes is not None else 0,
                 label_shards_read=len(label_bytes.shards) if label_bytes is not None else 0,
-                label_seconds=batches.loader.label_seconds if batches.store is not None else None,
+                label_seconds=batches.label_seconds,
                 model=unwrap_model(model).model_cfg, history=list(tr.history), config=cfg,
                 world_size=tr.dist.world_size, versions=versions(),
                 student=tr.final_path if status == "complete" else None, teacher_check=teacher_check)
@@ -417,7 +264,7 @@ def _run(config: TrainConfig) -> TrainResult:
     return res
 
 
-def _check_teacher(config: TrainConfig, batches: "_Batches", tr) -> dict:
+def _check_teacher(config: TrainConfig, batches: TrainBatches, tr) -> dict:
     """``check_teacher``: re-run the given teacher on the first ``check_units`` units this run replays
     (:func:`ddpipe.evaluate.check_teacher.check_teacher`); a mismatch stops the run with one line."""
     from .check_teacher import check_teacher
@@ -440,31 +287,23 @@ def _check_teacher(config: TrainConfig, batches: "_Batches", tr) -> dict:
 class LabelBytesRead:
     """The label bytes a run read: the compressed size of every store object it fetched, each once.
 
-    A store keeps one object per data array per writer shard (``docs/format.md`` §3), and the feed
-    fetches whole shards (``StoreReader.read_slab``). Replaying epoch ``e`` reads the units
-    ``ddpipe.pipeline.schedule.replay_units(plan, spec, e)`` (an unpruned store: epoch ``e``'s own
-    units; a pruned one: LPLD's draws from the kept pool), so the objects a run needs are those of
-    the shards holding a replayed unit, for every data array (replayed with the feed's default seed,
-    as ``make_loader`` does here). Each object counts once, however many ranks share an epoch and
-    however often a loader's cache or worker processes re-read it. The store's metadata (``zarr.json``)
-    and the ``commit_shard`` flags are not labels and are not counted. Computed from the store's
-    layout and object sizes, so it is exact, identical on every rank and unchanged by ``--resume``.
-    (A byte counter inside ``labelstore``'s reader would also see re-reads; there is none yet.)
+    The feed fetches whole writer shards (``StoreReader.read_slab``). Replaying epoch ``e`` reads the
+    units ``ddpipe.pipeline.schedule.replay_units(plan, spec, e)`` (an unpruned store: epoch ``e``'s
+    own units; a pruned one: LPLD's draws from the kept pool), so the objects a run needs are those
+    of the shards holding a replayed unit (replayed with the feed's default seed, as ``make_loader``
+    does here), each counted as the store sizes it (:meth:`ddpipe.labelstore.StoreReader.shard_bytes`:
+    every data object, not the metadata or commit records). Each shard counts once, however many
+    ranks share an epoch and however often a loader's cache or worker processes re-read it, so the
+    count is exact, identical on every rank and unchanged by ``--resume``.
     """
 
     def __init__(self, reader):
-        from ..labelstore.layout import array_defs, shard_key
-
         self.reader = reader
-        read = set(reader.array_names)  # the arrays read_slab reads: this store's format's data arrays
-        self._keys = [(d.name, 1 + len(d.trailing)) for d in array_defs(reader.spec) if d.name in read]
-        self._shard_key = shard_key
         self.shards: set[int] = set()
         self.bytes = 0
-        self._store = None
 
     def add_epoch(self, epoch: int) -> None:
-        """Count the objects of the shards that epoch ``epoch``'s replay reads (new ones only)."""
+        """Count the shards that epoch ``epoch``'s replay reads (new ones only)."""
         import numpy as np
 
         from ..pipeline.schedule import replay_units
@@ -473,20 +312,7 @@ class LabelBytesRead:
         for s in np.unique(units // self.reader.spec.units_per_shard).tolist():
             if s not in self.shards:
                 self.shards.add(s)
-                self.bytes += sum(self._size(self._shard_key(name, s, ndim)) for name, ndim in self._keys)
-
-    def _size(self, key: str) -> int:
-        from ..labelstore.metadata import is_local
-
-        if is_local(self.reader.path):
-            return os.path.getsize(os.path.join(self.reader.path, key))
-        from zarr.core.sync import sync
-
-        if self._store is None:
-            from ..labelstore.metadata import open_group
-
-            self._store = open_group(self.reader.path).store
-        return int(sync(self._store.getsize(key)))
+                self.bytes += self.reader.shard_bytes(s)
 
 
 def summary_text(res: TrainResult) -> str:

@@ -100,7 +100,9 @@ class TeacherOptions:
     ``teacher`` lists the teachers (paths; in Python also ``nn.Module`` or :class:`Teacher` objects);
     the other fields are the facts :func:`open_teacher` takes, for the forms that do not record them.
     A config inheriting this calls :meth:`validate` (``RunOptions`` does it in ``__post_init__``);
-    ``error`` is the phase's error class.
+    ``error`` is the phase's error class. Every field here changes the result (which teacher, and how
+    its input is made), so a resume (recover's rerun, relabel's ``--resume``) must give them as before:
+    a fact the first run gave and the resume leaves out is a change, even where the file says the same.
     """
 
     error: ClassVar[type[Exception]] = Exception  # the phase's DDPipeError subclass (set by the config)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddpipe._progress import progress_bar
 from .distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
 from .errors import EvaluateError
 
@@ -56,7 +56,8 @@ class SmoothedValue:
 
 
 class MetricLogger:
-    """Meters plus ``log_every``: wraps an iterable in a tqdm bar on stderr showing the smoothed meters."""
+    """Meters plus ``log_every``: wraps an iterable in a progress bar on stderr (:func:`ddpipe._progress.progress_bar`)
+    showing the smoothed meters."""
 
     def __init__(self, enabled: bool = True, print_freq: int = 10):
         self.meters: dict[str, SmoothedValue] = {}
@@ -71,12 +72,9 @@ class MetricLogger:
         return "  ".join(f"{k} {m.avg:.4g}" for k, m in self.meters.items())
 
     def log_every(self, iterable: Iterable, header: str, total: int | None = None):
-        from tqdm import tqdm
-
         if total is None:
             total = len(iterable) if hasattr(iterable, "__len__") else None
-        bar = tqdm(iterable, desc=header, total=total, file=sys.stderr, disable=not self.enabled, leave=False,
-                   dynamic_ncols=True, mininterval=0.5)
+        bar = progress_bar(iterable, total=total, desc=header, enabled=self.enabled)
         for i, obj in enumerate(bar):
             yield obj
             if self.enabled and (i % self.print_freq == 0 or i + 1 == total):

@@ -1,11 +1,11 @@
 """``ddpipe verify STORE [--teacher CKPT --images DIR --sample N]``: check a label store.
 
-The library call is ``run(VerifyConfig(store=...)) -> dict``: every chunk is read and its checksum,
-completeness and values checked (:func:`ddpipe.labelstore.verify_store`: ``ok``, ``problems``,
+The library call is ``run(VerifyConfig(store=...)) -> VerifyResult``: every chunk is read and its
+checksum, completeness and values checked (:func:`ddpipe.labelstore.verify_store`: ``ok``, ``problems``,
 ``checked_units``, ``units``). Given ``teacher`` (and ``images``), the teacher is also re-run on
 ``sample`` random units and compared with the stored top-k
-(:func:`ddpipe.evaluate.check_teacher.check_teacher`); the result then holds ``store_ok`` and
-``teacher_check``, and ``ok`` is both. :class:`VerifyConfig` is
+(:func:`ddpipe.evaluate.check_teacher.check_teacher`); the result then holds ``teacher_check`` (else
+``None``), ``ok`` is both and ``store_ok`` the store's check alone (in ``to_dict()`` only then). :class:`VerifyConfig` is
 :class:`~ddpipe.evaluate.check_teacher.TeacherCheckConfig` with the teacher optional. The CLI exits 1
 unless ``ok``. Without a teacher no torch is needed.
 """
@@ -15,10 +15,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from ddpipe.config import option
-from .check_teacher import TeacherCheckConfig
+from ddpipe.config import Result, option
+from .check_teacher import TeacherCheckConfig, TeacherCheckResult
 
-__all__ = ["VerifyConfig", "run", "summary_text"]
+__all__ = ["VerifyConfig", "VerifyResult", "run", "summary_text"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,30 +42,59 @@ class VerifyConfig(TeacherCheckConfig):
                              "teacher on the images the store was built for")
 
 
-def run(config: VerifyConfig) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class VerifyResult(Result):
+    """What ``ddpipe verify`` found; the CLI exits 1 unless ``ok``."""
+
+    ok: bool  # the store's check passed, and the teacher check when one ran
+    problems: list  # one dict per problem: unit (last_unit), epoch, batch, array, error
+    checked_units: int
+    units: int  # units in the store
+    teacher_check: TeacherCheckResult | None = None  # with --teacher: the re-run's result
+
+    @property
+    def store_ok(self) -> bool:
+        """The store's check alone (no problems)."""
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        """``verify_store``'s keys; with a teacher check also ``store_ok`` and ``teacher_check``."""
+        d = super().to_dict()
+        teacher_check = d.pop("teacher_check")
+        return d if self.teacher_check is None else {**d, "store_ok": self.store_ok, "teacher_check": teacher_check}
+
+
+def run(config: VerifyConfig) -> VerifyResult:
+    """Check the store ``config`` names (and re-run its teacher when given)."""
+    from ddpipe.phase import run_phase
+
+    return run_phase(config, VerifyConfig, _run, "verify")
+
+
+def _run(config: VerifyConfig) -> VerifyResult:
     from ..labelstore import verify_store
 
-    result = verify_store(config.store, backend=config.backend, progress=config.progress and sys.stderr.isatty(),
-                          storage_options=config.storage_options)
+    store = verify_store(config.store, backend=config.backend, progress=config.progress and sys.stderr.isatty(),
+                         storage_options=config.storage_options)
+    check = None
     if config.teacher:
         from . import check_teacher
 
         check = check_teacher.run(config)
-        result = {**result, "ok": bool(result["ok"] and check.ok), "store_ok": result["ok"],
-                  "teacher_check": check.to_dict()}
-    return result
+    return VerifyResult(ok=bool(store["ok"] and (check is None or check.ok)), problems=store["problems"],
+                        checked_units=store["checked_units"], units=store["units"], teacher_check=check)
 
 
-def summary_text(r: dict) -> str:
-    if r.get("store_ok", r["ok"]):
-        rows = [f"ok: {r['checked_units']} of {r['units']} units checked, no problems"]
+def summary_text(r: VerifyResult) -> str:
+    if r.store_ok:
+        rows = [f"ok: {r.checked_units} of {r.units} units checked, no problems"]
     else:
-        rows = [f"{len(r['problems'])} problem(s):"]
-        for p in r["problems"]:
+        rows = [f"{len(r.problems)} problem(s):"]
+        for p in r.problems:
             span = f"-{p['last_unit']}" if "last_unit" in p else ""
             rows.append(f"  unit {p['unit']}{span} (epoch {p['epoch']}, batch {p['batch']}) {p['array']}: {p['error']}")
-    if "teacher_check" in r:
+    if r.teacher_check is not None:
         from .check_teacher import check_teacher_text
 
-        rows.append(check_teacher_text(r["teacher_check"]))
+        rows.append(check_teacher_text(r.teacher_check))
     return "\n".join(rows)

@@ -26,12 +26,14 @@ from .errors import (
 from .info import store_info
 from .location import check_distinct_locations, is_url, locations_overlap, results_path, same_location, store_location, \
     write_results
-from .prune import plan_units, prune_store
+from .plan import plan_units
+from .prune import prune_store
 from .reader import Slab, StoreReader, UnitData, open_store
 from .spec import FORMAT_VERSION, MIX_KINDS, StoreSpec, full_plan
 from .topk import dense_logits, densify, logit_probs, logsumexp_at, softmax_at, top_k
 from .verify import verify_store
-from .writer import StoreWriter, Unit, create_store, open_writer
+from .unit import Unit
+from .writer import StoreWriter, create_store, open_writer
 
 __all__ = [
     "FORMAT_VERSION",

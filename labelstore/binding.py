@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MetadataEditedError, SpecError
+from .errors import MetadataEditedError
 
 RECORD_MAGIC = b"DDPC"
 RECORD_LAYOUT = 1
@@ -121,28 +121,3 @@ def check_checksum(attrs: dict, where: str) -> None:
         f"(changed: {what}); the labels were made with the recorded values, so the store cannot be "
         "trusted with these. Restore zarr.json or relabel"
     )
-
-
-# --- the plan ------------------------------------------------------------------------------
-def recomputed_plan(spec, num_units: int, recorded_sha: str | None = None) -> np.ndarray | None:
-    """The plan a store of this spec holds, recomputed from the spec alone: the full schedule, or
-    for a pruned store the units :func:`ddpipe.labelstore.prune.plan_units` draws with its pruning
-    record. None when the spec does not determine it (a prune of a pruned store, an explicit plan):
-    then the plan arrays, checked against ``plan_sha256``, are the reference."""
-    from .prune import select_units
-    from .spec import full_plan
-
-    full = full_plan(spec)
-    if spec.pruning is None:
-        plan = full
-    else:
-        p = spec.pruning
-        try:
-            plan = select_units(full, p["keep"], p["granularity"], p["seed"])
-        except SpecError:
-            return None
-    if len(plan) != num_units:
-        return None
-    if recorded_sha is not None and plan_sha256(plan) != recorded_sha:
-        return None
-    return plan

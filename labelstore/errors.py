@@ -1,4 +1,9 @@
-"""Errors raised by the label store. Each message names the store and what to do about it."""
+"""Errors raised by the label store. Each message names the store and what to do about it.
+
+:func:`io_error` turns an ``OSError`` into the one-line :class:`StoreIOError` every module raises.
+"""
+
+import errno as errno_mod
 
 from ddpipe.errors import DDPipeError
 
@@ -64,3 +69,15 @@ class StoreIOError(StoreError, OSError):
         super().__init__(message)
         self.errno = errno
 
+
+def io_error(e: OSError, what: str, where: str) -> StoreIOError:
+    """One line for an OSError: what failed, where, and why (ENOSPC, EACCES …)."""
+    reason = e.strerror or str(e) or type(e).__name__
+    name = errno_mod.errorcode.get(e.errno or 0, "")
+    path = e.filename or where
+    hint = ""
+    if e.errno == errno_mod.ENOSPC:
+        hint = "; free some space and resume (--resume / exist_ok=True)"
+    elif e.errno in (errno_mod.EACCES, errno_mod.EPERM, errno_mod.EROFS):
+        hint = "; choose a writable location"
+    return StoreIOError(f"{what} failed at {path}: {reason}{f' ({name})' if name else ''}{hint}", e.errno)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .binding import record_bytes
 from .codecs import get_codec
 from .spec import CHUNK_SAMPLES, FORMAT_VERSION, StoreSpec
 
@@ -139,8 +140,6 @@ def shard_key(array: str, shard: int, ndim: int) -> str:
 
 def commit_record_bytes(spec: StoreSpec) -> int:
     """Bytes of one commit record of a format-3 store with this spec."""
-    from .binding import record_bytes
-
     return record_bytes(len(array_defs(spec)))
 
 

@@ -58,7 +58,9 @@ def _my_start() -> str:
     return _MY_START[pid]
 
 
-def _pid_alive(pid: int, start: str) -> bool:
+def pid_alive(pid: int, start: str) -> bool:
+    """Whether process ``pid`` of this host still runs (and, given its ``start`` time, is the same
+    process, not a reuse of the pid). Also used by the writer to sweep stale creation folders."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -203,5 +205,5 @@ def is_stale(rec: dict) -> bool:
         if pid == os.getpid():
             with _LIVE_LOCK:
                 return owner not in _LIVE_OWNERS  # a writer of ours that was dropped
-        return not _pid_alive(pid, str(rec.get("start", "")))
+        return not pid_alive(pid, str(rec.get("start", "")))
     return False

@@ -14,10 +14,13 @@ or around its input (``prune S --out S``, ``--out S/``, ``--out ./S``, a symlink
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from ddpipe._files import replace_atomically
+from ddpipe._format import json_default
 from .errors import SameLocationError, SpecError
 
 LOCAL_SCHEMES = ("file", "local")
@@ -44,10 +47,6 @@ def write_results(location: Any, result: Any, storage_options: dict | None = Non
     writer of a store's ``results.json`` (relabel, prune, import); returns where it was written.
 
     The file sits at the group's root beside ``zarr.json``; readers of the store ignore it."""
-    import json
-
-    from ddpipe._format import json_default
-
     if hasattr(result, "to_dict"):
         result = result.to_dict()
     text = (json.dumps(result, indent=2, default=json_default) + "\n").encode()
@@ -58,8 +57,6 @@ def write_results(location: Any, result: Any, storage_options: dict | None = Non
         with fsspec.open(path, "wb", **(storage_options or {})) as f:
             f.write(text)
     else:
-        from ddpipe._files import replace_atomically
-
         replace_atomically(path, lambda f: f.write(text))
     return path
 

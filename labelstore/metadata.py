@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy
+
+from ddpipe import __version__
 from .binding import check_checksum, make_checksum, new_store_id, plan_sha256
-from .errors import FormatVersionError, NotAStoreError, SpecError
-from .location import is_url, store_location
+from .errors import FormatVersionError, NotAStoreError, SpecError, io_error
+from .location import LOCAL_SCHEMES, is_url, store_location
 from .spec import BOUND_FORMAT_VERSION, FORMAT_VERSION, READ_FORMAT_VERSIONS, StoreSpec
 
 ATTR_KEY = "ddpipe"
@@ -32,11 +36,8 @@ class StoreMeta:
 
 
 def software_versions() -> dict:
-    import numcodecs
-    import numpy
+    import numcodecs  # zarr's codecs, loaded lazily as zarr is (it keeps `ddpipe --help` fast)
     import zarr
-
-    from ddpipe import __version__
 
     return {
         "ddpipe": __version__,
@@ -49,8 +50,6 @@ def software_versions() -> dict:
 
 def make_attrs(spec: StoreSpec, plan, provenance: dict | None = None, store_id: str | None = None) -> dict:
     """The group attributes of a new store holding the units of ``plan`` (current format)."""
-    import json
-
     prov = {"software": software_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     prov.update(provenance or {})
     body = {
@@ -113,7 +112,7 @@ def is_local(path: Any) -> bool:
         return True
     if not isinstance(path, str):
         return False
-    return not is_url(path) or path.split("://", 1)[0].lower() in ("file", "local")
+    return not is_url(path) or path.split("://", 1)[0].lower() in LOCAL_SCHEMES
 
 
 def open_group(path: Any, mode: str = "r", storage_options: dict | None = None):
@@ -131,8 +130,6 @@ def open_group(path: Any, mode: str = "r", storage_options: dict | None = None):
     except (ValueError, TypeError) as e:
         raise NotAStoreError(f"{where} is not a readable Zarr v3 group: {e}") from None
     except OSError as e:
-        from .objects import io_error
-
         raise io_error(e, "opening the store", where) from None
 
 

@@ -7,26 +7,14 @@ store's objects in a chosen order. Every ``OSError`` becomes :class:`StoreIOErro
 
 from __future__ import annotations
 
-import errno as errno_mod
+import asyncio
 import hashlib
 import os
 import uuid
 
-from .errors import StoreIOError
+from .errors import io_error
 from .location import is_url
-
-
-def io_error(e: OSError, what: str, where: str) -> StoreIOError:
-    """One line for an OSError: what failed, where, and why (ENOSPC, EACCES …)."""
-    reason = e.strerror or str(e) or type(e).__name__
-    name = errno_mod.errorcode.get(e.errno or 0, "")
-    path = e.filename or where
-    hint = ""
-    if e.errno == errno_mod.ENOSPC:
-        hint = "; free some space and resume (--resume / exist_ok=True)"
-    elif e.errno in (errno_mod.EACCES, errno_mod.EPERM, errno_mod.EROFS):
-        hint = "; choose a writable location"
-    return StoreIOError(f"{what} failed at {path}: {reason}{f' ({name})' if name else ''}{hint}", e.errno)
+from .metadata import open_group
 
 
 _HASH_BLOCK = 16 << 20
@@ -46,8 +34,6 @@ class Objects:
 
     def _zstore(self):
         if self._store is None:
-            from .metadata import open_group
-
             self._store = open_group(self.location, "r").store
         return self._store
 
@@ -88,8 +74,6 @@ class Objects:
         fs, _ = _conditional_fs(store, keys[0])
         if fs is None or "memory" in _protocols(fs):
             return [self.get(k) for k in keys]
-        import asyncio
-
         async def one(key: str):
             try:
                 return bytes(await fs._cat_file(_conditional_fs(store, key)[1], max_concurrency=1))

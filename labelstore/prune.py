@@ -1,71 +1,25 @@
 """Random pruning of stored units (LPLD), after relabel or planned before it.
 
-:func:`plan_units` returns the (epoch, batch) units to keep, so a relabel run can skip the teacher
-on everything else; :func:`prune_store` copies a kept subset of an existing store into a new,
-standalone store without decoding (the stored bytes of each kept unit are copied as they are).
+:func:`prune_store` copies a kept subset of an existing store into a new, standalone store without
+decoding (the stored bytes of each kept unit are copied as they are). Which units are kept
+(:func:`select_units`, :func:`plan_units` before relabel, :func:`pruned_spec`) is ``plan.py``'s;
+those names are re-exported here.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 
+from ddpipe._progress import progress_bar
 from .errors import SpecError
 from .location import check_distinct_locations, is_url, store_location
+from .plan import plan_units, pruned_spec, select_units
 from .reader import open_store
-from .spec import PRUNE_GRANULARITIES, StoreSpec, full_plan
 from .writer import create_store
 
-
-def _parse_keep(keep: Any) -> float:
-    try:
-        k = float(keep)
-    except (TypeError, ValueError):
-        raise SpecError(f"keep must be a fraction in (0, 1], got {keep!r}") from None
-    if not 0 < k <= 1:
-        raise SpecError(f"keep must be a fraction in (0, 1], got {keep!r}")
-    return k
-
-
-def select_units(plan: np.ndarray, keep: float, granularity: str = "batch", seed: int = 0) -> np.ndarray:
-    """Keep a random ``keep`` fraction of the rows of ``plan`` (at least one unit or epoch).
-
-    ``batch``: units drawn uniformly without replacement. ``epoch``: whole epochs drawn the same
-    way (LPLD's epoch granularity). The result stays in training order.
-    """
-    keep = _parse_keep(keep)
-    if granularity not in PRUNE_GRANULARITIES:
-        raise SpecError(f"granularity must be one of {PRUNE_GRANULARITIES}, got {granularity!r}")
-    rng = np.random.default_rng(seed)
-    if granularity == "batch":
-        n = max(1, int(round(keep * len(plan))))
-        rows = np.sort(rng.choice(len(plan), size=n, replace=False))
-        return plan[rows]
-    epochs = np.unique(plan[:, 0])
-    n = max(1, int(round(keep * len(epochs))))
-    chosen = np.sort(rng.choice(epochs, size=n, replace=False))
-    return plan[np.isin(plan[:, 0], chosen)]
-
-
-def plan_units(spec: StoreSpec, keep: float, granularity: str = "batch", seed: int = 0) -> np.ndarray:
-    """The (epoch, batch) units a pruned relabel run must compute, in training order: int64 ``[n, 2]``."""
-    return select_units(full_plan(spec), keep, granularity, seed)
-
-
-def pruned_spec(spec: StoreSpec, keep: float, granularity: str, seed: int, source_units: int | None = None) -> StoreSpec:
-    """The spec of a pruned store: ``pruning.keep`` is the fraction of the *full* schedule kept."""
-    keep = _parse_keep(keep)
-    prior = spec.pruning["keep"] if spec.pruning else 1.0
-    return spec.replace(
-        pruning={
-            "keep": prior * keep,
-            "granularity": granularity,
-            "seed": seed,
-            "source_units": source_units or spec.full_units,
-        }
-    )
+__all__ = ["plan_units", "prune_store", "pruned_spec", "select_units"]
 
 
 def prune_store(
@@ -100,7 +54,7 @@ def prune_store(
     )
     kept_units = np.array([reader.unit_index(e, b) for e, b in kept], dtype=np.int64)
     shards = np.unique(kept_units // reader.spec.units_per_shard)
-    bar = _progress(len(shards), "prune", progress)
+    bar = progress_bar(total=len(shards), desc="prune", unit="shard", enabled=progress)
     with writer:
         for s in shards:
             units = reader.shard_units(int(s))
@@ -112,9 +66,3 @@ def prune_store(
             bar.update(1)
     bar.close()
     return os.fspath(dst)
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="shard", disable=not enabled, leave=False)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .backends import DEFAULT_CACHE_BYTES, make_backend
 from .codecs import get_codec
-from .binding import is_committed_row, plan_sha256, recomputed_plan, unpack_record
+from .binding import is_committed_row, plan_sha256, unpack_record
 from .errors import (
     ChunkCorruptError,
     ImageSetMismatchError,
@@ -49,13 +49,14 @@ from .layout import (
 from .location import store_location
 from .metadata import StoreMeta, is_local, read_meta
 from .objects import Objects
+from .plan import recomputed_plan
 from .spec import MIX_KINDS, StoreSpec
 from .topk import logit_probs
-from .writer import Unit
+from .unit import Unit
 
 
 UnitData = Unit
-"""What the reader returns: the one unit record, :class:`ddpipe.labelstore.writer.Unit` (padding
+"""What the reader returns: the one unit record, :class:`ddpipe.labelstore.unit.Unit` (padding
 slots removed, every array filled in, labels as ``topk``, ``unit`` = its position in the store).
 The name is kept for code written against the reader's former record type."""
 
@@ -331,6 +332,27 @@ class StoreReader:
         ndim = {d.name: 1 + len(d.trailing) for d in self._defs}
         data = self._objects.get_many([shard_key(n, shard, ndim[n]) for n in names])
         return dict(zip(names, data))
+
+    def shard_bytes(self, shard: int) -> int:
+        """The stored (compressed) size of one writer shard's data objects: one object per data array
+        (``docs/format.md`` §3; not the metadata, not the commit record), local or behind a URL, as a
+        reader fetches them. An absent object counts 0."""
+        total = 0
+        for d in self._defs:
+            key = shard_key(d.name, shard, 1 + len(d.trailing))
+            if self._local:
+                try:
+                    total += os.path.getsize(os.path.join(self.path, *key.split("/")))
+                except FileNotFoundError:
+                    pass
+                continue
+            from zarr.core.sync import sync
+
+            try:
+                total += int(sync(self._group.store.getsize(key)))
+            except FileNotFoundError:
+                pass
+        return total
 
     def _decode_object(self, name: str, shard: int, data: bytes | None) -> np.ndarray:
         """Decode one shard object of ``name`` from its bytes (zarr's codecs, checksums included), as

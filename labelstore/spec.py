@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .codecs import get_codec
 from .errors import SpecError
 
 FORMAT_VERSION = 3
@@ -163,8 +164,6 @@ class StoreSpec:
             raise SpecError(f"num_classes must be below 2**32, got {self.num_classes}")
         if self.num_samples > 2**32 - 2:
             raise SpecError(f"num_samples must be below 2**32 - 1, got {self.num_samples}")
-        from .codecs import get_codec  # codecs import spec's errors only
-
         get_codec(self.value_codec)
         set_(self, "temperature", parse_temperature(self.temperature))
         set_(self, "seed", parse_nonnegative_int("seed", self.seed))

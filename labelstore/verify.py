@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ddpipe._progress import progress_bar
 from .errors import ChunkCorruptError
 from .layout import CROP_SCALE, PAD_SAMPLE_ID
 from .reader import DamagedObject, StoreReader, open_store
@@ -106,13 +107,11 @@ def verify_store(path: str | os.PathLike, *, backend: str = "auto", progress: bo
     """Return ``{"ok", "problems", "checked_units", "units"}`` (``docs/format.md`` §verify).
     ``storage_options``: the fsspec options of a store behind a URL (``s3://``: s3fs's). A remote
     store's objects are fetched once each: hashed, then decoded from the same bytes."""
-    from tqdm import tqdm
-
     reader = open_store(path, backend=backend, storage_options=storage_options)
     remote = not reader._local
     problems: list[dict] = []
     checked = 0
-    for s in tqdm(range(reader.num_shards), desc="verify", unit="shard", disable=not progress, leave=False):
+    for s in progress_bar(range(reader.num_shards), desc="verify", unit="shard", enabled=progress):
         units = reader.shard_units(s)
         before = len(problems)
         if s in reader.damaged_records:

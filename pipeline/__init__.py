@@ -37,6 +37,7 @@ _LAZY = {
     "SRe2LBatches": "ddpipe.pipeline.sre2l_adapter",
     "apply_mix": "ddpipe.pipeline.mix",
     "init_distributed": "ddpipe.pipeline.distributed",
+    "DistInfo": "ddpipe.pipeline.distributed",
     "dali_available": "ddpipe.pipeline.dali_backend",
     "CachedSource": "ddpipe.pipeline.cache",
     "build_cache": "ddpipe.pipeline.cache",

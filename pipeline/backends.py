@@ -1,5 +1,5 @@
-"""The names of the loader's image backends, importable without torch (phase configs list them as
-choices; :mod:`ddpipe.pipeline.loader` builds them).
+"""The names of the loader's image backends and of the batched backend's resize kernels, importable
+without torch (phase configs list them as choices; :mod:`ddpipe.pipeline.loader` builds them).
 
 - ``torch``: the reference, a stock ``DataLoader`` whose workers decode, crop and normalise per sample;
 - ``dali``: NVIDIA DALI's graph (GPU with mixed decoders where there is one, else ``device_id=None``);
@@ -8,3 +8,7 @@ choices; :mod:`ddpipe.pipeline.loader` builds them).
 """
 
 BACKENDS = ("torch", "dali", "batched")
+
+KERNELS = ("auto", "per-sample", "matmul")
+"""The batched backend's resize kernels (``LoaderConfig.kernel``): ``auto`` (per-sample on the CPU,
+matmul on a GPU), ``per-sample`` or ``matmul`` (:mod:`ddpipe.pipeline.batched`)."""

@@ -8,8 +8,10 @@ Two kernels compute the same pixels:
 - ``per-sample`` (the CPU default): each stored box is cut from the decoded uint8 image (a view)
   and resized by torch's antialiased bilinear uint8 kernel (channels-last, SIMD: the same filter
   as Pillow's ``resize(BILINEAR)``, within one level), straight into a uint8 batch buffer, flipped
-  on the way; a thread pool (``num_workers`` threads; torch releases the GIL) splits the batch, and
-  each thread normalises its slice into the float output at once. Output batches come from a small
+  on the way. An encoded image is decoded on first use and kept in RAM for the later epochs when
+  the whole decoded set fits in a quarter of the available memory (``resident="auto"``; ``False``
+  decodes it every time). A thread pool (``num_workers`` threads; torch releases the GIL) splits
+  the batch, and each thread normalises its slice into the float output at once. Output batches come from a small
   pool that is reused only once the consumer has dropped every view of a batch (fresh 77 MB
   buffers per batch cost more in page faults than the resize itself on a VM).
 - ``matmul`` (the GPU default): the whole decoded set is resident on the device as one padded
@@ -41,37 +43,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .backends import KERNELS
+from .device import torch_device
 from .errors import LoaderSpecError
 from .schedule import crop_pixels
 from .stages import CropResize, Decode, Normalize
 
-KERNELS = ("auto", "per-sample", "matmul")
 STAGES = ("decode", "crop_resize", "collate", "mix")
 
 
-# --- device selection ------------------------------------------------------------------------------
-def cuda_available() -> bool:
-    return bool(torch.cuda.is_available())
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto``: the current CUDA device when there is one, else the CPU; ``gpu``: CUDA or a
-    :class:`LoaderSpecError`; ``cpu``; or an explicit torch device string (``cuda:1``)."""
-    if device in ("auto", None):
-        return torch.device("cuda", torch.cuda.current_device()) if cuda_available() else torch.device("cpu")
-    if device == "gpu":
-        if not cuda_available():
-            raise LoaderSpecError("device 'gpu' was asked for but CUDA is not available; use device 'cpu' or 'auto'")
-        return torch.device("cuda", torch.cuda.current_device())
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise LoaderSpecError(f"device must be auto, cpu, gpu or a torch device, got {device!r}") from None
-    if d.type == "cuda" and not cuda_available():
-        raise LoaderSpecError(f"device {device!r} was asked for but CUDA is not available; use device 'cpu' or 'auto'")
-    return d
-
-
+# --- kernel selection (the device: pipeline/device.py) ------------------------------------------------
 def resolve_kernel(kernel: str, device: torch.device) -> str:
     if kernel not in KERNELS:
         raise LoaderSpecError(f"kernel must be one of {KERNELS}, got {kernel!r}")
@@ -217,9 +198,9 @@ def _fits(nbytes: int, device: torch.device) -> bool:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return nbytes <= free // 2  # leave the other half to the model
-    from .cache import _available_bytes
+    from .decoded import available_bytes
 
-    return nbytes <= _available_bytes() // 4
+    return nbytes <= available_bytes() // 4
 
 
 # --- the image batcher: one unit in, one normalised (and mixed) batch out -----------------------------------
@@ -230,7 +211,7 @@ class ImageBatcher:
                  threads: int = 2, batch_size: int = 1, pool_size: int = 4, resident="auto"):
         self.source = source
         self.mix = mix
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.device = torch_device(device)
         self.kernel = resolve_kernel(kernel, self.device)
         self.channels = next((s.channels for s in stages if isinstance(s, Decode)), 3)
         crop = next((s for s in stages if isinstance(s, CropResize)), None)
@@ -256,7 +237,12 @@ class ImageBatcher:
         self._out = BufferPool((self.batch_size, *self.size, c), torch.device("cpu"), pool_size) \
             if self.kernel == "per-sample" else None  # HWC: batches are channels-last views of [b, C, H, W]
         self._images = None
+        self._decoded: list | None = None  # per-sample kernel: each image kept after its first decode
         self._padded = _padded_shape(source)
+        if self.kernel == "per-sample" and getattr(source, "encoded", False) and resident is not False:
+            need = int((source.sizes[:, 0] * source.sizes[:, 1]).sum()) * c
+            if resident is True or _fits(need, torch.device("cpu")):
+                self._decoded = [None] * len(source)
         if self.kernel == "matmul":
             hm, wm = self._padded
             need = len(source) * hm * wm * c
@@ -269,6 +255,17 @@ class ImageBatcher:
         self.resident = self._images is not None
 
     # -- per-sample kernel (CPU) --------------------------------------------------------------------------
+    def _array(self, i: int) -> np.ndarray:
+        """Image ``i`` as uint8 HWC: decoded by the reference decoder once and kept (when the decoded set
+        fits, see the module doc), else decoded again. Never written to: crops are copied out of it."""
+        kept = self._decoded
+        a = kept[i] if kept is not None else None
+        if a is None:
+            a = _writable(self.source.array(i, self.channels))
+            if kept is not None:
+                kept[i] = a
+        return a
+
     def _resize_span(self, ids, boxes, flips, cut, colours, lo, hi) -> dict:
         """Samples ``lo:hi``: decode (or read), crop, resize, flip into the uint8 batch; paint cutout."""
         oh, ow = self.size
@@ -277,7 +274,7 @@ class ImageBatcher:
         t_dec = t_rs = t_mix = 0.0
         for i in range(lo, hi):
             t0 = time.perf_counter()
-            a = _writable(self.source.array(int(ids[i]), c))
+            a = self._array(int(ids[i]))
             t1 = time.perf_counter()
             y, x, h, w = (int(v) for v in boxes[i])
             crop = torch.from_numpy(a)[y: y + h, x: x + w]
@@ -512,5 +509,5 @@ class BatchedBackend:
         self.images.close()
 
 
-__all__ = ["BatchedBackend", "BufferPool", "ImageBatcher", "KERNELS", "StageClock", "resident_images",
-           "resize_weights", "resolve_device", "resolve_kernel"]
+__all__ = ["BatchedBackend", "BufferPool", "ImageBatcher", "StageClock", "resident_images", "resize_weights",
+           "resolve_kernel"]

@@ -1,7 +1,8 @@
 """``ddpipe cache``: decode an image set once into a uint8 cache that every loader backend reads.
 
 A distilled set is small and read every epoch for hundreds of epochs; decoding the same JPEG 300
-times is the waste. The decoded cache is a directory::
+times is the waste. The decoded cache is a directory (its files, :class:`CachedSource` and reading
+them: ``decoded.py``)::
 
     DIR/cache.json   version, the source's kind and content hash, channels, names, classes
     DIR/index.npz    labels int64 [N], sizes int64 [N, 2] (H, W), offsets int64 [N + 1]
@@ -34,107 +35,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ddpipe.config import Result, check_int, config_to_dict, option
-from .errors import ImageSetMismatchError, SourceError
-from .sources import ImageSource, open_source
+from ddpipe._format import human_bytes
+from ddpipe._progress import progress_bar
+from ddpipe.config import Result, check_choices, check_int, config_to_dict, option
+from .decoded import CACHE_VERSION, DATA, INDEX, META, CachedSource, StaleCacheError, is_cache, load_cache
+from .errors import SourceError
+from .image_source import ImageSource
+from .sources import open_source
 
 __all__ = [
     "CACHE_VERSION", "CacheConfig", "CacheResult", "CachedSource", "StaleCacheError", "build_cache", "is_cache",
     "open_cache", "run", "summary_text", "with_cache",
 ]
 
-CACHE_VERSION = 1
-META, INDEX, DATA = "cache.json", "index.npz", "images.u8"
 _CHUNK = 256  # images decoded per step of the build (bounded memory, one progress tick)
-
-
-class StaleCacheError(ImageSetMismatchError):
-    """The decoded cache was built from other images than the source it is opened with."""
-
-
-def is_cache(path) -> bool:
-    """Whether ``path`` is a decoded-cache directory (it holds ``cache.json``)."""
-    return isinstance(path, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(path), META))
-
-
-def _available_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-class CachedSource(ImageSource):
-    """Decoded uint8 images, one flat blob with offsets, in RAM or memory-mapped (see the module doc)."""
-
-    kind = "decoded-cache"
-    encoded = False
-
-    def __init__(self, blob: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, labels: np.ndarray, *,
-                 channels: int, names: list[str], classes: list[str], source_hash: str, source_kind: str,
-                 path: str | None = None, in_memory: bool = True):
-        self._blob = blob
-        self.offsets = np.asarray(offsets, dtype=np.int64)
-        self.sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.channels = int(channels)
-        self.names = list(names)
-        self.classes = list(classes)
-        self.source_hash = source_hash
-        self.source_kind = source_kind
-        self.path = path
-        self.in_memory = bool(in_memory)
-
-    # a worker gets the path and re-opens the file (memory-mapped): nothing big is pickled
-    def __getstate__(self):
-        d = dict(self.__dict__)
-        if self.path is not None:
-            d["_blob"] = None
-        return d
-
-    @property
-    def blob(self) -> np.ndarray:
-        if self._blob is None:
-            self._blob = np.memmap(os.path.join(self.path, DATA), dtype=np.uint8, mode="c")  # copy-on-write: writable views, the file is never written
-        return self._blob
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.offsets[-1])
-
-    @property
-    def uniform(self) -> bool:
-        """Every image has the same size (then :meth:`stacked` is a view, no copy)."""
-        return bool(len(self.sizes) and (self.sizes == self.sizes[0]).all())
-
-    def item(self, i: int) -> np.ndarray:
-        h, w = self.sizes[i]
-        return self.blob[self.offsets[i]: self.offsets[i + 1]].reshape(int(h), int(w), self.channels)
-
-    def stacked(self) -> np.ndarray:
-        """All images as one ``[N, H, W, C]`` view (uniform sizes only)."""
-        if not self.uniform:
-            raise SourceError(f"{self!r} holds images of several sizes; it has no [N, H, W, C] view")
-        h, w = self.sizes[0]
-        return self.blob[: self.nbytes].reshape(len(self), int(h), int(w), self.channels)
-
-    def content_hash(self) -> str:
-        return self.source_hash
-
-    def describe(self, i: int) -> str:
-        return f"image {i} ({self.names[i]}, decoded cache {self.path or 'in memory'})"
-
-    def __repr__(self) -> str:
-        where = self.path or "memory"
-        return f"CachedSource({where!r}, images={len(self)}, {self.nbytes / 2**20:.1f} MiB, " \
-               f"{'in RAM' if self.in_memory else 'memory-mapped'})"
 
 
 # --- building ------------------------------------------------------------------------------------
@@ -170,12 +84,6 @@ def _decode_all(source: ImageSource, channels: int, out: np.ndarray, offsets: np
     return h.hexdigest()
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="cache", unit="img", disable=not enabled, leave=False)
-
-
 def _layout(source: ImageSource, channels: int) -> np.ndarray:
     per = source.sizes[:, 0].astype(np.int64) * source.sizes[:, 1] * channels
     return np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
@@ -193,7 +101,7 @@ def build_cache(source, out: str | os.PathLike | None = None, *, channels: int =
     offsets = _layout(source, channels)
     total = int(offsets[-1])
     names, classes = list(source.names), list(getattr(source, "classes", []))
-    bar = _progress(len(source), progress)
+    bar = progress_bar(total=len(source), desc="cache", unit="img", enabled=progress)
     try:
         if out is None:
             blob = np.empty(total, np.uint8)
@@ -239,46 +147,8 @@ def open_cache(path, *, source=None, in_memory="auto", verify: bool = False) -> 
     built from other images (:class:`StaleCacheError`). ``in_memory``: ``"auto"`` (RAM when the cache
     takes at most half the available memory), True or False (memory-mapped). ``verify`` re-hashes
     the decoded bytes against the hash recorded at build time."""
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    if not is_cache(path):
-        raise SourceError(f"{path} is not a decoded cache (no {META}); build one with `ddpipe cache IMAGES --out {path}`")
-    try:
-        with open(os.path.join(path, META)) as f:
-            meta = json.load(f)
-        with np.load(os.path.join(path, INDEX)) as z:
-            labels, sizes, offsets = z["labels"], z["sizes"], z["offsets"]
-    except (OSError, ValueError, KeyError) as e:
-        raise SourceError(f"decoded cache {path} cannot be read: {e}") from None
-    if meta.get("format") != "ddpipe-decoded-cache" or meta.get("version") != CACHE_VERSION:
-        raise SourceError(f"{path} is a decoded cache of version {meta.get('version')!r}, this ddpipe reads "
-                          f"{CACHE_VERSION}: rebuild it with `ddpipe cache IMAGES --out {path} --overwrite`")
-    data = os.path.join(path, DATA)
-    size = os.path.getsize(data) if os.path.exists(data) else -1
-    if size < int(offsets[-1]):
-        raise SourceError(f"decoded cache {path}: {DATA} holds {size} bytes, {int(offsets[-1])} expected (truncated?)")
-    if source is not None:
-        src = open_source(source)
-        have = src.content_hash()
-        if have != meta["source_hash"]:
-            raise StaleCacheError(
-                f"the decoded cache {path} was built from image set {meta['source_hash'][:16]}…, not {have[:16]}… "
-                f"({src!r}): the images changed; rebuild it with `ddpipe cache IMAGES --out {path} --overwrite`")
-    total = int(offsets[-1])
-    if in_memory == "auto":
-        in_memory = total <= _available_bytes() // 2
-    if in_memory:
-        blob = np.fromfile(data, dtype=np.uint8, count=total)
-    else:
-        blob = np.memmap(data, dtype=np.uint8, mode="c")  # copy-on-write: writable views, the file is never written
-    cached = CachedSource(blob, offsets, sizes, labels, channels=meta["channels"], names=meta["names"],
-                          classes=meta.get("classes", []), source_hash=meta["source_hash"],
-                          source_kind=meta["source_kind"], path=path, in_memory=bool(in_memory))
-    if verify:
-        digest = hashlib.sha256(memoryview(cached.blob[:total])).hexdigest()
-        if digest != meta.get("data_sha256"):
-            raise SourceError(f"decoded cache {path}: its bytes do not match the hash recorded at build time "
-                              f"(damaged?); rebuild it with --overwrite")
-    return cached
+    source = None if source is None else open_source(source)
+    return load_cache(path, source=source, in_memory=in_memory, verify=verify)
 
 
 def with_cache(source, cache, *, channels: int = 3, workers: int = 2, progress: bool = False) -> ImageSource:
@@ -312,8 +182,7 @@ class CacheConfig:
     def __post_init__(self) -> None:
         if not self.images or not self.out:
             raise SourceError("images and out are required")
-        if self.channels not in (1, 3):
-            raise SourceError(f"channels must be 1 or 3, got {self.channels!r}")
+        check_choices(self, SourceError)
         check_int(SourceError, "workers", self.workers, min=1)
         out = os.path.expanduser(os.fspath(self.out))
         if os.path.isfile(out):
@@ -339,8 +208,12 @@ class CacheResult(Result):
 
 def run(config: CacheConfig) -> CacheResult:
     """Decode ``config.images`` into the cache at ``config.out``; returns what was written."""
-    if not isinstance(config, CacheConfig):
-        raise TypeError(f"cache.run takes a CacheConfig, got {type(config).__name__}")
+    from ddpipe.phase import run_phase
+
+    return run_phase(config, CacheConfig, _run, "cache")
+
+
+def _run(config: CacheConfig) -> CacheResult:
     t0 = time.perf_counter()
     cached = build_cache(config.images, config.out, channels=config.channels, workers=config.workers,
                          overwrite=config.overwrite, progress=config.progress, in_memory=False)
@@ -356,8 +229,6 @@ def run(config: CacheConfig) -> CacheResult:
 
 
 def summary_text(res: CacheResult) -> str:
-    from ddpipe._format import human_bytes
-
     shape = f"{res.uniform_size[0]}x{res.uniform_size[1]}" if res.uniform_size else "mixed sizes"
     return (f"cache: {res.num_images} images ({shape}, {res.channels} channel{'s' if res.channels > 1 else ''}) "
             f"decoded into {res.out}\n"

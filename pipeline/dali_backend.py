@@ -20,6 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .device import device_index, resolve_device
 from .errors import LoaderSpecError
 from .schedule import crop_pixels
 from .stages import DaliContext, Decode
@@ -31,15 +32,6 @@ def dali_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def cuda_available() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except ImportError:
-        return False
 
 
 class DaliSourceCallback:
@@ -109,10 +101,9 @@ class DaliBackend:
             raise LoaderSpecError("backend 'dali' needs NVIDIA DALI (pip install nvidia-dali-cuda120); use backend 'torch'")
         self.source, self.feed, self.stages, self.config = source, feed, list(stages), config
         self.mix = mix
-        dev = config.device
-        if dev == "gpu" and not cuda_available():
-            raise LoaderSpecError("device 'gpu' was asked for but CUDA is not available; use device 'cpu' or 'auto'")
-        self.device = "gpu" if dev == "gpu" or (dev == "auto" and cuda_available()) else "cpu"
+        dev = resolve_device(config.device)  # cpu | cuda | cuda:N (pipeline/device.py)
+        self.device = "cpu" if dev == "cpu" else "gpu"  # DALI's spelling of its operators' placement
+        self.device_id = (device_index(dev) or 0) if self.device == "gpu" else None  # cuda: GPU 0, as before
         self.batch_size = feed.spec.batch_size if feed.with_labels else feed.schedule.batch_size
         self.channels = next((s.channels for s in self.stages if isinstance(s, Decode)), 3)
         self._pipe = None
@@ -139,7 +130,7 @@ class DaliBackend:
             kw["checkpoint"] = checkpoint
         pipe = Pipeline(
             batch_size=self.batch_size, num_threads=max(1, cfg.threads),
-            device_id=0 if self.device == "gpu" else None, prefetch_queue_depth=max(1, cfg.prefetch),
+            device_id=self.device_id, prefetch_queue_depth=max(1, cfg.prefetch),
             enable_checkpointing=True, exec_dynamic=True, **kw,
         )
         encoded = bool(self.source.encoded)

@@ -30,15 +30,14 @@ import numpy as np
 import torch
 
 from ..labelstore import Unit
-from .backends import BACKENDS
+from .backends import BACKENDS, KERNELS
+from .device import parse_device
 from .errors import LoaderSpecError
 from .feed import Feed, ScheduleFeed, StoreFeed, check_source_fits
 from .mix import MixStage
 from .schedule import Schedule, ScheduleConfig
 from .sources import ImageSource
 from .stages import IMAGENET_MEAN, IMAGENET_STD, declare_image, image_stages, run_targets, target_stages
-
-KERNELS = ("auto", "per-sample", "matmul")
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class LoaderConfig:
     cache_shards: int = 2  # label memory: store shards held decoded at once
     targets: str = "dense"  # dense [b, C] float32 | topk (indices, values)
     mix: bool = True  # apply the stored CutMix/Mixup (False: the caller does, e.g. SRe2L's loop)
-    device: str = "auto"  # DALI and batched: auto (GPU when CUDA is present) | cpu | gpu
+    device: str = "auto"  # DALI and batched: auto (GPU if present) | cpu | cuda | cuda:N (gpu = cuda; device.py)
     batch_size: int | None = None  # if given, must equal the store's batch size
     start_method: str | None = None  # torch workers' start method (None: the platform default)
     dali_start_method: str | None = None  # DALI workers: fork | spawn; None = fork, or spawn inside a process group
@@ -74,8 +73,7 @@ class LoaderConfig:
             raise LoaderSpecError(f"unknown loader backend {self.backend!r}; choose one of {BACKENDS}")
         if self.targets not in ("dense", "topk"):
             raise LoaderSpecError(f"targets must be 'dense' or 'topk', got {self.targets!r}")
-        if self.device not in ("auto", "cpu", "gpu"):
-            raise LoaderSpecError(f"device must be auto, cpu or gpu, got {self.device!r}")
+        parse_device(LoaderSpecError, "device", self.device)
         if self.channels not in (1, 3):
             raise LoaderSpecError(f"channels must be 1 or 3, got {self.channels!r}")
         if self.kernel not in KERNELS:

@@ -1,18 +1,27 @@
 """The relabel step: generate the schedule, show the teacher exactly what the student will see,
 write the teacher's soft labels and the schedule into a store.
 
-This module is the one owner of relabel's spec (:func:`relabel_spec`), its prune plan (``keep`` /
-``plan``), the store's creation and the rank logic (rank 0 creates, the other ranks join, each
-rank writes its own writer shards). :func:`relabel` is what ``ddpipe relabel``
-(:mod:`ddpipe.evaluate.relabel`, which only loads the teachers) calls, once; it depends on nothing
-above ``ddpipe.pipeline``. Resuming is creating the same store again (``exist_ok=True``):
-committed shards are skipped, the rest is recomputed (the schedule is a pure function of the seed,
-so bytes come out identical). A ``plan`` (or ``keep``) of kept units makes a pruned store without
-running the teacher on the units that would be thrown away (LPLD's pruning at generation).
+This module is the one owner of relabel's spec (:func:`relabel_spec`: the schedule and the store
+spec recording it, pruned at generation with ``keep``), its prune plan, the store's creation and the
+rank logic (rank 0 creates, the other ranks join, each rank writes its own writer shards). A run is
+two calls::
+
+    schedule, spec = relabel_spec(source, "sre2l", epochs=300, batch_size=1024, num_classes=1000, k=10)
+    relabel("labels.zarr", source, teacher, schedule, spec)
+
+:func:`relabel` takes what the store will hold as that spec (and the schedule it records) and only
+*how* to run as arguments (a ``plan``, the loader, ranks, progress, ``resume``, provenance). It is
+what ``ddpipe relabel`` (:mod:`ddpipe.evaluate.relabel`, which only loads the teachers) calls, once;
+it depends on nothing above ``ddpipe.pipeline``. Resuming is creating the same store again
+(``resume=True``): committed shards are skipped, the rest is recomputed (the schedule is a pure
+function of the seed, so bytes come out identical). A pruned spec (``keep``), or a ``plan`` of kept
+units, makes a pruned store without running the teacher on the units that would be thrown away
+(LPLD's pruning at generation).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import replace
@@ -20,8 +29,9 @@ from typing import Callable
 
 import numpy as np
 
+from ddpipe._progress import progress_bar
 from ..labelstore import (StoreError, StoreExistsError, StoreSpec, create_store, open_store, open_writer,
-                               plan_units)
+                          plan_units)
 from ..labelstore.prune import pruned_spec
 from .errors import LoaderSpecError
 from .loader import LoaderConfig, make_relabel_loader
@@ -30,7 +40,7 @@ from .sources import ImageSource, open_source
 
 
 def relabel_spec(
-    source: ImageSource,
+    source: ImageSource | str | os.PathLike,
     schedule: ScheduleConfig | str,
     *,
     epochs: int,
@@ -43,8 +53,20 @@ def relabel_spec(
     teacher_hash: str = "",
     units_per_shard: int = 0,
     value_kind: str = "probs",
+    keep: float | None = None,
+    granularity: str = "batch",
+    prune_seed: int = 0,
 ) -> tuple[Schedule, StoreSpec]:
-    """The schedule over ``source`` and the store spec recording it (with the source's content hash)."""
+    """The schedule over ``source`` and the store spec recording it (with the source's content hash):
+    what :func:`relabel` takes.
+
+    ``value_kind="logits"`` keeps the teacher's top-k logits and each row's log-sum-exp instead of
+    probabilities at ``temperature``, so training may choose its own temperature (docs/format.md).
+    ``keep`` prunes at generation: the spec of a store holding that fraction of the schedule's units,
+    drawn with :func:`ddpipe.labelstore.plan_units` (``granularity``, ``prune_seed``); :func:`relabel`
+    then computes only those.
+    """
+    source = open_source(source)
     cfg = recipe(schedule) if isinstance(schedule, str) else schedule
     if not isinstance(cfg, ScheduleConfig):
         raise LoaderSpecError(f"schedule must be a ScheduleConfig or a recipe name, got {type(schedule).__name__}")
@@ -54,6 +76,8 @@ def relabel_spec(
         teacher_hash=teacher_hash, units_per_shard=units_per_shard,
         **({"value_kind": value_kind} if value_kind != "probs" else {}),  # probs: the spec's default, unrecorded
     )
+    if keep is not None:
+        spec = pruned_spec(spec, keep, granularity, prune_seed)
     return sched, spec
 
 
@@ -144,42 +168,30 @@ def relabel(
     store: str | os.PathLike,
     source: ImageSource | str | os.PathLike,
     teacher: Callable,
+    schedule: Schedule,
+    spec: StoreSpec,
     *,
-    schedule: ScheduleConfig | str = "sre2l",
-    epochs: int,
-    batch_size: int,
-    num_classes: int,
-    k: int,
-    seed: int = 0,
-    value_codec: str = "fp16",
-    temperature: float = 1.0,
-    teacher_hash: str = "",
     plan: np.ndarray | None = None,
-    keep: float | None = None,
-    granularity: str = "batch",
-    prune_seed: int = 0,
-    units_per_shard: int = 0,
     loader: LoaderConfig | None = None,
     teacher_input: str = "torch",
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
-    exist_ok: bool = True,
+    resume: bool = True,
     provenance: dict | None = None,
-    value_kind: str = "probs",
 ) -> dict:
-    """Relabel ``source`` with ``teacher`` into ``store``; returns a summary dict.
+    """Relabel ``source`` with ``teacher`` into the store ``spec`` describes, at ``store``; returns a summary dict.
 
-    ``value_kind="logits"`` keeps the teacher's top-k logits and each row's log-sum-exp instead of
-    probabilities at ``temperature``, so training may choose its own temperature (docs/format.md).
-
-    ``teacher`` maps a float32 batch ``[b, C, H, W]`` (a torch tensor, or numpy with
-    ``teacher_input="numpy"``) to logits ``[b, num_classes]`` (torch or numpy). ``plan`` is an
-    (epoch, batch) array of the units to keep, or ``keep`` a fraction drawn with
-    :func:`ddpipe.labelstore.plan_units` (``granularity``, ``prune_seed``). With ``world_size > 1``
-    each rank writes whole writer shards of its own (shard ``s`` goes to rank ``s % world_size``).
-    ``exist_ok=False`` refuses a store that already exists at ``store`` (``True``: resume it).
-    ``provenance`` is recorded in the store's attributes next to the source's description.
+    ``schedule`` and ``spec`` are :func:`relabel_spec`'s (a schedule that is not the one the spec records
+    is one :class:`~ddpipe.pipeline.errors.LoaderSpecError`). ``teacher`` maps a float32 batch
+    ``[b, C, H, W]`` (a torch tensor, or numpy with ``teacher_input="numpy"``) to logits
+    ``[b, num_classes]`` (torch or numpy). A pruned spec (``relabel_spec(keep=...)``) computes only its
+    kept units; ``plan`` is instead an explicit (epoch, batch) array of the units to keep (with an
+    unpruned spec, the store records ``keep = len(plan) / full_units``; pass a pruned spec to record
+    how the plan was drawn). With
+    ``world_size > 1`` each rank writes whole writer shards of its own (shard ``s`` goes to rank
+    ``s % world_size``). ``resume=False`` refuses a store that already exists at ``store`` (``True``:
+    resume it). ``provenance`` is recorded in the store's attributes next to the source's description.
 
     The summary: ``store``, ``units`` (in the store), ``units_written`` and ``images_labelled`` (by this
     rank), ``units_written_all`` and ``images_labelled_all`` (by this call over all ranks of a process
@@ -190,37 +202,30 @@ def relabel(
     if teacher_input not in ("torch", "numpy"):
         raise LoaderSpecError(f"teacher_input must be 'torch' or 'numpy', got {teacher_input!r}")
     source = open_source(source)
-    sched, spec = relabel_spec(
-        source, schedule, epochs=epochs, batch_size=batch_size, num_classes=num_classes, k=k, seed=seed,
-        value_codec=value_codec, temperature=temperature, teacher_hash=teacher_hash, units_per_shard=units_per_shard,
-        value_kind=value_kind,
-    )
-    if keep is not None:
-        if plan is not None:
-            raise LoaderSpecError("give either plan or keep, not both")
-        plan = plan_units(spec, keep, granularity, prune_seed)
-        spec = pruned_spec(spec, keep, granularity, prune_seed)
-    elif plan is not None:
+    _check_schedule(schedule, spec, source)
+    if plan is not None:
         plan = np.asarray(plan, dtype=np.int64)
-        if len(plan) != spec.full_units:
+        if len(plan) != spec.full_units and not spec.pruning:
             existing = _existing_spec(store)
             if existing is not None and existing.pruning and existing.replace(pruning=None) == spec:
                 spec = existing  # a store created beforehand for this plan (e.g. by rank 0 with pruned_spec)
             else:
-                spec = spec.replace(pruning={"keep": len(plan) / spec.full_units, "granularity": granularity,
-                                             "seed": prune_seed, "source_units": spec.full_units})
+                spec = spec.replace(pruning={"keep": len(plan) / spec.full_units, "granularity": "batch",
+                                             "seed": 0, "source_units": spec.full_units})
+    elif spec.pruning:
+        plan = _kept_units(spec)
     prov = {"relabel": {"source": repr(source)}, **(provenance or {})}
-    writer = _create_shared(store, spec, plan, rank, world_size, prov, exist_ok)
+    writer = _create_shared(store, spec, plan, rank, world_size, prov, resume)
     rows = writer.pending_units(rank, world_size)
     total = writer.num_units
     t0 = time.perf_counter()
     written = labelled = 0
-    bar = _progress(len(rows), progress)
+    bar = progress_bar(total=len(rows), desc="relabel", unit="batch", enabled=progress)
     probs = writer.spec.value_kind == "probs"
     with writer, _LabelThread() as labels:
         if len(rows):
             cfg = loader or LoaderConfig()
-            with make_relabel_loader(source, sched, rows, cfg) as ld:
+            with make_relabel_loader(source, schedule, rows, cfg) as ld:
                 for images, _, meta in ld.epoch(0):
                     u = meta.params
                     bar.update(1)
@@ -247,6 +252,33 @@ def relabel(
         "units_written_all": all_written, "images_labelled_all": all_labelled, "units_skipped": total - all_pending,
         "seconds": time.perf_counter() - t0, "image_set_hash": spec.image_set_hash, "spec": spec.to_dict(),
     }
+
+
+def _check_schedule(schedule: Schedule, spec: StoreSpec, source: ImageSource) -> None:
+    """``schedule`` must be the one ``spec`` records, over ``source``'s images: one error line otherwise."""
+    if not isinstance(schedule, Schedule) or not isinstance(spec, StoreSpec):
+        raise LoaderSpecError(f"relabel takes relabel_spec's schedule and spec, got {type(schedule).__name__} "
+                              f"and {type(spec).__name__}")
+    ours = {"num_samples": schedule.num_samples, "epochs": schedule.epochs, "batch_size": schedule.batch_size,
+            "seed": schedule.seed, "augmentation": _json(schedule.config.to_dict())}
+    for name, value in ours.items():
+        if (_json(spec.augmentation) if name == "augmentation" else getattr(spec, name)) != value:
+            raise LoaderSpecError(f"the schedule is not the one the spec records: {name} {value!r} != "
+                                  f"{getattr(spec, name)!r}; build both with relabel_spec")
+    if not np.array_equal(schedule.sizes, source.sizes) or spec.image_set_hash != source.content_hash():
+        raise LoaderSpecError("the schedule and spec were built for other images than source; build them with "
+                              "relabel_spec(source, ...)")
+
+
+def _json(value):
+    """``value`` as JSON reads it back (tuples as lists), so a spec read from a store compares equal."""
+    return json.loads(json.dumps(value))
+
+
+def _kept_units(spec: StoreSpec) -> np.ndarray:
+    """The units a spec pruned at generation (``relabel_spec(keep=...)``) keeps, drawn as it records."""
+    p = spec.pruning
+    return plan_units(spec.replace(pruning=None), p["keep"], p["granularity"], p["seed"])
 
 
 class _LabelThread:
@@ -290,12 +322,13 @@ def _existing_spec(store) -> StoreSpec | None:
         return None
 
 
-def _create(store, spec, plan, provenance: dict, exist_ok: bool):
-    """Create the store, or reopen it to resume (``exist_ok``); an existing store otherwise is one error."""
+def _create(store, spec, plan, provenance: dict, resume: bool):
+    """Create the store, or reopen it to continue it (``resume``, labelstore's ``exist_ok``); an existing
+    store otherwise is one error."""
     try:
-        return create_store(store, spec, plan, exist_ok=exist_ok, provenance=provenance)
+        return create_store(store, spec, plan, exist_ok=resume, provenance=provenance)
     except StoreExistsError:
-        if not exist_ok and _existing_spec(store) is not None:
+        if not resume and _existing_spec(store) is not None:
             raise StoreExistsError(
                 f"{os.fspath(store)} already holds a label store; continue it with --resume (resume=True) "
                 "or choose another output"
@@ -303,7 +336,7 @@ def _create(store, spec, plan, provenance: dict, exist_ok: bool):
         raise
 
 
-def _create_shared(store, spec, plan, rank: int, world_size: int, provenance: dict, exist_ok: bool = True):
+def _create_shared(store, spec, plan, rank: int, world_size: int, provenance: dict, resume: bool = True):
     """Create (rank 0) or join (other ranks) the store: ranks never race on its creation.
 
     Inside a torch process group rank 0 creates it and tells the others whether that worked (so a
@@ -311,14 +344,14 @@ def _create_shared(store, spec, plan, rank: int, world_size: int, provenance: di
     until rank 0's store is complete on disk (up to a minute).
     """
     if world_size <= 1:
-        return _create(store, spec, plan, provenance, exist_ok)
+        return _create(store, spec, plan, provenance, resume)
     if _in_group():
         import torch.distributed as dist
 
         writer, failure, error = None, [None], None
         if rank == 0:
             try:
-                writer = _create(store, spec, plan, provenance, exist_ok)
+                writer = _create(store, spec, plan, provenance, resume)
             except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
                 failure, error = [(type(e), str(e))], e
         dist.broadcast_object_list(failure, src=0)
@@ -329,7 +362,7 @@ def _create_shared(store, spec, plan, rank: int, world_size: int, provenance: di
             raise (kind if issubclass(kind, StoreError) else StoreError)(message)
         return writer or create_store(store, spec, plan, exist_ok=True, provenance=provenance)
     if rank == 0:
-        return _create(store, spec, plan, provenance, exist_ok)
+        return _create(store, spec, plan, provenance, resume)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -358,9 +391,3 @@ def _sum_over_ranks(world_size: int, counts: tuple[int, ...]) -> tuple[int, ...]
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, tuple(int(c) for c in counts))
     return tuple(sum(g[i] for g in gathered) for i in range(len(counts)))
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="relabel", unit="batch", disable=not enabled, leave=False)

@@ -18,73 +18,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .decoded import is_cache, load_cache
 from .errors import SourceError
+from .image_source import ImageSource, pil_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
-
-def _pil():
-    from PIL import Image
-
-    return Image
-
-
-def _mode(channels: int) -> str:
-    if channels not in (1, 3):
-        raise SourceError(f"channels must be 1 or 3, got {channels}")
-    return "L" if channels == 1 else "RGB"
-
-
-class ImageSource:
-    """Base of all sources. Subclasses fill ``labels``, ``sizes``, ``names`` and implement ``item``."""
-
-    kind = "base"
-    encoded = True  # item() returns encoded bytes (True) or a uint8 HWC array (False)
-    labels: np.ndarray  # int64 [N]
-    sizes: np.ndarray  # int64 [N, 2] (height, width)
-    names: list[str]  # a human-readable name per sample (for error messages)
-    classes: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.labels)
-
-    def item(self, i: int):
-        raise NotImplementedError
-
-    def content_hash(self) -> str:
-        raise NotImplementedError
-
-    def describe(self, i: int) -> str:
-        return f"image {i} ({self.names[i]})"
-
-    def pil(self, i: int, channels: int = 3):
-        """Sample ``i`` decoded as a PIL image in mode ``L`` (1 channel) or ``RGB`` (3)."""
-        Image = _pil()
-        data = self.item(i)
-        try:
-            if self.encoded:
-                img = Image.open(io.BytesIO(data))
-                img.load()
-            else:
-                arr = data[..., 0] if data.ndim == 3 and data.shape[2] == 1 else data
-                img = Image.fromarray(np.ascontiguousarray(arr))
-        except Exception as e:  # noqa: BLE001 - any decode failure is one clear error
-            raise SourceError(f"{self.describe(i)} cannot be decoded: {e}") from None
-        mode = _mode(channels)
-        return img if img.mode == mode else img.convert(mode)
-
-    def array(self, i: int, channels: int = 3) -> np.ndarray:
-        """Sample ``i`` as uint8 ``[H, W, channels]``."""
-        if not self.encoded:
-            data = self.item(i)
-            if data.shape[2] == channels:
-                return data
-        a = np.asarray(self.pil(i, channels))
-        return a[:, :, None] if a.ndim == 2 else a
 
 
 # --- encoded images held as one blob ----------------------------------------------------------
@@ -111,7 +49,7 @@ class _EncodedSource(ImageSource):
 
 def _header_size(data: bytes, name: str) -> tuple[int, int]:
     try:
-        with _pil().open(io.BytesIO(data)) as img:
+        with pil_image().open(io.BytesIO(data)) as img:
             w, h = img.size
     except Exception as e:  # noqa: BLE001
         raise SourceError(f"{name} is not a readable PNG/JPEG image: {e}") from None
@@ -328,7 +266,7 @@ class ArraySource(ImageSource):
 # --- the one front door -------------------------------------------------------------------------
 def open_source(path: str | os.PathLike | Sequence[str], *, in_memory: bool = True) -> ImageSource:
     """Open an image source from a path: ``*.npz`` (array), ``*.tar`` / brace pattern / a directory
-    of ``.tar`` shards (WebDataset), a decoded cache directory (``ddpipe cache``, :mod:`.cache`), or a
+    of ``.tar`` shards (WebDataset), a decoded cache directory (``ddpipe cache``, :mod:`.decoded`), or a
     directory of class folders (ImageFolder)."""
     if isinstance(path, ImageSource):
         return path
@@ -339,10 +277,8 @@ def open_source(path: str | os.PathLike | Sequence[str], *, in_memory: bool = Tr
         return ArraySource.from_npz(p)
     if p.endswith(".tar") or "{" in p:
         return WebDatasetSource(p)
-    if os.path.isfile(os.path.join(p, "cache.json")):  # a decoded cache (`ddpipe cache`)
-        from .cache import open_cache
-
-        return open_cache(p)
+    if is_cache(p):  # a decoded cache (`ddpipe cache`)
+        return load_cache(p)
     if os.path.isdir(p):
         entries = os.listdir(p)
         if any(os.path.isdir(os.path.join(p, e)) for e in entries):

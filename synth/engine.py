@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddpipe._progress import progress_bar
 from ._registry import create_loss, create_method
 from .augment import DSA, cda_min_scale, sre2l_augment
 from .config import RecoverConfig
@@ -492,10 +492,7 @@ def recover(method: str | RecoverConfig, *, teachers: Sequence[nn.Module] = (), 
         engine.prepare()
         manifest.setdefault("notes", {}).update(engine.notes)
     iters_each = engine.batch_iterations() if cfg.select is None else 1
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(todo) * max(1, iters_each), disable=not progress, file=sys.stderr,
-               desc=f"recover {cfg.recipe}", unit="it", dynamic_ncols=True)
+    bar = progress_bar(total=len(todo) * max(1, iters_each), desc=f"recover {cfg.recipe}", unit="it", enabled=progress)
     stopped = False
     orders: dict[int, np.ndarray] = {}  # selection baselines: each class's order, computed once per run
     try:

@@ -50,6 +50,26 @@ def read_manifest(out: str) -> dict | None:
         raise RunStateError(f"{path} is unreadable ({e}); delete it or pass overwrite to start afresh") from None
 
 
+def fingerprint_changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """``[(key, old, new)]`` for every leaf where two fingerprints differ, nested keys joined by dots
+    (``config.min_scale``), so a refused resume names what changed."""
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(fingerprint_changes(a, b, f"{prefix}{k}."))
+        else:
+            out.append((f"{prefix}{k}", a, b))
+    return out
+
+
+def _short(value) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class ImageFolderWriter:
     """Writes images into class folders and keeps the manifest; see the module docstring."""
 
@@ -72,7 +92,8 @@ class ImageFolderWriter:
     def start(self, fingerprint: dict, overwrite: bool = False) -> dict | None:
         """Prepare ``out``; returns the manifest of a matching earlier run (to resume) or None.
 
-        A manifest from another config is :class:`RunStateError` unless ``overwrite`` (which deletes
+        A manifest from another config is :class:`RunStateError` (one line naming each differing entry
+        of the fingerprint with its old and new value) unless ``overwrite`` (which deletes
         the earlier run's class folders and manifest, nothing else). A non-empty folder without a
         manifest is refused too.
         """
@@ -85,10 +106,10 @@ class ImageFolderWriter:
             old = None
         if old is not None:
             if old.get("fingerprint") != fingerprint:
-                diff = sorted(k for k in set(fingerprint) | set(old.get("fingerprint", {}))
-                              if fingerprint.get(k) != old.get("fingerprint", {}).get(k))
+                diff = "; ".join(f"{k} {_short(a)} -> {_short(b)}"
+                                 for k, a, b in fingerprint_changes(old.get("fingerprint") or {}, fingerprint))
                 raise RunStateError(
-                    f"{self.out} holds a recover run with a different {', '.join(diff)}; "
+                    f"{self.out} holds a recover run made with other settings ({diff}); "
                     "use another output folder or overwrite=True (--overwrite) to replace it"
                 )
             return old

@@ -4,6 +4,14 @@ import sys
 import pytest
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+FAULT_DIR = os.path.join(TESTS_DIR, "fault")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/fault/ carries the ``fault`` marker (``-m "not fault"`` leaves them out)."""
+    for item in items:
+        if str(item.path).startswith(FAULT_DIR + os.sep):
+            item.add_marker(pytest.mark.fault)
 
 
 @pytest.fixture

@@ -16,12 +16,13 @@ from dist_pipeline_data import ToyTeacher
 from ddpipe.pipeline import open_source, recipe
 from ddpipe.pipeline.distributed import init_distributed
 from ddpipe.pipeline.loader import LoaderConfig, make_loader
-from ddpipe.pipeline.relabel import relabel
+from ddpipe.pipeline.relabel import relabel, relabel_spec
 
 
 def main() -> None:
     src_path, store, out = sys.argv[1:4]
-    rank, world = init_distributed()
+    info = init_distributed("cpu", announce=False)
+    rank, world = info.rank, info.world_size
     assert dist.get_backend() == "gloo" and world == 2
     source = open_source(src_path)
     kw = dict(channels=1, mean=(0.5,), std=(0.5,))
@@ -35,9 +36,9 @@ def main() -> None:
     dali.close()
     assert dali_units == units[1], (dali_units, units[1])
     # distributed relabel: each rank writes only its own writer shards
-    r = relabel(os.path.join(out, "relabelled"), source, ToyTeacher(10), schedule=recipe("sre2l", output_size=(8, 8)),
-                epochs=4, batch_size=50, num_classes=10, k=3, loader=LoaderConfig(num_workers=0, **kw),
-                teacher_input="numpy", rank=rank, world_size=world)
+    r = relabel(os.path.join(out, "relabelled"), source, ToyTeacher(10),
+                *relabel_spec(source, recipe("sre2l", output_size=(8, 8)), epochs=4, batch_size=50, num_classes=10, k=3),
+                loader=LoaderConfig(num_workers=0, **kw), teacher_input="numpy", rank=rank, world_size=world)
     gathered = [None] * world
     dist.all_gather_object(gathered, {"rank": rank, "seen": seen, "units": units, "relabel_units": r["units_written"]})
     dist.barrier()

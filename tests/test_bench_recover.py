@@ -83,7 +83,7 @@ def test_default_recipe_is_the_demos():
     from ddpipe.evaluate import demo
 
     b, d = recover.Config(), demo.DemoConfig()
-    for name in ("epochs", "batch_size", "topk", "temperature", "min_scale", "student_model", "teacher_model",
+    for name in ("epochs", "batch_size", "k", "temperature", "min_scale", "student_model", "teacher_model",
                  "teacher_epochs", "ipc"):
         assert getattr(b, name) == getattr(d, name), name
 

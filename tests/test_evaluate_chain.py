@@ -41,7 +41,7 @@ def data_object_bytes(store, shards=None):
 def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
     res = squeeze.run(squeeze.SqueezeConfig(out=str(root / "teacher"), dataset="digits", epochs=4, progress=False, threads=1))
-    assert res["final"]["top1"] > 80
+    assert res.final["top1"] > 80
     ds = load_dataset("digits")
     sub = real_subset(ds, 10, seed=0)
     np.savez(root / "images.npz", images=sub.images, labels=sub.labels)
@@ -49,7 +49,7 @@ def chain(tmp_path_factory):
     np.savez(root / "other.npz", images=other.images, labels=other.labels)
     teacher = str(root / "teacher" / "teacher.pt")
     store = str(root / "labels.zarr")
-    rl = relabel.run(relabel_config(store, root / "images.npz", [teacher], topk=10, codec="fp32", temperature=4.0,
+    rl = relabel.run(relabel_config(store, root / "images.npz", [teacher], k=10, value_codec="fp32", temperature=4.0,
                                        **SCHED, **Q))
     return {"root": root, "teacher": teacher, "images": str(root / "images.npz"), "other": str(root / "other.npz"),
             "store": store, "relabel": rl}
@@ -57,8 +57,8 @@ def chain(tmp_path_factory):
 
 def test_relabel_writes_a_complete_verified_store(chain):
     rl = chain["relabel"]
-    assert rl["units"] == rl["units_written"] == 8 * 4 == rl["teacher_forward_calls"]
-    assert rl["images_labelled"] == 8 * 100
+    assert rl.units == rl.units_written == 8 * 4 == rl.teacher_forward_calls
+    assert rl.images_labelled == 8 * 100
     r = open_store(chain["store"])
     assert r.complete and r.spec.num_classes == 10 and r.spec.temperature == 4.0
     assert verify_store(chain["store"])["ok"]
@@ -68,7 +68,7 @@ def test_relabel_writes_a_complete_verified_store(chain):
 def test_relabel_with_keep_runs_the_teacher_only_on_kept_units(chain, tmp_path):
     rl = relabel.run(relabel_config(str(tmp_path / "kept.zarr"), chain["images"], [chain["teacher"]],
                                        keep=0.25, **SCHED, **Q))
-    assert rl["units"] == 8 and rl["teacher_forward_calls"] == 8 and rl["images_labelled"] == 200
+    assert rl.units == 8 and rl.teacher_forward_calls == 8 and rl.images_labelled == 200
     r = open_store(tmp_path / "kept.zarr")
     assert r.spec.pruning["keep"] == 0.25 and r.complete
 
@@ -81,33 +81,34 @@ def test_students_train_and_validate(chain, tmp_path, mode):
         kw = dict(labels=str(tmp_path / "p.zarr"))
     res = student.run(student.TrainConfig(out=str(tmp_path / "s"), images=chain["images"], dataset="digits", threads=1, lr=5e-3,
                                         **kw, **Q))
-    assert res["status"] == "complete" and res["epochs_done"] == 8
-    assert res["final"]["count"] == 359 and res["final"]["top1"] > 15  # above chance (10%) after 32 steps
+    assert res.status == "complete" and res.epochs_done == 8
+    assert res.final["count"] == 359 and res.final["top1"] > 15  # above chance (10%) after 32 steps
     assert os.path.exists(tmp_path / "s" / "results.json") and os.path.exists(tmp_path / "s" / "student.pt")
     if mode == "store":  # every epoch replayed: every data object of the store, once
-        assert res["label_bytes"] == data_object_bytes(chain["store"]) and res["label_shards_read"] == 8
+        assert res.label_bytes == data_object_bytes(chain["store"]) and res.label_shards_read == 8
     elif mode == "pruned":  # LPLD's draws from the kept pool: the shards holding a drawn unit
         from ddpipe.pipeline.schedule import replay_units
 
         r = open_store(tmp_path / "p.zarr")
         shards = {int(u) // r.spec.units_per_shard for e in range(8) for u in replay_units(r.plan, r.spec, e)}
-        assert res["label_bytes"] == data_object_bytes(tmp_path / "p.zarr", shards)
-        assert 0 < res["label_bytes"] < data_object_bytes(chain["store"])
+        assert res.label_bytes == data_object_bytes(tmp_path / "p.zarr", shards)
+        assert 0 < res.label_bytes < data_object_bytes(chain["store"])
     else:
-        assert res["label_bytes"] == 0
+        assert res.label_bytes == 0
 
 
 def test_online_teacher_sees_the_stored_targets(chain):
     """k = C with fp32 values: replaying the store and labelling live give the same targets, batch by batch."""
     ds = load_dataset("digits")
     from ddpipe.evaluate.distributed import init_distributed
-    from ddpipe.evaluate.student import _Batches
+    from ddpipe.evaluate.train_batches import make_batches
 
     dist = init_distributed("cpu", announce=False)
     base = dict(dataset="digits", temperature=4.0, **Q)
-    stored = _Batches(student.TrainConfig(out="x", images=chain["images"], labels=chain["store"], **base), ds, dist, "cpu")
-    online = _Batches(student.TrainConfig(out="x", images=chain["images"], online_teacher=(chain["teacher"],), **SCHED, **base),
-                      ds, dist, "cpu")
+    stored = make_batches(student.TrainConfig(out="x", images=chain["images"], labels=chain["store"], **base), ds, dist,
+                          "cpu")
+    online = make_batches(student.TrainConfig(out="x", images=chain["images"], online_teacher=(chain["teacher"],), **SCHED, **base),
+                          ds, dist, "cpu")
     try:
         for epoch in (0, 7):
             a, b = list(stored.epoch(epoch)), list(online.epoch(epoch))
@@ -124,12 +125,12 @@ def test_killed_train_run_resumes_to_the_same_weights(chain, tmp_path):
     common = dict(dataset="digits", labels=chain["store"], threads=1, **Q)
     student.run(student.TrainConfig(out=str(tmp_path / "a"), images=chain["images"], **common))
     stopped = student.run(student.TrainConfig(out=str(tmp_path / "b"), images=chain["images"], stop_after_epoch=1, **common))
-    assert stopped["status"] == "stopped" and stopped["epochs_done"] == 2 and stopped["epochs"] == 8
-    assert stopped["label_bytes"] == data_object_bytes(chain["store"], {0, 1})  # one shard per epoch here
+    assert stopped.status == "stopped" and stopped.epochs_done == 2 and stopped.epochs == 8
+    assert stopped.label_bytes == data_object_bytes(chain["store"], {0, 1})  # one shard per epoch here
     with pytest.raises(DDPipeError, match="pass --resume"):
         student.run(student.TrainConfig(out=str(tmp_path / "b"), images=chain["images"], **common))
     resumed = student.run(student.TrainConfig(out=str(tmp_path / "b"), images=chain["images"], resume=True, **common))
-    assert resumed["label_bytes"] == data_object_bytes(chain["store"]), "resuming counts both sessions' reads"
+    assert resumed.label_bytes == data_object_bytes(chain["store"]), "resuming counts both sessions' reads"
     wa = torch.load(tmp_path / "a" / "student.pt")["model"]
     wb = torch.load(tmp_path / "b" / "student.pt")["model"]
     assert wa.keys() == wb.keys()

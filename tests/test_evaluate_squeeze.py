@@ -36,10 +36,10 @@ def teacher_run(tmp_path_factory):
 
 def test_digits_teacher_is_accurate_and_complete(teacher_run):
     out, res = teacher_run
-    assert res["status"] == "complete" and res["epochs_done"] == 5
-    assert res["final"]["top1"] > 80.0 and res["final"]["count"] == 359
+    assert res.status == "complete" and res.epochs_done == 5
+    assert res.final["top1"] > 80.0 and res.final["count"] == 359
     on_disk = json.load(open(out / "results.json"))
-    assert on_disk["teacher_hash"] == res["teacher_hash"] and on_disk["status"] == "complete"
+    assert on_disk["teacher_hash"] == res.teacher_hash and on_disk["status"] == "complete"
     cfg = on_disk["config"]
     assert cfg["model"] == "convnet_d2_w32_bn" and cfg["epochs"] == 5 and cfg["lr"] == pytest.approx(0.05)
     assert [h["epoch"] for h in on_disk["history"]] == [0, 1, 2, 3, 4] and "val" in on_disk["history"][0]
@@ -49,7 +49,7 @@ def test_digits_teacher_is_accurate_and_complete(teacher_run):
 def test_load_teacher_roundtrip(teacher_run):
     out, res = teacher_run
     model, meta = load_teacher(str(out / "teacher.pt"))
-    assert meta["teacher_hash"] == res["teacher_hash"] == state_dict_hash(model.state_dict())
+    assert meta["teacher_hash"] == res.teacher_hash == state_dict_hash(model.state_dict())
     assert meta["num_classes"] == 10 and meta["in_chans"] == 1 and meta["input_size"] == 8
     assert meta["model_cfg"]["name"] == "convnet_d2_w32_bn" and not model.training
     assert meta["dataset"]["classes"] == [str(c) for c in range(10)] and len(meta["mean"]) == 1
@@ -61,19 +61,19 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     kw = dict(epochs=3, max_train_samples=600, seed=3)
     full = _squeeze(tmp_path / "full", **kw)
     stopped = _squeeze(tmp_path / "cut", stop_after_epoch=0, **kw)
-    assert stopped["status"] == "stopped" and stopped["epochs_done"] == 1
+    assert stopped.status == "stopped" and stopped.epochs_done == 1
     assert not (tmp_path / "cut" / "teacher.pt").exists()
     assert load_checkpoint(str(tmp_path / "cut" / "checkpoint.pth"))["epoch"] == 0
     with pytest.raises(RunStateError, match="pass --resume"):
         _squeeze(tmp_path / "cut", **kw)
-    with pytest.raises(RunStateError, match="epochs: 3 -> 4"):
+    with pytest.raises(RunStateError, match="--epochs 3 -> 4"):
         _squeeze(tmp_path / "cut", resume=True, **{**kw, "epochs": 4})
     resumed = _squeeze(tmp_path / "cut", resume=True, **kw)
-    assert resumed["status"] == "complete" and resumed["teacher_hash"] == full["teacher_hash"]
+    assert resumed.status == "complete" and resumed.teacher_hash == full.teacher_hash
     a = torch.load(tmp_path / "full" / "teacher.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "cut" / "teacher.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
 
 
 def test_init_with_other_class_count_is_one_clear_error(tmp_path, teacher_run):
@@ -86,7 +86,7 @@ def test_init_with_other_class_count_is_one_clear_error(tmp_path, teacher_run):
     msg = str(info.value)
     assert "1000-class classifier (classifier.weight)" in msg and "digits has 10 classes" in msg and "--reset-head" in msg
     res = _squeeze(tmp_path / "out2", init=str(path), reset_head=True, epochs=0)
-    assert res["status"] == "complete" and res["init"]["reset"] == ["classifier.weight", "classifier.bias"]
+    assert res.status == "complete" and res.init["reset"] == ["classifier.weight", "classifier.bias"]
 
 
 def test_init_from_torchvision_style_state_dict(tmp_path, teacher_run):
@@ -95,7 +95,7 @@ def test_init_from_torchvision_style_state_dict(tmp_path, teacher_run):
     path = tmp_path / "ddp.pth"
     torch.save({f"module.{k}": v for k, v in sd.items()}, path)  # a raw, DDP-prefixed state dict
     wrapped = _squeeze(tmp_path / "wrapped", init=str(path), epochs=0)
-    assert wrapped["final"]["top1"] == res["final"]["top1"] and wrapped["teacher_hash"] == res["teacher_hash"]
+    assert wrapped.final["top1"] == res.final["top1"] and wrapped.teacher_hash == res.teacher_hash
     wrong = create_model("test_convnet", 10, in_chans=1, input_size=8)
     torch.save(wrong.state_dict(), tmp_path / "wrong.pth")
     with pytest.raises(CheckpointError, match="does not fit model convnet_d2_w32_bn"):
@@ -113,7 +113,7 @@ def test_overwrite_removes_the_old_run(tmp_path):
     _squeeze(tmp_path, epochs=1, **quick)
     assert (tmp_path / "teacher.pt").exists()
     res = _squeeze(tmp_path, epochs=2, stop_after_epoch=0, overwrite=True, **quick)
-    assert res["status"] == "stopped" and not (tmp_path / "teacher.pt").exists()
+    assert res.status == "stopped" and not (tmp_path / "teacher.pt").exists()
     assert json.load(open(tmp_path / "results.json"))["status"] == "stopped"
 
 
@@ -123,8 +123,8 @@ def test_classwise_bn_teacher(tmp_path, teacher_run):
 
     out, res = teacher_run
     cw = _squeeze(tmp_path / "cw", init=str(out / "teacher.pt"), epochs=0, classwise_bn="exact")
-    assert cw["classwise_bn"] == {"mode": "exact", "images": 1438}
-    assert cw["final"]["top1"] == res["final"]["top1"]  # BN outputs are unchanged
+    assert cw.classwise_bn == {"mode": "exact", "images": 1438}
+    assert cw.final["top1"] == res.final["top1"]  # BN outputs are unchanged
     model, meta = load_teacher(str(tmp_path / "cw" / "teacher.pt"))
     assert meta["classwise_bn"] and has_classwise_bn(model)
     for mean, var in class_stats(model).values():
@@ -176,7 +176,7 @@ def test_sigkilled_subprocess_resumes_to_identical_weights(tmp_path, python):
         pytest.skip("the run finished before it could be killed")
     assert subprocess.run([python, "-m", "ddpipe", "squeeze", *flags, "--out", str(out), "--resume"],
                           capture_output=True).returncode == 0
-    assert json.load(open(out / "results.json"))["teacher_hash"] == full["teacher_hash"]
+    assert json.load(open(out / "results.json"))["teacher_hash"] == full.teacher_hash
 
 
 @pytest.mark.slow

@@ -43,26 +43,30 @@ def test_import_and_export_commands(tmp_path):
 
 
 def test_retemper_gives_the_teachers_softmax_at_the_training_temperature(tmp_path):
-    """ddpipe train -T on a logit store: the store's dense targets (at its temperature) re-tempered."""
-    from ddpipe.evaluate.student import retemper
-    from ddpipe.labelstore import densify, open_store
+    """ddpipe train -T on a logit store: the loader's targets (LoaderConfig.temperature) at the training temperature."""
+    from ddpipe.labelstore import open_store
+    from ddpipe.pipeline import open_source
     from ddpipe.pipeline.interop import ImportConfig, run_import
+    from ddpipe.pipeline.loader import LoaderConfig, make_loader
 
     images = fx.make_images(str(tmp_path / "imgs"))
     src = tmp_path / "src"
     fx.write_sre2l(str(src), epochs=1)
+
+    def first_targets(store, T):  # epoch 0's first batch: unit 0
+        with make_loader(open_source(images), str(store), LoaderConfig(num_workers=0, temperature=T)) as loader:
+            return next(iter(loader.epoch(0))).targets
+
     for k in (10, 4):
         store = tmp_path / f"k{k}.zarr"
         run_import(ImportConfig(format="sre2l", src=str(src), images=images, out=str(store), k=k, progress=False))
-        r = open_store(str(store))
-        u = r.read_unit(0)
-        dense = torch.from_numpy(densify(u.topk[0], u.topk[1], 10))  # what the loaders yield (at T_s = 20)
+        u = open_store(str(store)).read_unit(0)
         logits = torch.load(src / "epoch_0" / "batch_0.tar", weights_only=False)[5].double()
         if k == 10:
             for T in (1.0, 4.0, 20.0):
-                torch.testing.assert_close(retemper(dense, 20.0, T).double(), torch.softmax(logits / T, 1),
+                torch.testing.assert_close(first_targets(store, T).double(), torch.softmax(logits / T, 1),
                                            rtol=1e-4, atol=1e-6)
         else:  # top-4: exact at the store's temperature; at others the tail classes share one logit
-            got = retemper(dense, 20.0, 20.0).double()
+            got = first_targets(store, 20.0).double()
             top = np.take_along_axis(torch.softmax(logits / 20.0, 1).numpy(), u.topk[0], 1)
             np.testing.assert_allclose(np.take_along_axis(got.numpy(), u.topk[0], 1), top, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""ddpipe.labelstore never imports torch (DESIGN.md §2): a full write/read/verify/prune in a fresh
+"""ddpipe.labelstore never imports torch (docs/architecture.md): a full write/read/verify/prune in a fresh
 interpreter leaves torch out of sys.modules."""
 
 import subprocess

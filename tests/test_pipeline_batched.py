@@ -13,9 +13,10 @@ import torch.nn.functional as F
 
 from dist_pipeline_data import ToyTeacher, class_sorted, fashion_mnist, pattern_images
 from ddpipe.pipeline import ArraySource, LoaderSpecError, ScheduleConfig, open_source, recipe
-from ddpipe.pipeline.batched import ImageBatcher, resize_weights, resolve_device, resolve_kernel
+from ddpipe.pipeline.batched import ImageBatcher, resize_weights, resolve_kernel
+from ddpipe.pipeline.device import torch_device
 from ddpipe.pipeline.loader import LoaderConfig, make_loader
-from ddpipe.pipeline.relabel import relabel
+from ddpipe.pipeline.relabel import relabel, relabel_spec
 from ddpipe.pipeline.stages import IMAGENET_STD, image_stages
 
 GRAY = dict(channels=1, mean=(0.286,), std=(0.353,))
@@ -90,7 +91,8 @@ def colour_jpegs(tmp_path_factory):
         os.makedirs(d, exist_ok=True)
         Image.fromarray(img).save(os.path.join(d, f"img{i:05d}.jpg"), quality=90)
     cfg = ScheduleConfig(output_size=(32, 32), scale=(0.08, 1.0), flip=0.5, mix="cutmix", cutout=0.3, fill="random")
-    relabel(str(root / "s"), folder, ToyTeacher(10), schedule=cfg, epochs=2, batch_size=24, num_classes=10, k=10,
+    relabel(str(root / "s"), folder, ToyTeacher(10),
+            *relabel_spec(folder, cfg, epochs=2, batch_size=24, num_classes=10, k=10),
             loader=LoaderConfig(num_workers=0), teacher_input="numpy")
     return folder, str(root / "s")
 
@@ -108,29 +110,33 @@ def test_batched_matches_the_reference_on_colour_jpegs(colour_jpegs, kernel, cac
 def test_batched_matches_on_grayscale_mixup_and_exact_ramps(tmp_path):
     images, labels = fashion_mnist(100)
     src = ArraySource(images, labels)
-    relabel(str(tmp_path / "g"), src, ToyTeacher(10), schedule=recipe("sre2l-mixup", output_size=(20, 20)),
-            epochs=1, batch_size=32, num_classes=10, k=3, loader=LoaderConfig(num_workers=0, **GRAY),
-            teacher_input="numpy")
+    relabel(str(tmp_path / "g"), src, ToyTeacher(10),
+            *relabel_spec(src, recipe("sre2l-mixup", output_size=(20, 20)), epochs=1, batch_size=32, num_classes=10,
+                          k=3),
+            loader=LoaderConfig(num_workers=0, **GRAY), teacher_input="numpy")
     for kernel in ("per-sample", "matmul"):
         mean_mae, max_mae = _compare(src, str(tmp_path / "g"), 1, kernel=kernel, num_workers=2, **GRAY)
         assert max_mae < 1.0, (kernel, mean_mae, max_mae)
     # a constant RGB cutout colour on grayscale images takes its first channel, like the mix stage
-    relabel(str(tmp_path / "c"), src, ToyTeacher(10), schedule=ScheduleConfig(output_size=(20, 20), cutout=0.5,
-            fill=(200, 30, 90), mix="cutmix"), epochs=1, batch_size=32, num_classes=10, k=3,
+    relabel(str(tmp_path / "c"), src, ToyTeacher(10),
+            *relabel_spec(src, ScheduleConfig(output_size=(20, 20), cutout=0.5, fill=(200, 30, 90), mix="cutmix"),
+                          epochs=1, batch_size=32, num_classes=10, k=3),
             loader=LoaderConfig(num_workers=0, **GRAY), teacher_input="numpy")
     for kernel in ("per-sample", "matmul"):
         mean_mae, max_mae = _compare(src, str(tmp_path / "c"), 1, kernel=kernel, num_workers=2, **GRAY)
         assert max_mae < 1.0, (kernel, mean_mae, max_mae)
     # on linear ramps the uint8 kernel is Pillow's to the level
     pat = ArraySource(pattern_images(60), np.arange(60) % 6)
-    relabel(str(tmp_path / "p"), pat, ToyTeacher(6), schedule=ScheduleConfig(output_size=(24, 32), flip=0.5),
-            epochs=1, batch_size=20, num_classes=6, k=2, loader=LoaderConfig(num_workers=0), teacher_input="numpy")
+    relabel(str(tmp_path / "p"), pat, ToyTeacher(6),
+            *relabel_spec(pat, ScheduleConfig(output_size=(24, 32), flip=0.5), epochs=1, batch_size=20, num_classes=6,
+                          k=2),
+            loader=LoaderConfig(num_workers=0), teacher_input="numpy")
     mean_mae, _ = _compare(pat, str(tmp_path / "p"), 1, kernel="per-sample", num_workers=0)
     assert mean_mae < 0.05
 
 
 def test_device_selection_and_fallbacks():
-    assert resolve_device("cpu").type == "cpu"
+    assert torch_device("cpu").type == "cpu"
     assert resolve_kernel("auto", torch.device("cpu")) == "per-sample"
     assert resolve_kernel("auto", torch.device("cuda", 0)) == "matmul"
     with pytest.raises(LoaderSpecError, match="kernel"):
@@ -138,15 +144,15 @@ def test_device_selection_and_fallbacks():
     with pytest.raises(LoaderSpecError, match="kernel"):
         LoaderConfig(kernel="fast")
     with pytest.raises(LoaderSpecError, match="device"):
-        resolve_device("tpu")
+        torch_device("tpu")
     if NO_CUDA:
-        assert resolve_device("auto").type == "cpu"
+        assert torch_device("auto").type == "cpu"
         with pytest.raises(LoaderSpecError, match="CUDA is not available"):
-            resolve_device("gpu")
+            torch_device("gpu")
         with pytest.raises(LoaderSpecError, match="CUDA is not available"):
-            resolve_device("cuda:0")
+            torch_device("cuda:0")
     else:
-        assert resolve_device("auto").type == "cuda" and resolve_device("gpu").type == "cuda"
+        assert torch_device("auto").type == "cuda" and torch_device("gpu").type == "cuda"
 
 
 def test_streamed_fallback_equals_the_resident_set(colour_jpegs):
@@ -169,6 +175,35 @@ def test_streamed_fallback_equals_the_resident_set(colour_jpegs):
             make_loader(src, store, backend="batched", device="gpu")
         else:
             raise LoaderSpecError("CUDA present: nothing to refuse")
+
+
+def test_per_sample_kernel_decodes_each_jpeg_once_and_gives_the_same_pixels(colour_jpegs):
+    """The per-sample kernel keeps an image after its first decode (the set fits in RAM): a second
+    pass over the same units decodes nothing and equals a batcher that decodes every time."""
+    from ddpipe.labelstore import open_store
+
+    folder, store = colour_jpegs
+    src = open_source(folder)
+    r = open_store(store)
+    stages = image_stages((32, 32))
+    kept = ImageBatcher(src, stages, device="cpu", kernel="per-sample", threads=0)
+    fresh = ImageBatcher(src, stages, device="cpu", kernel="per-sample", threads=0, resident=False)
+    assert kept._decoded is not None and fresh._decoded is None
+    units = [r.read_unit(0), r.read_unit(5)]
+    first = [kept(u).clone() for u in units]
+    decoded = sum(a is not None for a in kept._decoded)
+    assert decoded == len({int(i) for u in units for i in u.sample_ids})
+    calls = []
+    plain = src.array
+    src.array = lambda *a, **k: calls.append(a) or plain(*a, **k)
+    try:
+        again = [kept(u).clone() for u in units]
+    finally:
+        del src.array
+    assert calls == []  # nothing decoded twice
+    for a, b, u in zip(first, again, units):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(b, fresh(u), rtol=0, atol=0)
 
 
 def test_kept_batches_are_never_overwritten_and_dropped_ones_are_reused(colour_jpegs):
@@ -216,9 +251,9 @@ def test_resume_and_abandoned_epochs(colour_jpegs):
 def test_relabel_with_the_batched_loader_trains_on_what_the_teacher_saw(tmp_path):
     images, labels = fashion_mnist(64)
     src = ArraySource(images, labels)
-    relabel(str(tmp_path / "s"), src, ToyTeacher(10), schedule=recipe("sre2l", output_size=(16, 16)), epochs=1,
-            batch_size=16, num_classes=10, k=3, loader=LoaderConfig(backend="batched", num_workers=0, **GRAY),
-            teacher_input="numpy")
+    relabel(str(tmp_path / "s"), src, ToyTeacher(10),
+            *relabel_spec(src, recipe("sre2l", output_size=(16, 16)), epochs=1, batch_size=16, num_classes=10, k=3),
+            loader=LoaderConfig(backend="batched", num_workers=0, **GRAY), teacher_input="numpy")
     ids = np.concatenate([m.sample_ids.numpy() for _, _, m in
                           make_loader(src, str(tmp_path / "s"), backend="batched", **GRAY).epoch(0)])
     np.testing.assert_array_equal(np.sort(ids), np.arange(64))
@@ -233,8 +268,9 @@ def synthetic_jpegs(tmp_path_factory):
     root = tmp_path_factory.mktemp("syn")
     make_images(str(root / "imgs"), 64, 8, 96, 90)
     cfg = ScheduleConfig(output_size=(48, 40), scale=(0.08, 1.0), flip=0.5, mix="cutmix", cutout=0.25, fill="random")
-    relabel(str(root / "s"), str(root / "imgs"), ToyTeacher(8), schedule=cfg, epochs=2, batch_size=16, num_classes=8,
-            k=4, loader=LoaderConfig(num_workers=0), teacher_input="numpy")
+    relabel(str(root / "s"), str(root / "imgs"), ToyTeacher(8),
+            *relabel_spec(str(root / "imgs"), cfg, epochs=2, batch_size=16, num_classes=8, k=4),
+            loader=LoaderConfig(num_workers=0), teacher_input="numpy")
     return str(root / "imgs"), str(root / "s")
 
 

@@ -17,7 +17,7 @@ from dist_pipeline_data import ToyTeacher, class_sorted, fashion_mnist, write_im
 from ddpipe.pipeline import ArraySource, ImageSetMismatchError, SourceError, open_source, recipe
 from ddpipe.pipeline.cache import CachedSource, StaleCacheError, build_cache, is_cache, open_cache
 from ddpipe.pipeline.loader import LoaderConfig, make_loader
-from ddpipe.pipeline.relabel import relabel
+from ddpipe.pipeline.relabel import relabel, relabel_spec
 
 GRAY = dict(channels=1, mean=(0.286,), std=(0.353,))
 
@@ -130,8 +130,9 @@ def jpeg_store(tmp_path_factory, fm):
     images, labels = fm
     root = tmp_path_factory.mktemp("js")
     folder = write_image_folder(str(root / "imgs"), images, labels, "jpg", quality=85)
-    relabel(str(root / "s"), folder, ToyTeacher(10), schedule=recipe("sre2l", output_size=(24, 24)), epochs=2,
-            batch_size=16, num_classes=10, k=3, loader=LoaderConfig(num_workers=0, **GRAY), teacher_input="numpy")
+    relabel(str(root / "s"), folder, ToyTeacher(10),
+            *relabel_spec(folder, recipe("sre2l", output_size=(24, 24)), epochs=2, batch_size=16, num_classes=10, k=3),
+            loader=LoaderConfig(num_workers=0, **GRAY), teacher_input="numpy")
     return folder, str(root / "s"), root
 
 

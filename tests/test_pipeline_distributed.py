@@ -14,7 +14,7 @@ from dist_pipeline_data import ToyTeacher, digits
 from ddpipe.labelstore import open_store
 from ddpipe.pipeline import ArraySource, recipe
 from ddpipe.pipeline.loader import LoaderConfig, make_loader
-from ddpipe.pipeline.relabel import relabel
+from ddpipe.pipeline.relabel import relabel, relabel_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KW = dict(channels=1, mean=(0.5,), std=(0.5,))
@@ -32,8 +32,9 @@ def test_torchrun_two_ranks_cover_the_epoch_without_duplicates(tmp_path, python,
     np.savez(tmp_path / "d.npz", images=images[:230], labels=labels[:230])
     src = ArraySource(images[:230], labels[:230])
     store = str(tmp_path / "s")
-    relabel(store, src, ToyTeacher(10), schedule=recipe("sre2l", output_size=(8, 8)), epochs=2, batch_size=25,
-            num_classes=10, k=3, loader=LoaderConfig(num_workers=0, **KW), teacher_input="numpy")
+    relabel(store, src, ToyTeacher(10),
+            *relabel_spec(src, recipe("sre2l", output_size=(8, 8)), epochs=2, batch_size=25, num_classes=10, k=3),
+            loader=LoaderConfig(num_workers=0, **KW), teacher_input="numpy")
     cmd = [python, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), os.path.join(HERE, "dist_pipeline_epoch.py"),
            str(tmp_path / "d.npz"), store, str(tmp_path)]

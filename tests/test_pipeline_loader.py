@@ -31,8 +31,9 @@ def patterned(tmp_path_factory):
     root = tmp_path_factory.mktemp("pat")
     src = ArraySource(pattern_images(200), np.arange(200) % 10)
     cfg = ScheduleConfig(output_size=(24, 32), scale=(0.1, 1.0), flip=0.5, mix="none")
-    relabel(str(root / "s"), src, ToyTeacher(10), schedule=cfg, epochs=3, batch_size=32, num_classes=10, k=4,
-            seed=11, loader=LoaderConfig(num_workers=0, **RAW), teacher_input="numpy")
+    relabel(str(root / "s"), src, ToyTeacher(10),
+            *relabel_spec(src, cfg, epochs=3, batch_size=32, num_classes=10, k=4, seed=11),
+            loader=LoaderConfig(num_workers=0, **RAW), teacher_input="numpy")
     return src, str(root / "s")
 
 
@@ -41,9 +42,9 @@ def digits_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("dig")
     images, labels = digits()
     src = ArraySource(images[:300], labels[:300])
-    relabel(str(root / "s"), src, ToyTeacher(10), schedule=recipe("sre2l", output_size=(8, 8)), epochs=4,
-            batch_size=40, num_classes=10, k=3, loader=LoaderConfig(num_workers=0, channels=1, mean=(0.5,), std=(0.5,)),
-            teacher_input="numpy")
+    relabel(str(root / "s"), src, ToyTeacher(10),
+            *relabel_spec(src, recipe("sre2l", output_size=(8, 8)), epochs=4, batch_size=40, num_classes=10, k=3),
+            loader=LoaderConfig(num_workers=0, channels=1, mean=(0.5,), std=(0.5,)), teacher_input="numpy")
     return src, str(root / "s")
 
 
@@ -147,8 +148,9 @@ def test_cutout_recipe_paints_the_fill_without_normalisation(tmp_path):
     images, labels = fashion_mnist(64)
     src = ArraySource(images, labels)
     cfg = recipe("lpld-in21k", output_size=(28, 28), fill=(200,))
-    relabel(str(tmp_path / "s"), src, ToyTeacher(10), schedule=cfg, epochs=1, batch_size=16, num_classes=10,
-            k=2, loader=LoaderConfig(num_workers=0, channels=1, **RAW), teacher_input="numpy")
+    relabel(str(tmp_path / "s"), src, ToyTeacher(10),
+            *relabel_spec(src, cfg, epochs=1, batch_size=16, num_classes=10, k=2),
+            loader=LoaderConfig(num_workers=0, channels=1, **RAW), teacher_input="numpy")
     for x, _, m in make_loader(src, str(tmp_path / "s"), channels=1, num_workers=0, **RAW).epoch(0):
         assert not m.flips.any() and m.mix_kind == "none"
         assert (m.cutout_fill == 200).all()  # the grey constant, stored per sample as (200, 200, 200)
@@ -172,7 +174,8 @@ def lpld_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("lpld")
     src = ArraySource(pattern_images(60, 40, 56), np.arange(60) % 6)
     cfg = recipe("lpld-in21k", output_size=(24, 32))
-    relabel(str(root / "s"), src, ToyTeacher(6), schedule=cfg, epochs=2, batch_size=16, num_classes=6, k=3, seed=5,
+    relabel(str(root / "s"), src, ToyTeacher(6),
+            *relabel_spec(src, cfg, epochs=2, batch_size=16, num_classes=6, k=3, seed=5),
             loader=LoaderConfig(num_workers=0, **RAW), teacher_input="numpy")
     return src, str(root / "s"), cfg
 
@@ -247,9 +250,9 @@ def test_resume_mid_epoch_gives_the_same_remaining_batches(digits_store):
 def test_relabel_resume_writes_the_same_bytes(tmp_path):
     images, labels = digits()
     src = ArraySource(images[:200], labels[:200])
-    kw = dict(schedule=recipe("sre2l", output_size=(8, 8)), epochs=3, batch_size=50, num_classes=10, k=3,
-              loader=LoaderConfig(num_workers=0, channels=1, **RAW), teacher_input="numpy")
-    relabel(str(tmp_path / "ref"), src, ToyTeacher(10), **kw)
+    spec = relabel_spec(src, recipe("sre2l", output_size=(8, 8)), epochs=3, batch_size=50, num_classes=10, k=3)
+    kw = dict(loader=LoaderConfig(num_workers=0, channels=1, **RAW), teacher_input="numpy")
+    relabel(str(tmp_path / "ref"), src, ToyTeacher(10), *spec, **kw)
 
     class Dies(ToyTeacher):
         calls = 0
@@ -261,10 +264,10 @@ def test_relabel_resume_writes_the_same_bytes(tmp_path):
             return super().__call__(x)
 
     with pytest.raises(KeyboardInterrupt):
-        relabel(str(tmp_path / "cut"), src, Dies(10), **kw)
+        relabel(str(tmp_path / "cut"), src, Dies(10), *spec, **kw)
     assert open_store(str(tmp_path / "cut")).complete_units == 4  # one whole epoch committed
     counted = []
-    out = relabel(str(tmp_path / "cut"), src, lambda x: counted.append(1) or ToyTeacher(10)(x), **kw)
+    out = relabel(str(tmp_path / "cut"), src, lambda x: counted.append(1) or ToyTeacher(10)(x), *spec, **kw)
     assert out["units_written"] == 8 and len(counted) == 8 and out["units_skipped"] == 4
     a, b = open_store(str(tmp_path / "ref")), open_store(str(tmp_path / "cut"))
     sa, sb = a.read_slab(0, a.num_units), b.read_slab(0, b.num_units)
@@ -281,9 +284,10 @@ def test_pruned_relabel_never_computes_pruned_units_and_replays_lpld_style(tmp_p
         calls.append(len(x))
         return ToyTeacher(10)(x)
 
-    out = relabel(str(tmp_path / "p"), src, teacher, schedule=recipe("sre2l", output_size=(8, 8)), epochs=10,
-                  batch_size=32, num_classes=10, k=3, keep=0.25, loader=LoaderConfig(num_workers=0, channels=1, **RAW),
-                  teacher_input="numpy")
+    out = relabel(str(tmp_path / "p"), src, teacher,
+                  *relabel_spec(src, recipe("sre2l", output_size=(8, 8)), epochs=10, batch_size=32, num_classes=10, k=3,
+                                keep=0.25),
+                  loader=LoaderConfig(num_workers=0, channels=1, **RAW), teacher_input="numpy")
     assert out["units"] == 20 and len(calls) == 20  # 25 % of 80 units, and nothing else
     r = open_store(str(tmp_path / "p"))
     assert r.spec.pruning["keep"] == 0.25
@@ -317,9 +321,9 @@ def test_bad_input_gives_one_clear_error(tmp_path, digits_store):
 def test_image_folder_relabel_and_train_with_workers(tmp_path):
     images, labels = class_sorted(*fashion_mnist(96))
     root = write_image_folder(str(tmp_path / "imgs"), images, labels, "jpg")
-    relabel(str(tmp_path / "s"), root, ToyTeacher(10), schedule=recipe("sre2l", output_size=(28, 28)), epochs=2,
-            batch_size=32, num_classes=10, k=5, loader=LoaderConfig(num_workers=2, channels=1, mean=(0.3,), std=(0.3,)),
-            teacher_input="numpy")
+    relabel(str(tmp_path / "s"), root, ToyTeacher(10),
+            *relabel_spec(root, recipe("sre2l", output_size=(28, 28)), epochs=2, batch_size=32, num_classes=10, k=5),
+            loader=LoaderConfig(num_workers=2, channels=1, mean=(0.3,), std=(0.3,)), teacher_input="numpy")
     src = open_source(root)
     ld = make_loader(src, str(tmp_path / "s"), channels=1, mean=(0.3,), std=(0.3,), num_workers=2)
     ids = np.concatenate([m.sample_ids.numpy() for _, _, m in ld.epoch(1)])
@@ -337,9 +341,9 @@ def test_webdataset_source_relabels_and_replays(tmp_path):
             sink.write({"__key__": f"s{i:04d}", "png": images[i], "cls": int(labels[i])})
     src = open_source(str(tmp_path / "shard-{000..002}.tar"))
     assert len(src) == 70
-    relabel(str(tmp_path / "s"), src, ToyTeacher(10), schedule=recipe("sre2l", output_size=(20, 20)), epochs=1,
-            batch_size=16, num_classes=10, k=2, loader=LoaderConfig(num_workers=0, channels=1, **RAW),
-            teacher_input="numpy")
+    relabel(str(tmp_path / "s"), src, ToyTeacher(10),
+            *relabel_spec(src, recipe("sre2l", output_size=(20, 20)), epochs=1, batch_size=16, num_classes=10, k=2),
+            loader=LoaderConfig(num_workers=0, channels=1, **RAW), teacher_input="numpy")
     r = open_store(str(tmp_path / "s"))
     assert r.spec.image_set_hash == src.content_hash()
     got = [m.sample_ids for _, _, m in make_loader(src, str(tmp_path / "s"), channels=1, num_workers=2, **RAW).epoch(0)]
@@ -353,12 +357,11 @@ def test_relabel_into_a_store_created_beforehand_for_a_plan(tmp_path):
     images, labels = digits()
     src = ArraySource(images[:100], labels[:100])
     kw = dict(epochs=7, batch_size=32, num_classes=10, k=3)
-    sched, spec = relabel_spec(src, recipe("sre2l", output_size=(8, 8)), **kw)
-    plan = plan_units(spec, 0.3, "batch", 5)  # 0.3 * 28 units rounds to 8: len(plan) / 28 != 0.3
-    spec = pruned_spec(spec, 0.3, "batch", 5)
-    create_store(str(tmp_path / "s"), spec, plan).close()
-    out = relabel(str(tmp_path / "s"), src, ToyTeacher(10), schedule=recipe("sre2l", output_size=(8, 8)), plan=plan,
-                  prune_seed=5, loader=LoaderConfig(num_workers=0, channels=1, **RAW), teacher_input="numpy", **kw)
+    sched, full = relabel_spec(src, recipe("sre2l", output_size=(8, 8)), **kw)
+    plan = plan_units(full, 0.3, "batch", 5)  # 0.3 * 28 units rounds to 8: len(plan) / 28 != 0.3
+    create_store(str(tmp_path / "s"), pruned_spec(full, 0.3, "batch", 5), plan).close()
+    out = relabel(str(tmp_path / "s"), src, ToyTeacher(10), sched, full, plan=plan,
+                  loader=LoaderConfig(num_workers=0, channels=1, **RAW), teacher_input="numpy")
     assert out["units_written"] == len(plan) == 8 and open_store(str(tmp_path / "s")).complete
 
 

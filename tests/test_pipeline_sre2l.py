@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from dist_pipeline_data import ToyTeacher, digits
 from ddpipe.pipeline import ArraySource, recipe
 from ddpipe.pipeline.loader import LoaderConfig, make_loader
-from ddpipe.pipeline.relabel import relabel
+from ddpipe.pipeline.relabel import relabel, relabel_spec
 from ddpipe.pipeline.sre2l_adapter import SRe2LBatches
 
 KW = dict(channels=1, mean=(0.5,), std=(0.5,))
@@ -54,8 +54,9 @@ def test_sre2l_loop_runs_unchanged_on_stock_torch(tmp_path):
     images, labels = digits()
     src = ArraySource(images[:240], labels[:240])
     T = 4.0
-    relabel(str(tmp_path / "s"), src, ToyTeacher(10), schedule=recipe("sre2l", output_size=(8, 8)), epochs=2,
-            batch_size=48, num_classes=10, k=10, value_codec="fp32", temperature=T,
+    relabel(str(tmp_path / "s"), src, ToyTeacher(10),
+            *relabel_spec(src, recipe("sre2l", output_size=(8, 8)), epochs=2, batch_size=48, num_classes=10, k=10,
+                          value_codec="fp32", temperature=T),
             loader=LoaderConfig(num_workers=0, **KW), teacher_input="numpy")
     train_loader = SRe2LBatches(src, str(tmp_path / "s"), num_workers=0, **KW)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
@@ -78,8 +79,9 @@ def test_lossless_store_gives_the_teachers_softmax_at_any_temperature(tmp_path):
     images, labels = digits()
     src = ArraySource(images[:64], labels[:64])
     teacher = ToyTeacher(10)
-    relabel(str(tmp_path / "s"), src, teacher, schedule=recipe("sre2l-mixup", output_size=(8, 8)), epochs=1,
-            batch_size=32, num_classes=10, k=10, value_codec="fp32", temperature=1.0,
+    relabel(str(tmp_path / "s"), src, teacher,
+            *relabel_spec(src, recipe("sre2l-mixup", output_size=(8, 8)), epochs=1, batch_size=32, num_classes=10, k=10,
+                          value_codec="fp32", temperature=1.0),
             loader=LoaderConfig(num_workers=0, **KW), teacher_input="numpy")
     batches = SRe2LBatches(src, str(tmp_path / "s"), num_workers=0, **KW)
     for (imgs, *_), mix_index, lam, bbox, soft in batches:
@@ -93,8 +95,9 @@ def test_lossless_store_gives_the_teachers_softmax_at_any_temperature(tmp_path):
 def _small_store(tmp_path, epochs=2, batch_size=32, n=96):
     images, labels = digits()
     src = ArraySource(images[:n], labels[:n])
-    relabel(str(tmp_path / "s"), src, ToyTeacher(10), schedule=recipe("sre2l", output_size=(8, 8)), epochs=epochs,
-            batch_size=batch_size, num_classes=10, k=10, value_codec="fp32", temperature=4.0,
+    relabel(str(tmp_path / "s"), src, ToyTeacher(10),
+            *relabel_spec(src, recipe("sre2l", output_size=(8, 8)), epochs=epochs, batch_size=batch_size,
+                          num_classes=10, k=10, value_codec="fp32", temperature=4.0),
             loader=LoaderConfig(num_workers=0, **KW), teacher_input="numpy")
     return src, str(tmp_path / "s")
 

@@ -15,7 +15,7 @@ from ddpipe.evaluate.errors import RelabelError
 from ddpipe.evaluate.relabel import RelabelConfig, RelabelResult, run, summary_text
 from ddpipe.labelstore import open_store, store_info, verify_store
 
-SCHED = dict(epochs=2, batch_size=10, topk=3, temperature=4.0, workers=0, progress=False, device="cpu")
+SCHED = dict(epochs=2, batch_size=10, k=3, temperature=4.0, workers=0, progress=False, device="cpu")
 CLI_SCHED = ["--epochs", "2", "-b", "10", "--topk", "3", "-T", "4", "-j", "0", "--device", "cpu", "--no-progress"]
 
 
@@ -101,9 +101,9 @@ def test_nn_module_teacher_gives_the_same_labels(env, tmp_path):
     json.dumps(res.to_dict())  # results.json-ready
 
 
-def test_existing_store_needs_resume(env):
-    cfg = RelabelConfig(images=env["images"], teacher=(env["sd"],), model="resnet18", input_size=32, out=env["api"],
-                        **SCHED)
+def test_existing_store_needs_resume(env):  # the flags of the run it continues (the fixture's)
+    cfg = RelabelConfig(images=env["images"], teacher=(env["sd"],), model="resnet18", num_classes=10, input_size=32,
+                        out=env["api"], **SCHED)
     with pytest.raises(Exception, match="--resume"):
         run(cfg)
     res = run(RelabelConfig(**{**cfg.__dict__, "resume": True}))
@@ -116,14 +116,14 @@ def test_existing_store_needs_resume(env):
     ("temperature", float("nan"), "temperature must be a finite number"),
     ("epochs", 0, "epochs must be >= 1"),
     ("batch_size", 0, "batch_size must be >= 1"),
-    ("topk", 0, "topk must be >= 1"),
+    ("k", 0, "k must be >= 1"),
     ("workers", -1, "workers must be >= 0"),
     ("seed", -1, "seed must be >= 0"),
     ("prune_seed", -2, "prune_seed must be >= 0"),
     ("keep", 0.0, "keep must be > 0"),
     ("keep", 1.5, "keep must be <= 1"),
     ("min_scale", 0.0, "min_scale must be > 0"),
-    ("codec", "fp8", "codec must be one of"),
+    ("value_codec", "fp8", "value_codec must be one of"),
     ("mix", "blend", "mix must be one of"),
     ("granularity", "unit", "granularity must be one of"),
     ("loader", "pil", "loader must be one of"),
@@ -138,14 +138,14 @@ def test_config_rejects_bad_values_naming_the_field(field, value, match):
 
 
 def test_topk_is_checked_against_the_classes():
-    with pytest.raises(RelabelError, match="topk must be <= num_classes"):
-        RelabelConfig(images="i", teacher=("t.pt",), out="o", num_classes=10, topk=11)
+    with pytest.raises(RelabelError, match=r"k \(--topk\) must be <= num_classes"):
+        RelabelConfig(images="i", teacher=("t.pt",), out="o", num_classes=10, k=11)
 
 
 def test_topk_above_the_teachers_classes(env, tmp_path):
-    with pytest.raises(RelabelError, match="topk must be <= the teacher's 10 classes"):
+    with pytest.raises(RelabelError, match=r"k \(--topk\) must be <= the teacher's 10 classes"):
         run(RelabelConfig(images=env["images"], teacher=(env["sd"],), model="resnet18", input_size=32,
-                          out=str(tmp_path / "x.zarr"), **{**SCHED, "topk": 11}))
+                          out=str(tmp_path / "x.zarr"), **{**SCHED, "k": 11}))
     assert not os.path.exists(tmp_path / "x.zarr")
 
 
@@ -161,7 +161,7 @@ def test_cli_flag_names_and_defaults():
               "--num-classes", "--input-size", "--in-chans", "--mean", "--std", "--threads"):
         assert f in flags, f
     c = RelabelConfig(images="i", teacher=("t",), out="o")
-    assert (c.epochs, c.batch_size, c.schedule, c.topk, c.codec, c.temperature, c.seed, c.keep, c.granularity,
+    assert (c.epochs, c.batch_size, c.schedule, c.k, c.value_codec, c.temperature, c.seed, c.keep, c.granularity,
             c.prune_seed, c.loader, c.workers, c.device, c.resume, c.progress) == (
         300, 1024, "sre2l", 10, "fp16", 20.0, 42, None, "batch", 0, "torch", 2, "auto", False, True)
 
@@ -179,4 +179,4 @@ def test_a_logit_store_gives_the_probability_store_s_labels_at_its_temperature(e
         np.testing.assert_array_equal(np.asarray(a.sample_ids), np.asarray(b.sample_ids))
         np.testing.assert_allclose(a.dense(10), b.dense(10), atol=2e-3)
     with pytest.raises(RelabelError, match="value_kind"):
-        RelabelConfig(images=env["images"], teacher=(env["sd"],), out=out + "x", value_kind="logits", codec="uint8")
+        RelabelConfig(images=env["images"], teacher=(env["sd"],), out=out + "x", value_kind="logits", value_codec="uint8")

@@ -14,7 +14,7 @@ from teacher32 import make_image_folder, train_resnet18
 from ddpipe.evaluate.relabel import RelabelConfig, results_path, run
 from ddpipe.labelstore import open_store
 
-SCHED = dict(epochs=1, batch_size=10, topk=2, temperature=4.0, workers=0, progress=False, device="cpu")
+SCHED = dict(epochs=1, batch_size=10, k=2, temperature=4.0, workers=0, progress=False, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -201,13 +201,13 @@ import numpy as np
 from dist_pipeline_data import ToyTeacher
 from ddpipe.pipeline import ArraySource, recipe
 from ddpipe.pipeline.loader import LoaderConfig
-from ddpipe.pipeline.relabel import relabel
+from ddpipe.pipeline.relabel import relabel, relabel_spec
 
 def run(store, rank, world):
     rng = np.random.default_rng(7)
     src = ArraySource(rng.integers(0, 256, (100, 8, 8), dtype=np.uint8), rng.integers(0, 10, 100))
-    return relabel(store, src, ToyTeacher(10), schedule=recipe("sre2l", output_size=(8, 8)), epochs=2, batch_size=25,
-                   num_classes=10, k=3, units_per_shard=2, rank=rank, world_size=world,
+    return relabel(store, src, ToyTeacher(10), *relabel_spec(src, recipe("sre2l", output_size=(8, 8)), epochs=2,
+                   batch_size=25, num_classes=10, k=3, units_per_shard=2), rank=rank, world_size=world,
                    loader=LoaderConfig(num_workers=0, channels=1, mean=(0.5,), std=(0.5,)), teacher_input="numpy")
 
 if __name__ == "__main__":
@@ -373,8 +373,8 @@ def test_info_verify_prune_take_storage_options(written, bucket, no_endpoint_env
     assert info["complete_units"] == info["units"] > 0 and info["bytes_on_disk"] > 0
     assert set(info["bytes_by_array"]) >= {"label_value", "label_index", "commit_shard"}
     assert verify_store(url, storage_options=opts)["ok"]
-    assert info_phase.run(info_phase.InfoConfig(store=url, storage_options=opts))["units"] == info["units"]
-    assert verify_phase.run(verify_phase.VerifyConfig(store=url, storage_options=opts))["ok"]
+    assert info_phase.run(info_phase.InfoConfig(store=url, storage_options=opts)).units == info["units"]
+    assert verify_phase.run(verify_phase.VerifyConfig(store=url, storage_options=opts)).ok
 
     # s3 -> s3 and s3 -> local, through the library and the phase
     to_s3 = prune_store(url, f"{bucket}/p1.zarr", 0.5, seed=1, storage_options=opts)

@@ -330,8 +330,8 @@ def test_recover_and_show_phases(env, tmp_path):
     out = str(tmp_path / "rec")
     res = phase.run(phase.RecoverRunConfig(out=out, method="sre2l.test", teacher=(path,), ipc=2, iterations=3,
                                            progress=False, r_bn=0.5))
-    assert res["status"] == "complete" and res["extra"]["dataset"] == "digits"
-    assert res["method_config"]["loss"] == {"ce": 1.0, "bn_stats": 0.5} and res["method_config"]["flip"] is False
+    assert res.status == "complete" and res.extra["dataset"] == "digits"
+    assert res.method_config["loss"] == {"ce": 1.0, "bn_stats": 0.5} and res.method_config["flip"] is False
     assert "recover complete" in phase.summary_text(res)
     # LPLD through the phase with a teacher file carrying class-wise BN buffers: they are used as is
     lpld_teacher = convert_to_classwise_bn(copy.deepcopy(env["teacher"]), 10, momentum=None)
@@ -340,16 +340,16 @@ def test_recover_and_show_phases(env, tmp_path):
     write_teacher(lpld_teacher, str(tmp_path / "lpld.pt"), ds, {"top1": 0.0})
     res = phase.run(phase.RecoverRunConfig(out=str(tmp_path / "lpld"), method="lpld.test",
                                            teacher=(str(tmp_path / "lpld.pt"),), ipc=1, iterations=2, progress=False))
-    assert res["notes"]["class_bn_stats_teacher0"].startswith("teacher buffers") and res["counts"] == [1] * 10
+    assert res.notes["class_bn_stats_teacher0"].startswith("teacher buffers") and res.counts == [1] * 10
     # DM through the phase: the random networks are evaluate's ConvNet
     res = phase.run(phase.RecoverRunConfig(out=str(tmp_path / "dm"), method="dm.test", dataset="digits", ipc=1,
                                            iterations=1, progress=False))
-    assert res["counts"] == [1] * 10 and res["extra"]["dm_model"] == "convnet"
+    assert res.counts == [1] * 10 and res.extra["dm_model"] == "convnet"
     grid = show.run(show.ShowConfig(src=out, out=str(tmp_path / "grid.png"), min_cell=16))
     from PIL import Image
 
-    with Image.open(grid["out"]) as img:
-        assert img.mode == "L" and grid["rows"] == 10 and grid["per_class"] == 2
+    with Image.open(grid.out) as img:
+        assert img.mode == "L" and grid.rows == 10 and grid.per_class == 2
         assert img.size == (2 + 2 * (16 + 2), 2 + 10 * (16 + 2))
     assert "10 classes" in show.summary_text(grid)
 
@@ -394,9 +394,9 @@ def test_sigkill_then_rerun_continues_from_the_last_finished_batch(env, tmp_path
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("new000/*.png")}
     res = phase.run(phase.RecoverRunConfig(out=str(out), method="sre2l.test", teacher=(path,), ipc=4,
                                            iterations=150, progress=False))
-    assert res["status"] == "complete" and res["resumed_batches"] == len(before["batches_done"])
-    assert res["batches_done"][: len(before["batches_done"])] == before["batches_done"]
-    assert res["counts"] == [4] * 10
+    assert res.status == "complete" and res.resumed_batches == len(before["batches_done"])
+    assert res.batches_done[: len(before["batches_done"])] == before["batches_done"]
+    assert res.counts == [4] * 10
     for i in range(len(before["batches_done"])):  # finished batches were not rewritten
         p = out / "new000" / f"class000_id{i:03d}.png"
         assert p.stat().st_mtime_ns == stamps[p]

@@ -246,7 +246,7 @@ def test_random_selection_from_a_lazily_decoded_image_folder(tmp_path):
                 Image.fromarray(arr).save(tmp_path / "data" / split / c / f"{i}.png")
     res = phase.run(phase.RecoverRunConfig(out=str(tmp_path / "sel"), method="random",
                                            dataset=f"imagefolder:{tmp_path / 'data'}", ipc=2, progress=False))
-    assert res["counts"] == [2, 2] and res["input_size"] == 224 and res["extra"]["classes"] == ["cat", "dog"]
+    assert res.counts == [2, 2] and res.input_size == 224 and res.extra["classes"] == ["cat", "dog"]
     with Image.open(tmp_path / "sel" / "new001" / "class001_id000.png") as img:
         assert img.mode == "RGB" and img.size == (224, 224)
     with pytest.raises(S.SynthConfigError, match="fewer than ipc"):

@@ -117,7 +117,7 @@ def test_ensemble_and_its_hash(env):
 def store_a(env):
     out = str(env["root"] / "labels_a.zarr")
     run(RelabelConfig(images=env["images"], teacher=(env["a_sd"],), model="resnet18", num_classes=10, input_size=32,
-                      out=out, epochs=3, batch_size=8, topk=3, temperature=4.0, workers=0, progress=False,
+                      out=out, epochs=3, batch_size=8, k=3, temperature=4.0, workers=0, progress=False,
                       device="cpu"))
     return out
 
@@ -191,7 +191,7 @@ def test_teacher_check_of_an_ensemble_on_a_store_pruned_at_relabel(env, tmp_path
     out = str(tmp_path / "ens.zarr")
     facts = dict(num_classes=10, input_size=32)
     res = run(RelabelConfig(images=env["images"], teacher=(env["a"], env["b"]), **facts, out=out, epochs=4,
-                            batch_size=8, topk=3, temperature=4.0, keep=0.5, workers=0, progress=False, device="cpu"))
+                            batch_size=8, k=3, temperature=4.0, keep=0.5, workers=0, progress=False, device="cpu"))
     assert res.units == 6 and res.teacher_hash == teacher_hash([env["a"], env["b"]])
     assert check_teacher(out, [env["a"], env["b"]], env["images"], sample=0, **facts).ok
     with pytest.raises(TeacherMismatchError, match="<ResNet>"):

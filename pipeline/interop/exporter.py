@@ -17,13 +17,16 @@ logits. Anything else is refused with the reason. The store is never written to.
 from __future__ import annotations
 
 import os
-import sys
+import shutil
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from ddpipe.config import check_choice, option
+from ddpipe._progress import progress_bar
+from ddpipe.config import check_choices, option
+from ...labelstore import check_distinct_locations, dense_logits, open_store
+from ..schedule import SamplerReplay
 from .errors import InteropError
 from .folders import SRE2L_SAMPLER_SEED
 
@@ -45,7 +48,7 @@ class ExportConfig:
         "{'client_kwargs': {'endpoint_url': ...}}); the CLI takes them from the environment (AWS_ENDPOINT_URL ...)")
 
     def __post_init__(self) -> None:
-        check_choice(InteropError, "format", self.format, EXPORT_FORMATS)
+        check_choices(self, InteropError)
 
 
 def export_refusal(reader) -> str | None:
@@ -77,18 +80,18 @@ def _dense_logits(unit, spec) -> tuple[np.ndarray, bool]:
         out = np.empty((len(idx), spec.num_classes), np.float16)
         np.put_along_axis(out, idx, val.astype(np.float16), axis=-1)
         return out, spec.value_codec == "fp16"  # fp32 logits are rounded to SRe2L's fp16
-    from ...labelstore import dense_logits
-
     return dense_logits(idx, val, unit.lse, spec.num_classes, spec.temperature).astype(np.float16), False
 
 
 def run_export(config: ExportConfig) -> dict:
     """Write ``config.store`` as an SRe2L label folder at ``config.out``; returns the result record."""
-    import torch
-    from tqdm import tqdm
+    from ddpipe.phase import run_phase
 
-    from ...labelstore import check_distinct_locations, open_store
-    from ..schedule import SamplerReplay
+    return run_phase(config, ExportConfig, _export, "export")
+
+
+def _export(config: ExportConfig) -> dict:
+    import torch
 
     t0 = time.perf_counter()
     check_distinct_locations(config.store, config.out, "export")
@@ -100,17 +103,14 @@ def run_export(config: ExportConfig) -> dict:
     out = os.path.abspath(config.out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise InteropError(f"{out}: exists and is not an empty folder; choose a new --out")
-    B, bpe = spec.batch_size, spec.batches_per_epoch
+    B = spec.batch_size
     tmp = out + ".ddpipe-exporting"
     if os.path.exists(tmp):
-        import shutil
-
         shutil.rmtree(tmp)
     os.makedirs(tmp)
     exact = True
     written = samples = 0
-    bar = tqdm(total=reader.num_units, desc="export sre2l", unit="batch", file=sys.stderr,
-               disable=not config.progress, leave=False)
+    bar = progress_bar(total=reader.num_units, desc="export sre2l", unit="batch", enabled=config.progress)
     try:
         replay = SamplerReplay(spec.num_samples, SRE2L_SAMPLER_SEED)
         for epoch in range(spec.epochs):
@@ -151,8 +151,6 @@ def run_export(config: ExportConfig) -> dict:
             os.rmdir(out)
         os.rename(tmp, out)
     except BaseException:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:

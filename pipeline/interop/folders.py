@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..schedule import SamplerReplay
 from .errors import InteropError
 from .safe_load import load_label_file
 
@@ -266,8 +267,6 @@ class LabelFolder:
                     rec.sample_ids = np.asarray(ids, dtype=np.int64)
                 else:
                     if e not in orders:
-                        from ..schedule import SamplerReplay
-
                         replay = replay or SamplerReplay(num_samples, seed)
                         orders.clear()
                         orders[e] = replay.order(e)

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ddpipe.config import check_choice, check_int, check_range, config_to_dict, option
+from ddpipe._progress import progress_bar
+from ddpipe.config import check_choices, check_int, check_range, config_to_dict, option
+from ...labelstore import StoreSpec, Unit, check_distinct_locations, create_store, logsumexp_at, store_info, top_k
+from ...labelstore.location import redact_storage_options, store_location, write_results
+from ..schedule import DDPIPE_ORDER, TORCH_SAMPLER_ORDER, ScheduleConfig
+from ..sources import ImageFolderSource, open_source
 from .errors import InteropError
 from .folders import (
     FORMATS,
@@ -27,6 +31,7 @@ from .folders import (
     FKDFolder,
     LabelFolder,
     open_folder,
+    parse_batch,
     parse_fkd,
     resolve_layout,
 )
@@ -70,9 +75,7 @@ class ImportConfig:
         "{'client_kwargs': {'endpoint_url': ...}}); the CLI takes them from the environment (AWS_ENDPOINT_URL ...)")
 
     def __post_init__(self) -> None:
-        check_choice(InteropError, "format", self.format, (*FORMATS, "auto"))
-        check_choice(InteropError, "values", self.values, VALUE_KINDS)
-        check_choice(InteropError, "codec", self.codec, ("fp16", "fp32", "uint8"))
+        check_choices(self, InteropError)
         for name in ("num_samples", "num_classes", "k", "epochs"):
             check_int(InteropError, name, getattr(self, name), min=1, allow_none=True)
         check_int(InteropError, "seed", self.seed, min=0)
@@ -86,14 +89,10 @@ class ImportConfig:
 
 def logit_stores_supported() -> bool:
     """Whether this ddpipe's store format has ``value_kind = logits`` (format step of issue 12)."""
-    from ...labelstore import StoreSpec
-
     return "value_kind" in StoreSpec.__dataclass_fields__
 
 
 def exact_fields_supported() -> bool:
-    from ...labelstore import StoreSpec
-
     return "exact_fields" in StoreSpec.__dataclass_fields__
 
 
@@ -145,8 +144,6 @@ class _Labels:
         if self.kind == "logits":
             if index is None:
                 return {"logits": values.astype(np.float32)}
-            from ...labelstore import logsumexp_at
-
             lse = logsumexp_at(values.astype(np.float32), self.T)  # over every stored logit (MR-k)
             idx, val = _sort_topk(index, values.astype(np.float32))
             return {"topk_logits": (idx[:, : self.k], val[:, : self.k]), "lse": lse}
@@ -155,8 +152,6 @@ class _Labels:
             return {"topk": (idx[:, : self.k], val[:, : self.k])}
         p = _softmax64(values, self.T).astype(np.float32)
         if index is None:
-            from ...labelstore import top_k
-
             idx, val = top_k(p, self.k)
             return {"topk": (idx, val)}
         idx, val = _sort_topk(index, p)  # LPQLD's MR-k: softmax over the stored k logits, tail mass zero
@@ -171,8 +166,6 @@ def randaug_aux(layers: int) -> tuple[str, ...]:
 
 
 def _unit_from_record(rec, labels: _Labels, out_hw, aux_fields: tuple) -> Any:
-    from ...labelstore import Unit
-
     kw = labels(rec.values, rec.value_index, probs_given=False)
     cut = fill = None
     if rec.cutout is not None:
@@ -196,8 +189,6 @@ def _image_count(config: ImportConfig) -> tuple[int, str, int | None, list | Non
     """(images, image-set hash, class folders or None, ImageFolder names or None) of --images, or --num-samples."""
     if config.images is None:
         return int(config.num_samples), "", None, None
-    from ..sources import ImageFolderSource, open_source
-
     src = open_source(config.images, in_memory=False) if os.path.isdir(config.images) else open_source(config.images)
     n = len(src)
     if config.num_samples is not None and config.num_samples != n:
@@ -208,18 +199,14 @@ def _image_count(config: ImportConfig) -> tuple[int, str, int | None, list | Non
     return n, src.content_hash(), classes, names
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, disable=not enabled, leave=False)
-
-
 def run_import(config: ImportConfig) -> dict:
     """Import ``config.src`` into a new store at ``config.out``; returns the result record."""
-    from ...labelstore import check_distinct_locations, create_store, store_info
-    from ...labelstore.location import redact_storage_options, store_location
-    from ..schedule import DDPIPE_ORDER, TORCH_SAMPLER_ORDER, ScheduleConfig
+    from ddpipe.phase import run_phase
 
+    return run_phase(config, ImportConfig, _import, "import")
+
+
+def _import(config: ImportConfig) -> dict:
     t0 = time.perf_counter()
     check_distinct_locations(config.src, config.out, "import")
     if config.images is not None:
@@ -275,8 +262,6 @@ def run_import(config: ImportConfig) -> dict:
             cutout=0.5 if cutout else 0.0, fill="random" if cutout else (0, 0, 0), order=order,
         ).to_dict()
         spec_kw = dict(num_samples=n, num_classes=num_classes, epochs=folder.epochs, batch_size=folder.batch_size)
-    from ...labelstore import StoreSpec
-
     extra_spec: dict = {}
     if logit_stores_supported():
         extra_spec["value_kind"] = kind
@@ -321,7 +306,7 @@ def run_import(config: ImportConfig) -> dict:
         if fkd:
             units, samples = _write_fkd(folder, writer, spec, labels, config, n, names)
         else:
-            with _progress(len(folder.files), f"import {folder.fmt}", config.progress) as bar:
+            with progress_bar(total=len(folder.files), desc=f"import {folder.fmt}", unit="batch", enabled=config.progress) as bar:
                 for rec in folder.records(n, config.seed):
                     writer.write(_unit_from_record(rec, labels, out_hw, spec.aux_fields))
                     units += 1
@@ -343,30 +328,11 @@ def run_import(config: ImportConfig) -> dict:
     }
     recorded = config_to_dict(config)
     recorded["storage_options"] = redact_storage_options(recorded["storage_options"])
-    _write_results({**result, "config": recorded}, result["out"], config.storage_options)
+    write_results(result["out"], {**result, "config": recorded}, config.storage_options)
     return result
 
 
-def _write_results(result: dict, store: str, storage_options: dict | None = None) -> None:
-    """``<store>/results.json`` (as relabel and prune write theirs); at a URL through fsspec."""
-    import json
-
-    from ddpipe._files import replace_atomically
-    from ddpipe._format import json_default
-
-    text = (json.dumps(result, indent=2, default=json_default) + "\n").encode()
-    if "://" in str(store):
-        import fsspec
-
-        with fsspec.open(str(store).rstrip("/") + "/results.json", "wb", **(storage_options or {})) as f:
-            f.write(text)
-        return
-    replace_atomically(os.path.join(store, "results.json"), lambda f: f.write(text))
-
-
 def parse_first_k(folder: LabelFolder) -> int:
-    from .folders import parse_batch
-
     _e, _b, path = folder.files[0]
     rec = parse_batch(load_label_file(path), path, folder.fmt, 0, 0)
     return int(rec.values.shape[1])
@@ -376,14 +342,12 @@ def _write_fkd(folder: FKDFolder, writer, spec, labels: _Labels, config: ImportC
                names: list | None) -> tuple[int, int]:
     """FKD: epoch ``e`` = crop ``e`` of every image, images in --images order, batches of ``batch_size``.
     Each pass reads every file once and keeps a window of epochs whose crops fit the memory budget."""
-    from ...labelstore import Unit
-
     keys = _fkd_keys(names, folder)
     per_crop = 4 * 4 + 1 + 2 * 8 * folder.k
     window = max(1, min(spec.epochs, FKD_MEMORY_BYTES // max(1, per_crop * n)))
     units = samples = 0
     B, bpe = spec.batch_size, spec.batches_per_epoch
-    with _progress(spec.full_units, "import fkd", config.progress) as bar:
+    with progress_bar(total=spec.full_units, desc="import fkd", unit="batch", enabled=config.progress) as bar:
         for e0 in range(0, spec.epochs, window):
             e1 = min(spec.epochs, e0 + window)
             coords = np.zeros((e1 - e0, n, 4), np.float32)

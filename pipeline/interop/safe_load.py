@@ -14,6 +14,9 @@ they would carry arbitrary Python objects.
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -64,9 +67,6 @@ _ALLOW: list | None = None
 def load_label_file(path: str | os.PathLike) -> Any:
     """``torch.load`` of one label file with ``weights_only=True`` and the numpy allow-list; any
     failure is an :class:`InteropError` naming the file (a refused global is named too)."""
-    import pickle
-    import warnings
-
     import torch
 
     global _ALLOW
@@ -101,8 +101,6 @@ def _first_line(msg: str) -> str:
 
 
 def _refused_name(msg: str) -> str | None:
-    import re
-
     for pat in (r"Unsupported global: GLOBAL ([\w.]+)", r"unsupported GLOBAL ([\w.]+)", r"GLOBAL ([\w.]+)"):
         m = re.search(pat, msg)
         if m:

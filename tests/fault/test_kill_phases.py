@@ -4,7 +4,8 @@ Relabel: a 600-unit digits store (100 images, batch 10, 60 epochs). Every killed
 data arrays equal value for value to an uninterrupted run's, and ``verify`` passes. The moments are
 drawn uniformly over the uninterrupted run's wall time (seed 0), so they fall in start-up, in store
 creation and between shards. Train: killed at seeded moments, resumed, the student's weights are bit
-for bit those of an uninterrupted run. ``pytest tests/fault/test_kill_phases.py`` reruns them.
+for bit those of an uninterrupted run. The killed-and-resumed runs go two at a time (each has its own
+output). ``pytest tests/fault/test_kill_phases.py`` reruns them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -22,6 +24,8 @@ pytestmark = pytest.mark.slow
 
 RELABEL_KILLS = 20
 TRAIN_KILLS = 8
+# each killed run and its resume write their own --out, so two go at once (one thread each: 2 cores busy)
+AT_ONCE = 2
 
 
 def _ddpipe(*args: str) -> list[str]:
@@ -32,6 +36,12 @@ def _run(cmd, env):
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=600)
     assert out.returncode == 0, (cmd, out.stderr[-3000:])
     return out
+
+
+def _each(fn, items) -> list:
+    """``fn`` over ``items``, ``AT_ONCE`` at a time; the results in order (the first error raises)."""
+    with ThreadPoolExecutor(AT_ONCE) as pool:
+        return list(pool.map(fn, items))
 
 
 def _killed(cmd, env, delay: float) -> int:
@@ -91,15 +101,20 @@ def _assert_same(path: str, want: dict, what) -> None:
 def test_relabel_killed_at_seeded_moments_resumes_to_the_same_store(digits, reference):
     from ddpipe.labelstore import verify_store
 
-    rng = np.random.default_rng(0)
-    killed = 0
-    for i, delay in enumerate(rng.uniform(0.2, reference["wall"], RELABEL_KILLS)):
+    delays = [float(d) for d in np.random.default_rng(0).uniform(0.2, reference["wall"], RELABEL_KILLS)]
+
+    def kill_and_resume(i: int) -> int:
         out = str(digits["root"] / f"k{i}.zarr")
-        if _killed(_relabel_cmd(digits, out), digits["env"], float(delay)) == -signal.SIGKILL:
-            killed += 1
+        code = _killed(_relabel_cmd(digits, out), digits["env"], delays[i])
         _run(_relabel_cmd(digits, out, "--resume"), digits["env"])
-        _assert_same(out, reference["arrays"], (i, float(delay)))
-        assert verify_store(out)["ok"], (i, float(delay))
+        return code
+
+    codes = _each(kill_and_resume, range(RELABEL_KILLS))
+    for i, delay in enumerate(delays):
+        out = str(digits["root"] / f"k{i}.zarr")
+        _assert_same(out, reference["arrays"], (i, delay))
+        assert verify_store(out)["ok"], (i, delay)
+    killed = sum(code == -signal.SIGKILL for code in codes)
     assert killed >= RELABEL_KILLS // 2, f"only {killed} of {RELABEL_KILLS} runs were still running when killed"
 
 
@@ -136,11 +151,15 @@ def test_train_killed_at_seeded_moments_resumes_to_the_same_weights(digits):
     _run(_train_cmd(digits, store, ref), digits["env"])
     wall = time.monotonic() - t0
     want = torch.load(os.path.join(ref, "student.pt"), map_location="cpu")["model"]
-    rng = np.random.default_rng(1)
-    for i, delay in enumerate(rng.uniform(0.2, wall, TRAIN_KILLS)):
+    delays = [float(d) for d in np.random.default_rng(1).uniform(0.2, wall, TRAIN_KILLS)]
+
+    def kill_and_resume(i: int) -> None:
         out = str(digits["root"] / f"s{i}")
-        _killed(_train_cmd(digits, store, out), digits["env"], float(delay))
+        _killed(_train_cmd(digits, store, out), digits["env"], delays[i])
         _run(_train_cmd(digits, store, out, "--resume"), digits["env"])
-        got = torch.load(os.path.join(out, "student.pt"), map_location="cpu")["model"]
+
+    _each(kill_and_resume, range(TRAIN_KILLS))
+    for i, delay in enumerate(delays):
+        got = torch.load(os.path.join(digits["root"] / f"s{i}", "student.pt"), map_location="cpu")["model"]
         assert got.keys() == want.keys()
-        assert all(torch.equal(got[k], want[k]) for k in want), (i, float(delay))
+        assert all(torch.equal(got[k], want[k]) for k in want), (i, delay)
