@@ -51,9 +51,9 @@ PRESETS = {
 
 VARIANTS = (
     # (row name, import options)
-    ("lossless logits (k=C, fp16)", dict(values="logits", codec="fp16")),
-    ("top-10 logits (fp16)", dict(values="logits", codec="fp16", k=10)),
-    ("top-10 probs T=20 (fp16)", dict(values="probs", codec="fp16", k=10, temperature=20.0)),
+    ("lossless logits (k=C, fp16)", dict(values="logits", value_codec="fp16")),
+    ("top-10 logits (fp16)", dict(values="logits", value_codec="fp16", k=10)),
+    ("top-10 probs T=20 (fp16)", dict(values="probs", value_codec="fp16", k=10, temperature=20.0)),
 )
 
 
@@ -124,9 +124,9 @@ def run(config: Config) -> int:
             res = run_import(ImportConfig(format="sre2l", src=folder, num_samples=preset.num_samples, out=store,
                                           progress=not config.json, **opts))
             rows.append({
-                "source": f"sre2l {preset.name}", "store": name, "source_bytes": res["source_bytes"],
-                "store_bytes": res["store_bytes"], "ratio": res["ratio"], "seconds": res["seconds"],
-                "samples_per_s": res["samples_per_s"], "samples": res["samples"], "lossy": res["lossy"],
+                "source": f"sre2l {preset.name}", "store": name, "source_bytes": res.source_bytes,
+                "store_bytes": res.store_bytes, "ratio": res.ratio, "seconds": res.seconds,
+                "samples_per_s": res.samples_per_s, "samples": res.samples, "lossy": res.lossy,
             })
             if not config.keep_files:
                 shutil.rmtree(store, ignore_errors=True)

@@ -578,7 +578,7 @@ def run(config: Config) -> int:
          "detail": f"{config.epochs} epochs x {-(-config.classes * config.per_class // config.batch_size)} batches, "
                    f"teacher val top-1 {teacher_top1:.1f}%, {rel.seconds:.1f} s"},
         {"step": "import: every field vs torch.load", "result": "bit for bit" if imp_cmp["identical"] else "DIFFERS",
-         "detail": f"{imp_cmp['checks']} checks, rows' images = their sampler's order; lossy={imp['lossy']}"},
+         "detail": f"{imp_cmp['checks']} checks, rows' images = their sampler's order; lossy={imp.lossy}"},
         {"step": "export vs original folder", "result": "identical" if exp_cmp["identical"] else "DIFFERS",
          "detail": f"every element, types included; {exp_cmp['byte_identical_files']}/{exp_cmp['files']} files byte-identical"},
         {"step": "train_FKD.py on the original", "result": f"val top-1 {tr_orig['val_top1']:.2f}%",
@@ -602,7 +602,7 @@ def run(config: Config) -> int:
         "sre2l": sources,
         "teacher_val_top1": teacher_top1,
         "relabel": {"argv": relabel_argv, "seconds": rel.seconds, "sampler_orders": rel.sampler_orders},
-        "import": {"seconds": import_s, "result": imp, "comparison": imp_cmp},
+        "import": {"seconds": import_s, "result": imp.to_dict(), "comparison": imp_cmp},
         "export": exp_cmp,
         "train_original": tr_orig,
         "train_export": tr_exp,

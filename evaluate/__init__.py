@@ -39,7 +39,7 @@ _LAZY = {
     "build_optimizer": "ddpipe.evaluate.train",
     "build_scheduler": "ddpipe.evaluate.train",
     "build_loaders": "ddpipe.evaluate.train",
-    "init_distributed": "ddpipe.evaluate.distributed",
+    "init_distributed": "ddpipe.pipeline.distributed",
     "is_main_process": "ddpipe.evaluate.distributed",
     "save_on_main": "ddpipe.evaluate.distributed",
     # teachers (one owner: ddpipe.evaluate.teacher)

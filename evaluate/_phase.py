@@ -18,13 +18,12 @@ from typing import ClassVar
 
 from ddpipe.config import check_choices, check_int, option
 from ddpipe.phase import output_dir, run_phase, torch_threads  # the one path of every phase: ddpipe/phase.py
+from ..labelstore.location import RESULTS  # the one name of a phase's results file
 from ..pipeline.device import check_device, resolve_device  # the one device vocabulary: pipeline/device.py
 from .errors import EvaluateError
 
 __all__ = ["RunOptions", "ResumeOption", "check_device", "resolve_device", "torch_threads", "output_dir",
            "run_phase", "versions", "write_json", "RESULTS"]
-
-RESULTS = "results.json"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,9 +21,9 @@ else the family's default recipe, and the result (and stderr) says which and why
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 
+from ddpipe._progress import say
 from ddpipe.config import Result, check_int, check_out_path, check_range, check_resume, config_to_dict, option, \
     result_values
 from ._phase import RunOptions
@@ -257,8 +257,7 @@ def _run(config: RecoverRunConfig) -> RecoverResult:
     std = list(first.std) if first else list(dataset.std)
 
     recipe, note = resolve_recipe(config.method, dataset.name)
-    if note and config.progress:
-        print(f"recover: {note}", file=sys.stderr, flush=True)
+    say(config.progress and bool(note), f"recover: {note}")
     cfg = create_method(recipe)
     overrides = dict(iterations=config.iterations, lr=config.lr, batch_size=config.batch_size, init=config.init,
                      jitter=config.jitter, min_scale=config.min_scale, round_iterations=config.round_iterations,

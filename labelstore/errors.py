@@ -77,7 +77,7 @@ def io_error(e: OSError, what: str, where: str) -> StoreIOError:
     path = e.filename or where
     hint = ""
     if e.errno == errno_mod.ENOSPC:
-        hint = "; free some space and resume (--resume / exist_ok=True)"
+        hint = "; free some space and resume (--resume / resume=True)"
     elif e.errno in (errno_mod.EACCES, errno_mod.EPERM, errno_mod.EROFS):
         hint = "; choose a writable location"
     return StoreIOError(f"{what} failed at {path}: {reason}{f' ({name})' if name else ''}{hint}", e.errno)

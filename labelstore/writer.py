@@ -5,7 +5,7 @@ consecutive units, one epoch by default); when the last unit of a shard arrives 
 array's shard object and then the shard's commit record (store id, shard, unit range, the SHA-256
 of each object: ``binding.py``). A reader never sees a shard before that record, so a writer
 killed at any moment leaves only whole committed shards behind, and a resumed writer
-(``create_store(..., exist_ok=True)`` or :func:`open_writer`) rewrites the rest.
+(``create_store(..., resume=True)`` or :func:`open_writer`) rewrites the rest.
 
 Creation is one step: the store is prepared in memory and written to a hidden sibling folder that
 is renamed into place (local disks), or written object by object with the group's ``zarr.json``
@@ -637,7 +637,7 @@ def create_store(
     spec: StoreSpec,
     plan: Any = None,
     *,
-    exist_ok: bool = False,
+    resume: bool = False,
     overwrite: bool = False,
     provenance: dict | None = None,
     zstd_level: int = DEFAULT_ZSTD_LEVEL,
@@ -647,7 +647,7 @@ def create_store(
     """Create a store for ``spec`` holding the units of ``plan`` (default: every unit).
 
     ``path``: any form :func:`ddpipe.labelstore.store_location` accepts (relative, ``~``, ``file://``,
-    ``memory://``, fsspec URLs). ``exist_ok=True`` reopens an existing store with the same spec and
+    ``memory://``, fsspec URLs). ``resume=True`` reopens an existing store with the same spec and
     plan to resume it (the CLI's ``--resume``); ``overwrite=True`` replaces whatever is at ``path``
     (``--overwrite``). The store appears in one step: a kill or a full disk during creation leaves
     nothing that looks like a store (create again, or resume), never a half-made one.
@@ -668,9 +668,9 @@ def create_store(
                     f"{path} holds a Zarr group that is not a ddpipe label store; choose another path, "
                     "or use --overwrite (overwrite=True) to replace it"
                 )
-            if not exist_ok:
+            if not resume:
                 raise StoreExistsError(
-                    f"{path} already holds a store; use --resume (exist_ok=True) to continue it "
+                    f"{path} already holds a store; use --resume (resume=True) to continue it "
                     "or --overwrite (overwrite=True) to replace it"
                 )
             writer = open_writer(path, storage_options=storage_options, lease_ttl=lease_ttl)
@@ -703,7 +703,7 @@ def create_store(
                 raise StoreIOError(f"creating the store at {path}: {e} (nothing was created)", e.errno) from None
             raise io_error(e, "creating the store (nothing was created)", path) from None
         return open_writer(path, storage_options=storage_options, lease_ttl=lease_ttl)
-    raise StoreExistsError(f"{path} was created by another process at the same time; retry with --resume (exist_ok=True)")
+    raise StoreExistsError(f"{path} was created by another process at the same time; retry with --resume (resume=True)")
 
 
 def _spec_diff(have: StoreSpec, want: StoreSpec) -> str:

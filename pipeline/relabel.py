@@ -323,10 +323,10 @@ def _existing_spec(store) -> StoreSpec | None:
 
 
 def _create(store, spec, plan, provenance: dict, resume: bool):
-    """Create the store, or reopen it to continue it (``resume``, labelstore's ``exist_ok``); an existing
+    """Create the store, or reopen it to continue it (``resume``, the same word as labelstore's ``create_store``); an existing
     store otherwise is one error."""
     try:
-        return create_store(store, spec, plan, exist_ok=resume, provenance=provenance)
+        return create_store(store, spec, plan, resume=resume, provenance=provenance)
     except StoreExistsError:
         if not resume and _existing_spec(store) is not None:
             raise StoreExistsError(
@@ -360,14 +360,14 @@ def _create_shared(store, spec, plan, rank: int, world_size: int, provenance: di
                 raise error
             kind, message = failure[0]
             raise (kind if issubclass(kind, StoreError) else StoreError)(message)
-        return writer or create_store(store, spec, plan, exist_ok=True, provenance=provenance)
+        return writer or create_store(store, spec, plan, resume=True, provenance=provenance)
     if rank == 0:
         return _create(store, spec, plan, provenance, resume)
     deadline = time.monotonic() + 60
     while True:
         try:
             open_writer(store).close()  # rank 0's store exists, with its attributes
-            return create_store(store, spec, plan, exist_ok=True, provenance=provenance)
+            return create_store(store, spec, plan, resume=True, provenance=provenance)
         except StoreError:
             if time.monotonic() > deadline:
                 raise

@@ -17,7 +17,7 @@ from labelstore_units import make_unit
 def main() -> None:
     path, spec_json, which, die_array = sys.argv[1:5]
     spec = StoreSpec.from_dict(json.loads(spec_json))
-    w = create_store(path, spec, exist_ok=True)
+    w = create_store(path, spec, resume=True)
     if die_array:
         real = w._arrays[die_array]
 

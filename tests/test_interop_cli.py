@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 import interop_fixtures as fx
+from ddpipe.pipeline.interop import importer
 
 EXE = os.path.join(os.path.dirname(sys.executable), "ddpipe")
 
@@ -27,12 +28,18 @@ def test_import_and_export_commands(tmp_path):
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["source"] == "sre2l" and res["units"] == 8 and res["lossy"] == [] and res["values"] == "logits"
+    assert res["value_codec"] == "fp16" and "codec" not in res
+    # results.json inside the store: the same keys plus the config; summary_text reads it back
+    written = json.loads((tmp_path / "s.zarr" / "results.json").read_text())
+    assert written.keys() == {*res, "config"} and written["config"]["value_codec"] == "fp16"
+    assert importer.summary_text(written) == importer.summary_text(importer.ImportResult.from_dict(res))
     out = _run("export", "sre2l", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "exp"), "--no-progress")
     assert out.returncode == 0, out.stderr
     assert "exported" in out.stdout and sorted(os.listdir(tmp_path / "exp")) == ["epoch_0", "epoch_1"]
     # a probability import cannot be exported: one line, exit 2, nothing written
-    assert _run("import", "sre2l", str(src), "--images", images, "--out", str(tmp_path / "p.zarr"),
-                "--values", "probs", "--no-progress").returncode == 0
+    out = _run("import", "sre2l", str(src), "--images", images, "--out", str(tmp_path / "p.zarr"),
+               "--values", "probs", "--codec", "fp32", "--json", "--no-progress")  # --codec: --value-codec's alias
+    assert out.returncode == 0 and json.loads(out.stdout)["value_codec"] == "fp32", out.stderr
     out = _run("export", "sre2l", str(tmp_path / "p.zarr"), "--out", str(tmp_path / "no"))
     assert out.returncode == 2 and "stores probabilities" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not os.path.exists(tmp_path / "no")

@@ -66,7 +66,7 @@ def test_export_then_import_equals_the_source(tmp_path, images, mix):
     fx.write_sre2l(str(src), mix=mix)
     _import(src, images, tmp_path / "s.zarr")
     res = _export(tmp_path / "s.zarr", tmp_path / "out")
-    assert res["exact"] and res["files"] == 12
+    assert res.exact and res.files == 12
     out = tmp_path / "out"
     assert sorted(os.listdir(out)) == ["epoch_0", "epoch_1", "epoch_2"]  # nothing else: get_FKD_info counts entries
     for e in range(3):
@@ -99,7 +99,7 @@ def test_torch_sampler_relabel_exports_to_what_train_fkd_expects(tmp_path):
                 u.logits = rng.normal(size=(u.count, C)).astype(np.float32)
                 w.write(u)
     res = _export(tmp_path / "t.zarr", tmp_path / "out")
-    assert res["files"] == 12
+    assert res.files == 12
     max_epoch, bs, num_img, maps = _sre2l_reader_view(str(tmp_path / "out"))
     assert (max_epoch, bs, num_img) == (E, B, n)
     r = open_store(str(tmp_path / "t.zarr"))

@@ -61,7 +61,7 @@ def test_sre2l_every_field_bit_for_bit(tmp_path, images, mix):
     truth = fx.write_sre2l(str(src), mix=mix)
     assert detect_format(str(src)) == "sre2l"
     res = _import(src, images, tmp_path / "s.zarr")
-    assert res["values"] == "logits" and res["lossy"] == [] and res["order"] == "torch-sampler"
+    assert res.values == "logits" and res.lossy == [] and res.order == "torch-sampler"
     r = open_store(str(tmp_path / "s.zarr"))
     assert r.spec.num_classes == 10 and r.spec.k == 10 and r.spec.batch_size == 32 and r.spec.epochs == 3
     assert r.num_units == 12 and r.spec.pruning is None
@@ -85,7 +85,7 @@ def test_gvbsm_uses_the_stored_indices(tmp_path, images):
     truth = fx.write_gvbsm(str(src), seed=5)  # a sampler seed the replay would not know
     assert detect_format(str(src)) == "gvbsm"
     res = _import(src, images, tmp_path / "g.zarr")
-    assert res["order"] == "ddpipe"
+    assert res.order == "ddpipe"
     r = open_store(str(tmp_path / "g.zarr"))
     for u, f in _files_by_unit(r, str(src), "gvbsm"):
         np.testing.assert_array_equal(u.sample_ids, f[6].numpy())
@@ -161,7 +161,7 @@ def test_lpqld_topk_logits_uint8_mix_fp16_crops(tmp_path, images, randaug):
     assert detect_format(str(src)) == "lpqld"
     res = _import(src, images, tmp_path / "q.zarr")
     r = open_store(str(tmp_path / "q.zarr"))
-    assert r.spec.k == 4 and res["lossy"] == []
+    assert r.spec.k == 4 and res.lossy == []
     index = json.load(open(src / "sampler_indices_batch.json"))
     for u, f in _files_by_unit(r, str(src), "lpqld"):
         np.testing.assert_array_equal(u.sample_ids, truth[u.unit])
@@ -190,7 +190,7 @@ def test_fkd_per_image_files(tmp_path, images):
     fx.write_fkd(str(src), images, num_crops=5)
     assert detect_format(str(src)) == "fkd"
     res = _import(src, images, tmp_path / "f.zarr", batch_size=40)
-    assert res["values"] == "probs" and res["lossy"] == []
+    assert res.values == "probs" and res.lossy == []
     r = open_store(str(tmp_path / "f.zarr"))
     assert r.spec.epochs == 5 and r.spec.k == 5 and r.spec.batches_per_epoch == 3
     names = sorted(os.path.relpath(os.path.join(dp, f), images) for dp, _, fs in os.walk(images) for f in fs)
@@ -228,8 +228,8 @@ def test_logit_store_any_temperature_matches_the_teacher(tmp_path, images):
 def test_probability_import_at_a_temperature(tmp_path, images):
     src = tmp_path / "sre2l"
     fx.write_sre2l(str(src), epochs=1)
-    res = _import(src, images, tmp_path / "p.zarr", values="probs", k=3, temperature=20.0, codec="fp32")
-    assert any("probabilities at T=20" in s for s in res["lossy"]) and any("top-3" in s for s in res["lossy"])
+    res = _import(src, images, tmp_path / "p.zarr", values="probs", k=3, temperature=20.0, value_codec="fp32")
+    assert any("probabilities at T=20" in s for s in res.lossy) and any("top-3" in s for s in res.lossy)
     r = open_store(str(tmp_path / "p.zarr"))
     u = r.read_unit(0)
     f = torch.load(src / "epoch_0" / "batch_0.tar", weights_only=False)

@@ -131,7 +131,7 @@ def test_interrupted_creation_leftovers_are_replaced(tmp_path):
     (old / "unit_epoch" / "zarr.json").write_text("{}")
     with pytest.raises(NotAStoreError):
         open_store(old)
-    create_store(old, SPEC, exist_ok=True).close()
+    create_store(old, SPEC, resume=True).close()
     assert open_store(old).num_units == SPEC.full_units
     dead = tmp_path / f".s{CREATING_TAG}{socket.gethostname()}-999999-abcd"
     os.makedirs(dead / "label_index")
@@ -217,7 +217,7 @@ def test_damaged_commit_record_is_named_and_resume_rewrites_the_shard(store):
     r.read_unit(0)  # other shards read
     with pytest.raises(ChunkCorruptError, match="commit record of shard 1 is damaged"):
         r.read_unit(4)
-    w = create_store(store, SPEC, exist_ok=True)
+    w = create_store(store, SPEC, resume=True)
     assert w.pending_shards() == [1]
     for e, b in w.pending_units():
         w.write(make_unit(SPEC, int(e), int(b)))

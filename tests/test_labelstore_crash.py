@@ -31,7 +31,7 @@ def start_child(python, env, path, which="all", die_array=""):
 
 
 def resume_in_process(path):
-    w = create_store(path, SPEC, exist_ok=True)
+    w = create_store(path, SPEC, resume=True)
     for e, b in w.pending_units():
         w.write(make_unit(SPEC, int(e), int(b)))
     assert w.close() == 0 and w.complete

@@ -147,7 +147,7 @@ def test_uncommitted_shard_is_invisible(tmp_path):
     with pytest.raises(IncompleteUnitError, match=r"epoch 1 batch 0 .. epoch 1 batch 2\) not written yet"):
         r.read_batch(1, 0)
     assert w.close() == 1  # one buffered unit lost, reported
-    w2 = create_store(tmp_path / "s", spec, exist_ok=True)
+    w2 = create_store(tmp_path / "s", spec, resume=True)
     assert w2.pending_units().tolist() == [[1, 0], [1, 1], [1, 2]]
     w2.write_many(units)  # replaying everything is fine: committed units are skipped
     r.refresh()
@@ -199,7 +199,7 @@ def test_format_1_store_reads_with_the_constant_fill(tmp_path, backend):
     with pytest.raises(FormatVersionError, match="format_version 1; this ddpipe writes format_version 3"):
         open_writer(path)
     with pytest.raises(FormatVersionError, match="prune or relabel into a new store"):
-        create_store(path, spec, exist_ok=True)
+        create_store(path, spec, resume=True)
     # ... and pruning it makes a standalone format-2 store holding the constant colours
     prune_store(path, str(tmp_path / "p"), 0.5, seed=1)
     p = open_store(str(tmp_path / "p"), backend=backend)

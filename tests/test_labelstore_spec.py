@@ -141,7 +141,7 @@ def test_unknown_format_version_is_refused(tmp_path, version):
         open_store(tmp_path / "s")
     assert want in str(info.value)
     with pytest.raises(FormatVersionError):
-        create_store(tmp_path / "s", spec, exist_ok=True)
+        create_store(tmp_path / "s", spec, resume=True)
 
 
 def test_create_refuses_to_clobber(tmp_path):
@@ -150,7 +150,7 @@ def test_create_refuses_to_clobber(tmp_path):
     with pytest.raises(StoreExistsError, match="already holds a store"):
         create_store(tmp_path / "s", spec)
     with pytest.raises(StoreExistsError, match="different spec"):
-        create_store(tmp_path / "s", spec.replace(k=2), exist_ok=True)
+        create_store(tmp_path / "s", spec.replace(k=2), resume=True)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.me").write_text("x")
     with pytest.raises(StoreExistsError, match="not an empty directory"):

@@ -163,7 +163,7 @@ def test_commit_on_complete_without_rename(bucket):
     with pytest.raises(IncompleteUnitError):
         r.read_unit(per_shard)
     assert not verify_store(url)["ok"]
-    resumed = create_store(url, spec, exist_ok=True)
+    resumed = create_store(url, spec, resume=True)
     assert resumed.pending_shards() == [1]
     resumed.write_many(units)
     assert open_store(url).complete and objects.get(key) == before
@@ -437,10 +437,10 @@ def test_import_to_s3_and_export_from_s3(bucket, tmp_path, no_endpoint_env):
     url = f"{bucket}/imported.zarr"
     res = run_import(ImportConfig(format="auto", src=str(src), images=images, out=url, progress=False,
                                   storage_options=opts))
-    assert res["out"] == url and res["units"] == 8
+    assert res.out == url and res.units == 8
     local = run_import(ImportConfig(format="auto", src=str(src), images=images, out=str(tmp_path / "l.zarr"),
                                     progress=False))
-    a, b = open_store(url, storage_options=opts), open_store(local["out"])
+    a, b = open_store(url, storage_options=opts), open_store(local.out)
     for u1, u2 in zip(a.iter_units(), b.iter_units()):
         np.testing.assert_array_equal(u1.topk_logits[1], u2.topk_logits[1])
         np.testing.assert_array_equal(u1.sample_ids, u2.sample_ids)
@@ -449,7 +449,7 @@ def test_import_to_s3_and_export_from_s3(bucket, tmp_path, no_endpoint_env):
     assert json.loads(s3fs.S3FileSystem(**opts).cat(f"{url}/results.json"))["units"] == 8
     out = run_export(ExportConfig(format="sre2l", store=url, out=str(tmp_path / "export"), progress=False,
                                   storage_options=opts))
-    assert out["exact"] and out["files"] == 8
+    assert out.exact and out.files == 8
     for e in range(2):
         for name in os.listdir(src / f"epoch_{e}"):
             x = torch.load(src / f"epoch_{e}" / name, weights_only=False)

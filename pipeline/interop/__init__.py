@@ -1,14 +1,15 @@
 """ddpipe.pipeline.interop: import and export the label folders of SRe2L, LPLD, LPQLD, G-VBSM and FKD.
 
-``run_import(ImportConfig(...))`` is ``ddpipe import``; ``run_export(ExportConfig(...))`` is
-``ddpipe export``. Folders are read with ``torch.load(weights_only=True)`` and a numpy allow-list
-(:mod:`~ddpipe.pipeline.interop.safe_load`); layouts and what is kept exactly: ``docs/interop.md``.
+``run_import(ImportConfig(...)) -> ImportResult`` is ``ddpipe import``;
+``run_export(ExportConfig(...)) -> ExportResult`` is ``ddpipe export``. Folders are read with
+``torch.load(weights_only=True)`` and a numpy allow-list (:mod:`~ddpipe.pipeline.interop.safe_load`);
+layouts and what is kept exactly: ``docs/interop.md``.
 """
 
 from .errors import InteropError
-from .exporter import ExportConfig, export_refusal, run_export
+from .exporter import ExportConfig, ExportResult, export_refusal, run_export
 from .folders import FORMATS, BatchRecord, LabelFolder, detect_format, open_folder
-from .importer import ImportConfig, run_import
+from .importer import ImportConfig, ImportResult, run_import
 from .safe_load import ALLOWED_GLOBALS, load_label_file
 
 __all__ = [
@@ -16,7 +17,9 @@ __all__ = [
     "FORMATS",
     "BatchRecord",
     "ExportConfig",
+    "ExportResult",
     "ImportConfig",
+    "ImportResult",
     "InteropError",
     "LabelFolder",
     "detect_format",

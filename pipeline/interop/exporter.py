@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ddpipe._progress import progress_bar
-from ddpipe.config import check_choices, option
+from ddpipe.config import Result, check_choices, option
 from ...labelstore import check_distinct_locations, dense_logits, open_store
 from ..schedule import SamplerReplay
 from .errors import InteropError
@@ -49,6 +49,23 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         check_choices(self, InteropError)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportResult(Result):
+    """What ``ddpipe export`` wrote; ``to_dict()`` is ``--json``'s object."""
+
+    format: str  # the layout written (sre2l)
+    store: str  # the store read
+    out: str  # the folder written (absolute path)
+    files: int  # batch files written
+    samples: int  # label rows written
+    epochs: int
+    batch_size: int
+    num_classes: int
+    exact: bool  # every logit as the store holds it (k = C and the fp16 codec)
+    note: str | None  # why not exact, else None
+    seconds: float
 
 
 def export_refusal(reader) -> str | None:
@@ -83,14 +100,14 @@ def _dense_logits(unit, spec) -> tuple[np.ndarray, bool]:
     return dense_logits(idx, val, unit.lse, spec.num_classes, spec.temperature).astype(np.float16), False
 
 
-def run_export(config: ExportConfig) -> dict:
-    """Write ``config.store`` as an SRe2L label folder at ``config.out``; returns the result record."""
+def run_export(config: ExportConfig) -> ExportResult:
+    """Write ``config.store`` as an SRe2L label folder at ``config.out``; what was written."""
     from ddpipe.phase import run_phase
 
     return run_phase(config, ExportConfig, _export, "export")
 
 
-def _export(config: ExportConfig) -> dict:
+def _export(config: ExportConfig) -> ExportResult:
     import torch
 
     t0 = time.perf_counter()
@@ -156,21 +173,22 @@ def _export(config: ExportConfig) -> dict:
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    return {
-        "format": "sre2l", "store": reader.path, "out": out, "files": written, "samples": samples,
-        "epochs": spec.epochs, "batch_size": B, "num_classes": spec.num_classes, "exact": exact,
-        "note": None if exact else (
+    return ExportResult(
+        format="sre2l", store=reader.path, out=out, files=written, samples=samples,
+        epochs=spec.epochs, batch_size=B, num_classes=spec.num_classes, exact=exact,
+        note=None if exact else (
             f"k={spec.k} < {spec.num_classes}: the other classes get the tail logit (docs/interop.md)"
             if spec.k < spec.num_classes else "fp32 logits rounded to SRe2L's fp16"),
-        "seconds": seconds,
-    }
+        seconds=seconds,
+    )
 
 
 run = run_export  # the phase entry point the CLI calls (ddpipe export)
 
 
-def summary_text(result: dict) -> str:
-    note = "" if result["exact"] else f"\n  note: {result['note']}"
-    return (f"exported {result['store']} -> {result['out']} (SRe2L train_FKD.py layout): {result['epochs']} epochs, "
-            f"{result['files']} batch files of {result['batch_size']}, {result['num_classes']} classes, "
-            f"{result['seconds']:.1f} s{note}")
+def summary_text(result: ExportResult | dict) -> str:
+    """The line(s) ``ddpipe export`` prints; takes the result or a dict read back from its JSON."""
+    r = ExportResult.from_dict(result) if isinstance(result, dict) else result
+    note = "" if r.exact else f"\n  note: {r.note}"
+    return (f"exported {r.store} -> {r.out} (SRe2L train_FKD.py layout): {r.epochs} epochs, "
+            f"{r.files} batch files of {r.batch_size}, {r.num_classes} classes, {r.seconds:.1f} s{note}")

@@ -5,7 +5,8 @@ unit; the writer holds at most one writer shard (about one epoch) in memory, so 
 with the folder. Every row keeps the image it belongs to (stored indices, or torch's sampler
 replayed), its crop, flip or cutout, and its batch's mix. Labels are kept as the teacher's logits
 when the store format has logit stores (``value_kind = logits``), else as top-k probabilities at a
-chosen temperature; the result says which fields were kept exactly and which were rounded.
+chosen temperature; the result (``run_import(ImportConfig(...)) -> ImportResult``) says which fields
+were kept exactly and which were rounded.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ddpipe._progress import progress_bar
-from ddpipe.config import check_choices, check_int, check_range, config_to_dict, option
+from ddpipe.config import Result, check_choices, check_int, check_range, config_to_dict, option
 from ...labelstore import StoreSpec, Unit, check_distinct_locations, create_store, logsumexp_at, store_info, top_k
 from ...labelstore.location import redact_storage_options, store_location, write_results
 from ..schedule import DDPIPE_ORDER, TORCH_SAMPLER_ORDER, ScheduleConfig
@@ -58,7 +59,8 @@ class ImportConfig:
     num_classes: int | None = option(
         None, help="class count (default: the logits' width; for top-k folders (LPQLD, FKD) the class folders of --images)")
     k: int | None = option(None, help="top-k entries kept per row (default all the folder holds: lossless)")
-    codec: str = option("fp16", choices=("fp16", "fp32", "uint8"), help="value codec (default fp16: SRe2L's fp16 logits bit for bit)")
+    value_codec: str = option("fp16", flags=("--codec",), choices=("fp16", "fp32", "uint8"),
+                              help="the store's value codec (default fp16: SRe2L's fp16 logits bit for bit)")
     values: str = option("auto", choices=VALUE_KINDS,
                          help="store logits (temperature chosen at training) or probabilities; auto = logits where the format has them")
     temperature: float | None = option(
@@ -85,6 +87,32 @@ class ImportConfig:
             check_range(InteropError, "temperature", self.temperature, min=0, min_exclusive=True)
         if self.images is None and self.num_samples is None:
             raise InteropError("give --images (the image set the labels refer to) or --num-samples")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportResult(Result):
+    """What ``ddpipe import`` wrote; ``to_dict()`` is ``--json``'s object and the store's ``results.json``
+    (which adds the ``config`` the import ran with)."""
+
+    source: str  # the folder's codebase (sre2l, lpld, lpqld, gvbsm, fkd)
+    src: str  # the label folder read
+    out: str  # the store's location (absolute path or URL)
+    units: int  # batches written
+    samples: int  # label rows written
+    num_samples: int  # images in the image set
+    num_classes: int
+    k: int  # values kept per row
+    value_codec: str  # the store's value codec (fp16, fp32, uint8)
+    values: str  # logits or probs: what the store keeps
+    temperature: float  # the store's temperature
+    order: str  # the batches' order: torch-sampler (SRe2L's RandomSampler replayed) or ddpipe
+    pruned: bool  # the folder held a pruned schedule (LPLD --prune_ratio)
+    lossy: list  # every rounding that happened, one line each; empty: none
+    source_bytes: int
+    store_bytes: int
+    ratio: float  # source_bytes / store_bytes
+    seconds: float
+    samples_per_s: float
 
 
 def logit_stores_supported() -> bool:
@@ -199,14 +227,14 @@ def _image_count(config: ImportConfig) -> tuple[int, str, int | None, list | Non
     return n, src.content_hash(), classes, names
 
 
-def run_import(config: ImportConfig) -> dict:
-    """Import ``config.src`` into a new store at ``config.out``; returns the result record."""
+def run_import(config: ImportConfig) -> ImportResult:
+    """Import ``config.src`` into a new store at ``config.out``; what was written and what was rounded."""
     from ddpipe.phase import run_phase
 
     return run_phase(config, ImportConfig, _import, "import")
 
 
-def _import(config: ImportConfig) -> dict:
+def _import(config: ImportConfig) -> ImportResult:
     t0 = time.perf_counter()
     check_distinct_locations(config.src, config.out, "import")
     if config.images is not None:
@@ -235,7 +263,7 @@ def _import(config: ImportConfig) -> dict:
         raise InteropError(f"{folder.root}: an FKD folder stores probabilities, not logits; use --values probs")
     if kind == "logits" and not logit_stores_supported():
         raise InteropError("this ddpipe's store format has no logit stores yet; use --values probs")
-    if kind == "logits" and config.codec == "uint8":
+    if kind == "logits" and config.value_codec == "uint8":
         raise InteropError("logit stores take the fp16 or fp32 codec (uint8 quantises probabilities only)")
     # a logit store's temperature is the reference at which its probabilities are read (and its
     # log-sum-exp taken); training picks its own. Default: the temperature the codebase trains with.
@@ -274,7 +302,7 @@ def _import(config: ImportConfig) -> dict:
             aux += randaug_aux(folder.details["randaug_layers"])
         extra_spec["aux_fields"] = aux
     spec = StoreSpec(
-        **spec_kw, k=k, value_codec=config.codec, temperature=temperature,
+        **spec_kw, k=k, value_codec=config.value_codec, temperature=temperature,
         seed=config.seed if order == TORCH_SAMPLER_ORDER else 0, augmentation=aug, image_set_hash=image_hash,
         **extra_spec,
     )
@@ -295,8 +323,9 @@ def _import(config: ImportConfig) -> dict:
     if k < stored_k:
         lossy.append(f"top-{k} of {stored_k}")
     src_dtype = folder.details.get("values_dtype")
-    if config.codec == "uint8" or (config.codec == "fp16" and (src_dtype != "float16" or (kind == "probs" and has_logits))):
-        lossy.append(f"values rounded to {config.codec}")
+    codec = config.value_codec
+    if codec == "uint8" or (codec == "fp16" and (src_dtype != "float16" or (kind == "probs" and has_logits))):
+        lossy.append(f"values rounded to {codec}")
     labels = _Labels(kind, k, num_classes, temperature)
     writer = create_store(config.out, spec, plan, overwrite=config.overwrite,
                           provenance={"imported_from": source, "import_lossy": lossy},
@@ -318,17 +347,17 @@ def _import(config: ImportConfig) -> dict:
     info = store_info(config.out, storage_options=config.storage_options)
     source_bytes = folder.source_bytes()
     store_bytes = int(info["bytes_on_disk"])
-    result = {
-        "source": folder.fmt, "src": folder.root, "out": store_location(config.out), "units": units, "samples": samples,
-        "num_samples": n, "num_classes": num_classes, "k": k, "codec": config.codec, "values": kind,
-        "temperature": temperature, "order": order, "pruned": spec.pruning is not None, "lossy": lossy,
-        "source_bytes": source_bytes, "store_bytes": store_bytes,
-        "ratio": source_bytes / store_bytes if store_bytes else math.inf, "seconds": seconds,
-        "samples_per_s": samples / seconds if seconds > 0 else math.inf,
-    }
+    result = ImportResult(
+        source=folder.fmt, src=folder.root, out=store_location(config.out), units=units, samples=samples,
+        num_samples=n, num_classes=num_classes, k=k, value_codec=config.value_codec, values=kind,
+        temperature=temperature, order=order, pruned=spec.pruning is not None, lossy=lossy,
+        source_bytes=source_bytes, store_bytes=store_bytes,
+        ratio=source_bytes / store_bytes if store_bytes else math.inf, seconds=seconds,
+        samples_per_s=samples / seconds if seconds > 0 else math.inf,
+    )
     recorded = config_to_dict(config)
     recorded["storage_options"] = redact_storage_options(recorded["storage_options"])
-    write_results(result["out"], {**result, "config": recorded}, config.storage_options)
+    write_results(result.out, {**result.to_dict(), "config": recorded}, config.storage_options)
     return result
 
 
@@ -390,14 +419,15 @@ def _fkd_keys(names: list | None, folder: FKDFolder) -> list:
 run = run_import  # the phase entry point the CLI calls (ddpipe import)
 
 
-def summary_text(result: dict) -> str:
-    lossy = "; ".join(result["lossy"]) if result["lossy"] else "none: every field as the folder stored it"
+def summary_text(result: ImportResult | dict) -> str:
+    """The lines ``ddpipe import`` prints; takes the result or a dict read back from its JSON."""
+    r = ImportResult.from_dict(result) if isinstance(result, dict) else result
+    lossy = "; ".join(r.lossy) if r.lossy else "none: every field as the folder stored it"
     return (
-        f"imported {result['source']} folder {result['src']} -> {result['out']}\n"
-        f"  {result['units']} batches, {result['samples']} samples, {result['num_samples']} images, "
-        f"{result['num_classes']} classes, k={result['k']} {result['values']} ({result['codec']}, T={result['temperature']:g}), "
-        f"order {result['order']}{', pruned' if result['pruned'] else ''}\n"
-        f"  {result['source_bytes'] / 1e6:.2f} MB -> {result['store_bytes'] / 1e6:.2f} MB (x{result['ratio']:.1f}) "
-        f"in {result['seconds']:.1f} s ({result['samples_per_s']:.0f} samples/s)\n"
+        f"imported {r.source} folder {r.src} -> {r.out}\n"
+        f"  {r.units} batches, {r.samples} samples, {r.num_samples} images, {r.num_classes} classes, "
+        f"k={r.k} {r.values} ({r.value_codec}, T={r.temperature:g}), order {r.order}{', pruned' if r.pruned else ''}\n"
+        f"  {r.source_bytes / 1e6:.2f} MB -> {r.store_bytes / 1e6:.2f} MB (x{r.ratio:.1f}) "
+        f"in {r.seconds:.1f} s ({r.samples_per_s:.0f} samples/s)\n"
         f"  rounded: {lossy}"
     )

@@ -55,7 +55,7 @@ def run_writer(path: str, spec_dict: dict, delay: float, emit) -> int:
     spec = StoreSpec.from_dict(spec_dict)
     emit("ready")
     try:
-        w = create_store(path, spec, exist_ok=True)
+        w = create_store(path, spec, resume=True)
         emit("created")
         for e, b in w.pending_units():
             e, b = int(e), int(b)

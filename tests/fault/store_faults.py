@@ -113,8 +113,8 @@ def build(path: str, spec: StoreSpec = SPEC, seed: int = 0) -> str:
 
 
 def resume_in_process(path: str, spec: StoreSpec = SPEC) -> None:
-    """What ``--resume`` does: create with exist_ok, write every pending unit."""
-    w = create_store(path, spec, exist_ok=True)
+    """What ``--resume`` does: create with resume=True, write every pending unit."""
+    w = create_store(path, spec, resume=True)
     for e, b in w.pending_units():
         w.write(make_unit(spec, int(e), int(b)))
     assert w.close() == 0 and w.complete
