@@ -1,7 +1,8 @@
 """``ddpipe bench scale``: relabel and training replay at a preset's real image and class counts.
 
 A rehearsal of what large-IPC runs do, on this machine: a synthetic image set at the preset's
-image count (times ``--fraction``) and class count, ``--image-size`` px PNGs written as an
+image count (times ``--fraction``) and class count, ``--image-size`` px images (``--image-format``:
+PNG, or JPEG at ``--jpeg-quality`` with photo-like detail, tens of KB at 224 px) written as an
 ImageFolder (one folder per class) and as WebDataset tar shards; a small random-weight teacher
 with the preset's class count (real forward passes); then, each phase in its own process so that
 its peak RSS is its own:
@@ -16,7 +17,11 @@ at ``F/8, F/4, F/2, F`` of the image count for one epoch, and at ``F`` for 1, 2 
 1/8 only, one epoch, dense targets: ``--fraction 1 --sweep 8 --sweep 1 --epochs 1 --targets dense``).
 
 Row fields: ``samples_per_s`` (images relabelled or replayed per second of the phase's wall time,
-over all ranks), ``peak_rss_mb`` (the largest rank's peak RSS), ``open_source_s`` (opening the
+over all ranks), ``peak_rss_mb`` (the largest single process's peak RSS: a rank or one of its loader
+workers), ``peak_rss_total_mb`` (the peak of the RSS summed over the ranks and their workers, sampled
+from ``/proc/<pid>/statm`` every 0.1 s; torchrun's launcher is not counted), ``image_size``,
+``image_format``, ``jpeg_quality`` and ``image_bytes_mean`` (the mean encoded file size), ``source_mode``
+(whether the source held its images in RAM or read them from the files), ``open_source_s`` (opening the
 ImageFolder: listing and reading every file, plus its content hash), ``bytes_per_sample_epoch``
 (``ddpipe info``'s), and, for relabel, ``overhead_share``: the share of wall time outside the
 teacher's forward and the image work (decode, crop/resize, collate, mix; measured by running the
@@ -41,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import common
-from ddpipe.config import check_choice, config_to_dict, option
+from ddpipe.config import check_choice, check_choices, config_to_dict, option
 from ddpipe.errors import DDPipeError
 
 DESCRIPTION = ("Relabel (1 and 2 ranks) and training replay (torch, DALI) at a preset's real image and class "
@@ -75,7 +80,9 @@ PRESETS = {
 COLUMNS = [
     ("preset", "preset", ""), ("fraction", "fraction", ".4g"), ("images", "images", ",d"), ("epochs", "epochs", "d"),
     ("phase", "phase", ""), ("backend", "backend", ""), ("targets", "targets", ""), ("ranks", "ranks", "d"),
+    ("image_size", "px", "d"), ("image_format", "format", ""),
     ("samples_per_s", "samples/s", ",.0f"), ("peak_rss_mb", "peak RSS MB", ",.0f"),
+    ("peak_rss_total_mb", "RSS sum MB", ",.0f"),
     ("open_source_s", "open s", ".2f"), ("bytes_per_sample_epoch", "B/sample-epoch", ".1f"),
     ("overhead_share", "overhead", ".1%"),
 ]
@@ -94,7 +101,11 @@ class Config:
     targets: tuple[str, ...] = option(("dense", "topk"), help="replay targets at F, 1 epoch, repeatable (default dense "
                                       "and topk; other rows replay dense)")
     epochs: tuple[int, ...] = option((1, 2, 4), help="epoch counts of the epoch sweep at F, repeatable (default 1 2 4)")
-    image_size: int = option(32, help="side of the synthetic PNGs and of the crops in px (default 32)")
+    image_size: int = option(32, help="side of the synthetic images and of the crops in px (default 32; 224 for "
+                             "SRe2L-family sets)")
+    image_format: str = option("png", choices=("png", "jpeg"), help="encoding of the synthetic images: png "
+                               "(default) or jpeg (photo-like detail, tens of KB at 224 px)")
+    jpeg_quality: int = option(90, help="JPEG quality of --image-format jpeg (default 90)")
     backends: tuple[str, ...] = option(("torch", "dali"), help="replay loaders, repeatable (default torch and dali)")
     ranks: int = option(2, help="ranks of the torchrun relabel (default 2; 1 skips it)")
     quick: bool = option(False, help="a one-minute run for tests: 1/200 of imagenet1k-ipc50 (F/2 and F), epochs 1 2, torch loader")
@@ -129,17 +140,24 @@ class Config:
             raise DDPipeError(f"epochs must be positive integers, got {self.epochs}")
         if self.ranks < 1 or self.image_size < 8:
             raise DDPipeError("ranks must be >= 1 and image_size >= 8")
+        check_choices(self, DDPipeError)
+        if not 1 <= self.jpeg_quality <= 100:
+            raise DDPipeError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
 
 
 # --- images ---------------------------------------------------------------------------------------
-def make_images(root: str, n: int, num_classes: int, size: int, seed: int) -> tuple[str, str]:
-    """``n`` random ``size``-px RGB PNGs over ``num_classes`` classes (image ``i`` of class ``i % C``;
+def make_images(root: str, n: int, num_classes: int, size: int, seed: int, fmt: str = "png",
+                quality: int = 90) -> tuple[str, str, float]:
+    """``n`` random ``size``-px RGB images over ``num_classes`` classes (image ``i`` of class ``i % C``;
     class folders ``c00000``…, every class has a folder), as an ImageFolder and as tar shards of
-    10,000 samples in the same order. Reused when already there."""
+    10,000 samples in the same order; returns both and the mean encoded size in bytes. PNGs are
+    smooth blobs (a 4x4 base upsampled); JPEGs (``fmt="jpeg"``, ``quality``) have photo-like detail
+    (a ``size/4`` base upsampled), tens of KB at 224 px. Reused when already there."""
     folder, shards = os.path.join(root, "imagefolder"), os.path.join(root, "shards")
     done = os.path.join(root, "done.json")
     if os.path.isfile(done):
-        return folder, shards
+        with open(done) as f:
+            return folder, shards, float(json.load(f).get("mean_bytes", 0.0))
     import io
 
     from PIL import Image
@@ -152,30 +170,37 @@ def make_images(root: str, n: int, num_classes: int, size: int, seed: int) -> tu
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % num_classes
     order = np.argsort(labels, kind="stable")  # the ImageFolder's sample order: by class, then file
-    tar = None
+    tar, total = None, 0
+    ext = "jpg" if fmt == "jpeg" else "png"
+    side = max(4, size // 4) if fmt == "jpeg" else 4
     for j, i in enumerate(order):
         # smooth blobs compress like photos more than noise does; small, so writing stays cheap
-        base = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        base = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
         img = np.asarray(Image.fromarray(base).resize((size, size), Image.BILINEAR))
         buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+        if fmt == "jpeg":
+            Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+        else:
+            Image.fromarray(img).save(buf, format="PNG", compress_level=1)
         data = buf.getvalue()
+        total += len(data)
         c = int(labels[i])
-        with open(os.path.join(folder, f"c{c:0{width}d}", f"img{i:07d}.png"), "wb") as f:
+        with open(os.path.join(folder, f"c{c:0{width}d}", f"img{i:07d}.{ext}"), "wb") as f:
             f.write(data)
         if j % 10000 == 0:
             if tar is not None:
                 tar.close()
             tar = tarfile.open(os.path.join(shards, f"shard-{j // 10000:05d}.tar"), "w")
-        for ext, payload in (("png", data), ("cls", str(c).encode())):
-            info = tarfile.TarInfo(f"s{j:07d}.{ext}")
+        for member, payload in ((ext, data), ("cls", str(c).encode())):
+            info = tarfile.TarInfo(f"s{j:07d}.{member}")
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
     if tar is not None:
         tar.close()
     with open(done, "w") as f:
-        json.dump({"images": n, "classes": num_classes, "size": size}, f)
-    return folder, shards
+        json.dump({"images": n, "classes": num_classes, "size": size, "format": fmt, "quality": quality,
+                   "mean_bytes": total / max(1, n)}, f)
+    return folder, shards, total / max(1, n)
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -254,7 +279,8 @@ def phase_relabel(job: dict) -> dict:
             st = ld.stage_seconds()
         image_s = sum(v for k, v in st.items() if k != "labels")
     return {"rank": rank, "world": world, "wall_s": wall, "open_source_s": open_s, "teacher_s": teacher.seconds,
-            "image_s": image_s, "images": out["images_labelled"], "peak_rss_mb": _peak_rss_mb()}
+            "image_s": image_s, "images": out["images_labelled"], "peak_rss_mb": _peak_rss_mb(),
+            "source_mode": getattr(source, "mode", None)}
 
 
 def phase_replay(job: dict) -> dict:
@@ -290,7 +316,8 @@ def phase_replay(job: dict) -> dict:
                 opt.step()
                 seen += int(images.shape[0])
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "open_source_s": open_s, "images": seen, "peak_rss_mb": _peak_rss_mb()}
+    return {"wall_s": wall, "open_source_s": open_s, "images": seen, "peak_rss_mb": _peak_rss_mb(),
+            "source_mode": getattr(source, "mode", None)}
 
 
 def _worker_main(argv: list[str]) -> int:
@@ -324,10 +351,54 @@ def _run_phase(job: dict, work: str, name: str, ranks: int = 1) -> list[dict]:
                "127.0.0.1", "--master-port", str(_free_port()), "--module", "ddpipe.bench.scale", "--phase", path]
     else:
         cmd = [sys.executable, "-m", "ddpipe.bench.scale", "--phase", path]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        peak_one, peak_sum = _watch_rss(proc, skip_root=ranks > 1)
+        err.seek(0)
+        stderr = err.read()
     if proc.returncode != 0:
-        raise DDPipeError(f"bench scale: phase {name} failed:\n{proc.stderr[-3000:]}")
-    return [json.load(open(f"{path}.rank{r}.json")) for r in range(ranks)]
+        raise DDPipeError(f"bench scale: phase {name} failed:\n{stderr[-3000:]}")
+    res = [json.load(open(f"{path}.rank{r}.json")) for r in range(ranks)]
+    for r in res:  # the ranks' own peaks (ru_maxrss) and the sampled ones of every process of the phase
+        r["peak_rss_one_mb"] = max(r["peak_rss_mb"], peak_one / 1e6)
+        r["peak_rss_total_mb"] = max(sum(x["peak_rss_mb"] for x in res), peak_sum / 1e6)
+    return res
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from ``/proc/<pid>/task/<tid>/children``)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _watch_rss(proc: subprocess.Popen, skip_root: bool, every: float = 0.1) -> tuple[int, int]:
+    """Wait for ``proc``, sampling the RSS of its process tree; returns the peak of the largest single
+    process and the peak of the sum (``skip_root``: leave out the root, torchrun's launcher)."""
+    peak_one = peak_sum = 0
+    while proc.poll() is None:
+        pids = _tree(proc.pid)[1 if skip_root else 0:]
+        rss = [_rss(p) for p in pids]
+        if rss:
+            peak_one, peak_sum = max(peak_one, max(rss)), max(peak_sum, sum(rss))
+        time.sleep(every)
+    return peak_one, peak_sum
 
 
 def _arrays_equal(a: str, b: str) -> bool:
@@ -353,7 +424,10 @@ def run(config: Config) -> int:
     t_start = time.time()
     load0 = os.getloadavg()
     print(f"bench scale: {p.name} ({p.num_samples:,} images, {p.num_classes:,} classes) at fractions "
-          f"{', '.join(f'{f:.4g}' for f in fractions)}; work in {work}", file=out)
+          f"{', '.join(f'{f:.4g}' for f in fractions)}; {config.image_size} px {config.image_format.upper()}"
+          f"{f' (quality {config.jpeg_quality})' if config.image_format == 'jpeg' else ''}; work in {work}", file=out)
+
+    mean_bytes = None
 
     def row(fraction, n, epochs, phase, backend, ranks, res, store, targets=None, **extra):
         images = sum(r["images"] for r in res)
@@ -367,7 +441,13 @@ def run(config: Config) -> int:
                      "overhead_us_per_sample": 1e6 * share * wall / max(1, images)}
         d = {"preset": p.name, "fraction": fraction, "images": n, "epochs": epochs, "phase": phase,
              "backend": backend, "targets": targets, "ranks": ranks, "samples_per_s": images / wall if wall else None,
-             "peak_rss_mb": max(r["peak_rss_mb"] for r in res), "open_source_s": max(r["open_source_s"] for r in res),
+             "image_size": config.image_size, "image_format": config.image_format,
+             "jpeg_quality": config.jpeg_quality if config.image_format == "jpeg" else None,
+             "image_bytes_mean": mean_bytes, "source_mode": res[0].get("source_mode"),
+             "peak_rss_mb": max(r["peak_rss_one_mb"] for r in res),
+             "peak_rss_total_mb": max(r["peak_rss_total_mb"] for r in res),
+             "peak_rss_ranks_mb": [r["peak_rss_mb"] for r in res],
+             "open_source_s": max(r["open_source_s"] for r in res),
              "bytes_per_sample_epoch": info["bytes_per_sample_epoch"], "overhead_share": None, "wall_s": wall, **extra,
              **split}
         rows.append(d)
@@ -380,9 +460,13 @@ def run(config: Config) -> int:
         for f, epochs in plan:
             n = max(1, round(p.num_samples * f))
             t0 = time.perf_counter()
-            folder, shards = make_images(os.path.join(images_root, f"{p.name}-{n}-{config.image_size}px"), n,
-                                         p.num_classes, config.image_size, config.seed)
+            where = f"{p.name}-{n}-{config.image_size}px" + (
+                f"-jpeg{config.jpeg_quality}" if config.image_format == "jpeg" else "")
+            folder, shards, mean_bytes = make_images(os.path.join(images_root, where), n, p.num_classes,
+                                                     config.image_size, config.seed, config.image_format,
+                                                     config.jpeg_quality)
             make_s = time.perf_counter() - t0
+            print(f"  {n:,} images: mean file size {mean_bytes / 1e3:,.1f} KB", file=out, flush=True)
             job = {"phase": "relabel", "images": folder, "num_classes": p.num_classes, "image_size": config.image_size,
                    "batch_size": p.batch_size, "k": min(p.k, p.num_classes), "codec": p.codec, "seed": config.seed,
                    "epochs": epochs}
@@ -434,6 +518,9 @@ def _command(config: Config) -> str:
             cmd += "".join(f" --{name} {v}" for v in value)
     if config.ranks != 2:
         cmd += f" --ranks {config.ranks}"
+    if config.image_size != 32 or config.image_format != "png":
+        cmd += f" --image-size {config.image_size} --image-format {config.image_format}"
+        cmd += f" --jpeg-quality {config.jpeg_quality}" if config.image_format == "jpeg" else ""
     return cmd
 
 
