@@ -6,6 +6,10 @@ relabel so only kept units are computed), measures the bytes on disk, the sequen
 read rates on one core, and, in the same run, SRe2L's layout: the same labels as per-batch
 ``torch.save`` files (full fp16 logits), read back with ``torch.load``. Labels come from the
 seeded teacher-logit model in :mod:`ddpipe.bench.teacher_model`; there is no real teacher here.
+
+``--side-by-side`` (``--quick`` for a tiny shape) runs the content grid of :mod:`ddpipe.bench.store_layouts`
+instead: the same labels and crop records in ddpipe's format 3 and 4 and in LPQLD's, TinyViT's and
+SRe2L's own layouts, bytes and random reads side by side.
 """
 
 from __future__ import annotations
@@ -115,6 +119,13 @@ class Config:
         300.0, help="MB of SRe2L-format batch files written for the baseline, at most 2,000 files (default 300)")
     results_dir: str | None = option(None, help="where the results JSON goes (default bench/results under the current directory)")
     seed: int = option(0, help="seed of the schedule, teacher model and pruning (default 0)")
+    side_by_side: bool = option(
+        False, help="the content grid instead: the same labels in ddpipe's format 3 and 4 and in LPQLD's, TinyViT's "
+                    "and SRe2L's layouts, bytes and random reads side by side (bench/store_layouts.py)")
+    max_units: int = option(
+        200, help="--side-by-side: units written per cell, the first of its kept plan, held in memory (default 200; "
+                  "0 = all); projected_bytes = bytes per sample-epoch x the kept schedule's sample-epochs")
+    quick: bool = option(False, help="--side-by-side at a tiny shape (1,000 classes, k 10 and 50; tests)")
     json: bool = option(False, help="print the rows as one JSON object on stdout", cli=False)
 
     def __post_init__(self) -> None:
@@ -138,6 +149,7 @@ class Config:
         set_(self, "keep", tuple(dict.fromkeys(keeps)) or (1.0, 1 / 40))
         check_int(DDPipeError, "epochs", self.epochs, min=1, allow_none=True)
         check_int(DDPipeError, "k", self.k, min=1, max=min(PRESETS[n].num_classes for n in names))
+        check_int(DDPipeError, "max_units", self.max_units, min=0)
         for name in ("workers", "repeats", "seq_samples", "random_units"):
             check_int(DDPipeError, name, getattr(self, name), min=1)
         check_int(DDPipeError, "core", self.core, min=0)
@@ -529,9 +541,52 @@ def _payload(rows: list, infos: dict, t_start: float, config: Config, complete: 
     }
 
 
+QUICK_PRESET = Preset("quick-1k", 1000, 1, 2, 250, 32, "sre2l", "cutmix", "tiny side-by-side shape for tests")
+
+
+def side_by_side_cells(config: Config) -> list:
+    """The content grid (``store_layouts.SIDE_GRID`` x ``SIDE_KEEPS``), or ``--quick``'s tiny one."""
+    from .store_layouts import SIDE_GRID, SIDE_KEEPS, Cell
+
+    if config.quick:
+        return [Cell(QUICK_PRESET, k, keep) for k in (10, 50) for keep in (1.0, 0.5)]
+    grid = [(PRESETS[n], k) for n, k in SIDE_GRID]
+    if config.epochs is not None:
+        grid = [(replace(p, epochs=config.epochs), k) for p, k in grid]
+    return [Cell(p, k, keep) for p, k in grid for keep in SIDE_KEEPS]
+
+
+def run_side_by_side(config: Config) -> int:
+    """``--side-by-side``: every cell's rows (``store_layouts.run_cell``), the table and the results JSON."""
+    import json
+
+    from .store_layouts import SIDE_COLUMNS, run_cell
+    from .teacher_model import MODEL_NOTE
+
+    out = common.table_stream(config.json)
+    workdir, _ = _workdir(config)
+    rows, t_start = [], time.time()
+    try:
+        for cell in side_by_side_cells(config):
+            say(True, f"side-by-side: {cell.preset.name} k={cell.k} keep={cell.keep:.4g}")
+            rows += run_cell(cell, workdir, config, config.max_units)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(common.format_table(rows, SIDE_COLUMNS), file=out)
+    payload = {**_payload(rows, {}, t_start, config, True), "benchmark": "store-side-by-side", "labels": MODEL_NOTE}
+    path = common.write_results("store-side-by-side", payload, config.results_dir)
+    print(f"wrote {path}", file=out)
+    if config.json:
+        sys.stdout.write(json.dumps(payload, default=common.json_default) + "\n")
+    return 0
+
+
 def run(config: Config) -> int:
     """Run the presets of ``config``: print the table, write the results JSON; returns 0."""
     import json
+
+    if config.side_by_side or config.quick:
+        return run_side_by_side(config)
 
     from .teacher_model import MODEL_NOTE
 

@@ -42,9 +42,9 @@ from ddpipe.config import Result, check_int, check_out_path, check_range, check_
 from ._phase import ResumeOption, RunOptions
 from .errors import RelabelError
 from .teacher import TeacherOptions
-from ..labelstore.codecs import list_codecs
+from ..labelstore.codecs import get_codec, list_codecs
 from ..labelstore.location import results_path, write_results
-from ..labelstore.spec import MIX_KINDS
+from ..labelstore.spec import FORMAT_VERSION, MIX_KINDS, WRITE_FORMAT_VERSIONS
 from ..pipeline.backends import BACKENDS as LOADERS
 
 __all__ = ["RelabelConfig", "RelabelResult", "run", "summary_text", "results_path", "check_continuation"]
@@ -80,7 +80,11 @@ class RelabelConfig(TeacherOptions, ResumeOption, RunOptions):
     k: int = option(10, flags=("--topk",), group="schedule and labels",
                     help="soft-label entries kept per sample (top-k), 1 .. the teacher's classes (default 10)")
     value_codec: str = option("fp16", flags=("--codec",), choices=list_codecs, group="schedule and labels",
-                              help="value codec: fp32, fp16 or uint8 (default fp16)")
+                              help="value codec: fp32, fp16 or uint8 (default fp16); with --format-version 4 also "
+                                   "absM / absMd (probabilities to within 1/M, docs/format.md)")
+    format_version: int = option(FORMAT_VERSION, choices=WRITE_FORMAT_VERSIONS, group="schedule and labels",
+                                 help=f"store format written: {FORMAT_VERSION} (default) or 4 (class indices bit-packed, "
+                                      "the quantised abs* codecs; docs/format.md)")
     value_kind: str = option("probs", group="schedule and labels", choices=("probs", "logits"),
                              help="store softmax(logits / T) (probs, default) or the top-k logits and each row's "
                              "log-sum-exp, so `ddpipe train -T` chooses the temperature (logits; fp16 or fp32 codec)")
@@ -121,6 +125,10 @@ class RelabelConfig(TeacherOptions, ResumeOption, RunOptions):
         check_int(e, "workers", self.workers, min=0)
         check_range(e, "min_scale", self.min_scale, min=0.0, max=1.0, min_exclusive=True, allow_none=True)
         check_range(e, "keep", self.keep, min=0.0, max=1.0, min_exclusive=True, allow_none=True)
+        needs = get_codec(self.value_codec).min_format
+        if needs > self.format_version:
+            raise e(f"value_codec {self.value_codec} needs format_version {needs} (--format-version {needs}), "
+                    f"got {self.format_version}")
         if self.value_kind == "logits" and self.value_codec == "uint8":
             raise e("value_kind logits needs the fp16 or fp32 codec, not uint8")
         if not isinstance(self.schedule, str) or not self.schedule:
@@ -245,7 +253,7 @@ def _run(config: RelabelConfig) -> RelabelResult:
         source, schedule, epochs=config.epochs, batch_size=config.batch_size, num_classes=t.num_classes,
         k=config.k, seed=config.seed, value_codec=config.value_codec, temperature=config.temperature,
         teacher_hash=thash, value_kind=config.value_kind, keep=config.keep, granularity=config.granularity,
-        prune_seed=config.prune_seed,
+        prune_seed=config.prune_seed, format_version=config.format_version,
     )
     summary = relabel(
         out, source, ensemble, sched, spec, loader=loader, rank=dist.rank, world_size=dist.world_size,

@@ -1,4 +1,4 @@
-"""The arrays of a store (format 2, and the format-1 subset): names, dtypes, shapes, chunking and codecs.
+"""The arrays of a store (formats 3 and 4, and the format 1-2 subsets): names, dtypes, shapes, chunking and codecs.
 
 One plain array per field (no structured dtypes), all indexed ``[unit, ...]`` in training order.
 Every array is sharded along the unit axis with ``units_per_shard`` units per shard, so one
@@ -15,7 +15,7 @@ import numpy as np
 
 from .binding import record_bytes
 from .codecs import get_codec
-from .spec import CHUNK_SAMPLES, FORMAT_VERSION, StoreSpec
+from .spec import CHUNK_SAMPLES, PACKED_FORMAT_VERSION, StoreSpec
 
 PAD_SAMPLE_ID = 2**32 - 1
 """``sample_id`` of the padding slots of a short last batch."""
@@ -58,10 +58,21 @@ AUX_ARRAY = "sample_aux"
 """Stores with ``aux_fields``: float64 ``[U, B, len(aux_fields)]``, per-sample values named by the spec."""
 
 
-def array_defs(spec: StoreSpec, format_version: int = FORMAT_VERSION) -> list[ArrayDef]:
+def crop_dtype(spec: StoreSpec) -> np.dtype:
+    """``sample_crop``'s dtype: float32 with ``exact_fields``; with a ``crop_grid`` (format 4) uint8 up
+    to 255 pixels, else uint16; otherwise uint16 fixed point (``CROP_SCALE``)."""
+    if spec.exact_fields:
+        return np.dtype("<f4")
+    if spec.crop_grid and spec.crop_grid <= 255:
+        return np.dtype("u1")
+    return np.dtype("<u2")
+
+
+def array_defs(spec: StoreSpec, format_version: int | None = None) -> list[ArrayDef]:
     """The data arrays of a store with this spec (not counting ``commit_shard``), as format
-    ``format_version`` lays them out (the reader passes the store's own version)."""
+    ``format_version`` lays them out (default: the spec's; the reader passes the store's own version)."""
     b, k = spec.batch_size, spec.k
+    format_version = spec.format_version if format_version is None else format_version
     codec = get_codec(spec.value_codec)
     defs = [
         ArrayDef("unit_epoch", np.dtype("<i4"), (), -1),
@@ -73,14 +84,17 @@ def array_defs(spec: StoreSpec, format_version: int = FORMAT_VERSION) -> list[Ar
         ArrayDef("unit_mix_box", np.dtype("<u2"), (4,), 0, ("box",)),
         ArrayDef("unit_mix_perm", spec.slot_dtype, (b,), 0, ("slot",)),
         ArrayDef("sample_id", np.dtype("<u4"), (b,), PAD_SAMPLE_ID, ("slot",)),
-        ArrayDef("sample_crop", np.dtype("<f4") if spec.exact_fields else np.dtype("<u2"), (b, 4), 0, ("slot", "box")),
+        ArrayDef("sample_crop", crop_dtype(spec), (b, 4), 0, ("slot", "box")),
         ArrayDef("sample_flip", np.dtype("u1"), (b,), 0, ("slot",)),
         ArrayDef("sample_cutout", np.dtype("<u2"), (b, 4), 0, ("slot", "box")),
     ]
     if format_version >= 2:
         defs.append(ArrayDef(FILL_ARRAY, np.dtype("u1"), (b, FILL_CHANNELS), 0, ("slot", "channel")))
+    if format_version >= PACKED_FORMAT_VERSION:  # k indices of index_bits each, bit-packed per sample (packing.py)
+        defs.append(ArrayDef("label_index", np.dtype("u1"), (b, spec.packed_index_bytes), 0, ("slot", "byte")))
+    else:
+        defs.append(ArrayDef("label_index", spec.index_dtype, (b, k), 0, ("slot", "k")))
     defs += [
-        ArrayDef("label_index", spec.index_dtype, (b, k), 0, ("slot", "k")),
         ArrayDef("label_value", codec.dtype, (b, k), 0, ("slot", "k")),
     ]
     if codec.has_scale:

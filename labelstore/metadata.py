@@ -53,7 +53,7 @@ def make_attrs(spec: StoreSpec, plan, provenance: dict | None = None, store_id: 
     prov = {"software": software_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     prov.update(provenance or {})
     body = {
-        "format_version": FORMAT_VERSION,
+        "format_version": spec.format_version,  # 3 unless the spec asks for 4
         "store_id": store_id or new_store_id(),
         "spec": spec.to_dict(),
         "num_units": int(len(plan)),
@@ -85,6 +85,8 @@ def parse_attrs(attrs: Any, where: str) -> StoreMeta:
     if version >= BOUND_FORMAT_VERSION:
         check_checksum(a, where)  # before trusting any field: an edited temperature or k is refused
     spec = StoreSpec.from_dict(a.get("spec"))
+    if spec.format_version != max(version, FORMAT_VERSION):
+        raise SpecError(f"{where}: spec.format_version {spec.format_version} does not match the store's format_version {version}")
     num_units = a.get("num_units")
     if not isinstance(num_units, int) or num_units <= 0:
         raise SpecError(f"{where}: num_units must be a positive integer, got {num_units!r}")

@@ -7,7 +7,8 @@ runs while the backend decodes). A read that fails its checksum or decodes badly
 :class:`ChunkCorruptError`, a shard that is intact but not where it belongs
 :class:`MisplacedShardError`, values out of their range :class:`StoredValueError`, each naming the
 array and the units. The plan the reader checks against is recomputed from the spec. Damaged or
-misplaced data is never returned.
+misplaced data is never returned. Format 4's bit-packed ``label_index`` is unpacked right after the
+read (before any check), so a :class:`Slab`'s arrays hold class indices in every format.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ from .location import store_location
 from .metadata import StoreMeta, is_local, read_meta
 from .objects import Objects
 from .plan import recomputed_plan
-from .spec import MIX_KINDS, StoreSpec
+from .packing import unpack_indices
+from .spec import MIX_KINDS, PACKED_FORMAT_VERSION, StoreSpec
 from .topk import logit_probs
 from .unit import Unit
 
@@ -74,12 +76,15 @@ class MissingObject(ChunkCorruptError):
 class Slab:
     """Consecutive units ``[start, stop)`` as stored (padded to the batch size). The arrays are
     those of the current format: for a format-1 store, ``sample_cutout_fill`` is filled in from
-    the augmentation record's constant colour (:func:`ddpipe.labelstore.layout.augmentation_fill`)."""
+    the augmentation record's constant colour (:func:`ddpipe.labelstore.layout.augmentation_fill`); for a
+    format-4 store, ``label_index`` holds the unpacked indices (the spec's index dtype, ``[n, B, k]``) and
+    integer ``sample_crop`` is divided by ``crop_scale`` (the spec's ``crop_grid``, or 65535)."""
 
     start: int
     arrays: dict[str, np.ndarray]
     values: np.ndarray  # float32 [n, B, k], decoded: probabilities (at the store's temperature for a logit store)
     logits: np.ndarray | None = None  # float32 [n, B, k]: a logit store's top-k logits as stored
+    crop_scale: int = CROP_SCALE  # integer crops are divided by this: the spec's crop_grid, or 1/65535 fixed point
 
     def __len__(self) -> int:
         return len(self.arrays["unit_count"])
@@ -93,7 +98,7 @@ class Slab:
             batch=int(a["unit_batch"][i]),
             sample_ids=a["sample_id"][i, :b].astype(np.int64),
             crops=(a["sample_crop"][i, :b].copy() if a["sample_crop"].dtype.kind == "f"
-                   else a["sample_crop"][i, :b].astype(np.float32) / np.float32(CROP_SCALE)),
+                   else a["sample_crop"][i, :b].astype(np.float32) / np.float32(self.crop_scale)),
             flips=a["sample_flip"][i, :b].astype(bool),
             cutout=a["sample_cutout"][i, :b].astype(np.int32),
             cutout_fill=a[FILL_ARRAY][i, :b].astype(np.uint8),
@@ -460,14 +465,17 @@ class StoreReader:
             fill = np.zeros((stop - start, self.spec.batch_size, FILL_CHANNELS), np.uint8)
             fill[valid] = self._default_fill  # padding slots stay 0, as a writer stores them
             arrays[FILL_ARRAY] = fill
+        if self.format_version >= PACKED_FORMAT_VERSION:  # bit-packed indices: unpacked here, before any check
+            arrays["label_index"] = unpack_indices(arrays["label_index"], self.spec.index_bits, self.spec.k,
+                                                   self.spec.index_dtype)
         if check_values:
             self._check_stored(arrays, start, stop)
         values = self.codec.decode(arrays["label_value"], arrays.get("label_scale"))
         if self.spec.value_kind == "logits":
             logits = values
             values = logit_probs(logits, arrays[LSE_ARRAY], self.spec.num_classes, self.spec.temperature)
-            return Slab(start, arrays, values, logits)
-        return Slab(start, arrays, values)
+            return Slab(start, arrays, values, logits, self.spec.crop_scale)
+        return Slab(start, arrays, values, crop_scale=self.spec.crop_scale)
 
     def _check_stored(self, a: dict[str, np.ndarray], start: int, stop: int) -> None:
         """Refuse units that are not the plan's or hold values no reader can use (a class index
@@ -512,7 +520,7 @@ class StoreReader:
                 bad = np.flatnonzero((~finite.reshape(*finite.shape[:2], -1).all(axis=2) & valid).any(axis=1))
                 if bad.size:
                     fail(bad[0], name, "a logit or log-sum-exp that is not finite")
-        if spec.num_classes < np.iinfo(a["label_index"].dtype).max + 1:
+        if spec.num_classes < 2 ** (8 * a["label_index"].dtype.itemsize):
             over = (a["label_index"] >= spec.num_classes).any(axis=2) & valid
             bad = np.flatnonzero(over.any(axis=1))
             if bad.size:

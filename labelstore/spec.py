@@ -22,10 +22,17 @@ FORMAT_VERSION = 3
 version 3 binds content: a store id and a checksum in the attributes, a commit record per shard
 holding the store id, shard, unit range and each array object's SHA-256."""
 
-READ_FORMAT_VERSIONS = (1, 2, 3)
+READ_FORMAT_VERSIONS = (1, 2, 3, 4)
 """The formats this code reads; any other version is refused. Version-1 stores have no
 ``sample_cutout_fill``: their per-sample colour is the augmentation record's constant ``fill``.
 Version-1 and -2 stores have one-byte commit flags and no content binding."""
+
+WRITE_FORMAT_VERSIONS = (3, 4)
+"""The formats a writer writes: 3 (the default) or 4 when the spec asks (``StoreSpec(format_version=4)``):
+class indices bit-packed, the quantised ``abs*`` value codecs, crops on their pixel grid (``crop_grid``)."""
+
+PACKED_FORMAT_VERSION = 4
+"""The first format with bit-packed ``label_index`` and ``crop_grid`` crops."""
 
 BOUND_FORMAT_VERSION = 3
 """The first format with content binding (store id, attribute checksum, commit records)."""
@@ -40,7 +47,8 @@ VALUE_KINDS = ("probs", "logits")
 top-k logits with each row's log-sum-exp at ``temperature`` in ``label_lse`` (``logits``), so the
 training temperature is chosen when training (``docs/format.md`` §5)."""
 
-OPTIONAL_SPEC_FIELDS = {"value_kind": "probs", "exact_fields": False, "aux_fields": ()}
+OPTIONAL_SPEC_FIELDS = {"value_kind": "probs", "exact_fields": False, "aux_fields": (), "format_version": FORMAT_VERSION,
+                        "crop_grid": 0}
 """Spec fields written into the attributes only when they differ from these defaults, so stores
 that do not use them keep exactly the attributes they had before the fields existed."""
 
@@ -139,7 +147,7 @@ class StoreSpec:
     epochs: int  # student training epochs the labels cover
     batch_size: int  # relabel batch = replay batch; the last batch of an epoch may be short
     k: int  # soft-label entries kept per sample (k = num_classes keeps everything)
-    value_codec: str = "fp16"  # how top-k probabilities are stored: fp32 | fp16 | uint8
+    value_codec: str = "fp16"  # how top-k probabilities are stored: fp32 | fp16 | uint8, format 4 also abs256 … abs8192(d)
     temperature: float = 1.0  # stored values are softmax(logits / temperature)
     seed: int = 0  # seed of the replay schedule (order, crops, flips, mixes)
     augmentation: dict = field(default_factory=dict)  # crop scale/ratio, flip, mix, output size …
@@ -150,6 +158,8 @@ class StoreSpec:
     value_kind: str = "probs"  # probs | logits: what label_value holds (VALUE_KINDS)
     exact_fields: bool = False  # crops as float32 fractions and lambda as float64, exactly as given
     aux_fields: tuple = ()  # names of per-sample float64 values kept in sample_aux (an importer's extra fields)
+    format_version: int = FORMAT_VERSION  # the format written: 3, or 4 (packed indices, abs* codecs, crop_grid)
+    crop_grid: int = 0  # format 4: crops stored as integer pixels of a source image this many pixels a side; 0 = 1/65535 fixed point
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -175,12 +185,23 @@ class StoreSpec:
         set_(self, "pruning", parse_pruning(self.pruning))
         if self.value_kind not in VALUE_KINDS:
             raise SpecError(f"value_kind must be one of {VALUE_KINDS}, got {self.value_kind!r}")
-        if self.value_kind == "logits" and get_codec(self.value_codec).has_scale:
+        if self.value_kind == "logits" and get_codec(self.value_codec).dtype.kind != "f":
             raise SpecError(f"a logit store takes the fp16 or fp32 codec, not {self.value_codec!r} (it quantises probabilities)")
         if not isinstance(self.exact_fields, (bool, np.bool_)):
             raise SpecError(f"exact_fields must be true or false, got {self.exact_fields!r}")
         set_(self, "exact_fields", bool(self.exact_fields))
         set_(self, "aux_fields", parse_aux_fields(self.aux_fields))
+        fv = self.format_version
+        if isinstance(fv, bool) or not isinstance(fv, (int, np.integer)) or int(fv) not in WRITE_FORMAT_VERSIONS:
+            raise SpecError(f"format_version must be one of {WRITE_FORMAT_VERSIONS}, got {fv!r}")
+        set_(self, "format_version", int(fv))
+        codec = get_codec(self.value_codec)
+        if codec.min_format > self.format_version:
+            raise SpecError(f"value codec {self.value_codec!r} needs format_version {codec.min_format}, got {self.format_version}")
+        set_(self, "crop_grid", parse_nonnegative_int("crop_grid", self.crop_grid))
+        if self.crop_grid and (self.format_version < PACKED_FORMAT_VERSION or self.exact_fields or self.crop_grid > 65535):
+            raise SpecError(f"crop_grid (integer source pixels, 1..65535) needs format_version 4 and no exact_fields, "
+                            f"got crop_grid={self.crop_grid}, format_version={self.format_version}, exact_fields={self.exact_fields}")
 
     # --- derived shape -------------------------------------------------------------------
     @property
@@ -202,9 +223,24 @@ class StoreSpec:
         return np.dtype("<u2") if self.num_classes <= 65535 else np.dtype("<u4")
 
     @property
+    def index_bits(self) -> int:
+        """Format 4: bits of one packed class index, ``max(1, ceil(log2(num_classes)))``."""
+        return max(1, (self.num_classes - 1).bit_length())
+
+    @property
+    def packed_index_bytes(self) -> int:
+        """Format 4: bytes of one sample's packed top-k indices, ``ceil(k * index_bits / 8)``."""
+        return -(-self.k * self.index_bits // 8)
+
+    @property
     def slot_dtype(self) -> np.dtype:
         """dtype of in-batch positions (the mix permutation)."""
         return np.dtype("<u2") if self.batch_size <= 65536 else np.dtype("<u4")
+
+    @property
+    def crop_scale(self) -> int:
+        """What a stored integer crop coordinate is divided by: ``crop_grid``, or 65535 (fixed point)."""
+        return self.crop_grid or 65535
 
     def batch_count(self, batch: int) -> int:
         """Valid samples in batch ``batch`` of an epoch (the last one may be short)."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from ddpipe._progress import progress_bar
 from .errors import ChunkCorruptError
-from .layout import CROP_SCALE, PAD_SAMPLE_ID
+from .layout import PAD_SAMPLE_ID
 from .reader import DamagedObject, StoreReader, open_store
 from .spec import MIX_KINDS
 
@@ -81,7 +81,8 @@ def _check_values(reader: StoreReader, start: int, slab_arrays: dict, values: np
                 bad("sample_crop", "crop box reaches outside the image")
         else:
             crop = a["sample_crop"][i, :n].astype(np.int64)
-            if np.any(crop[:, 0] + crop[:, 2] > CROP_SCALE + 1) or np.any(crop[:, 1] + crop[:, 3] > CROP_SCALE + 1):
+            lim = spec.crop_scale + (0 if spec.crop_grid else 1)  # whole pixels add up exactly; fixed point rounds
+            if np.any(crop[:, 0] + crop[:, 2] > lim) or np.any(crop[:, 1] + crop[:, 3] > lim):
                 bad("sample_crop", "crop box reaches outside the image")
         idx = a["label_index"][i, :n].astype(np.int64)
         if idx.max() >= spec.num_classes:

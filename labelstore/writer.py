@@ -60,7 +60,8 @@ from .lease import DEFAULT_LEASE_TTL, ShardLeases, pid_alive
 from .location import store_location
 from .metadata import ATTR_KEY, is_local, make_attrs, open_group, parse_attrs
 from .objects import Objects
-from .spec import FORMAT_VERSION, MIX_KINDS, StoreSpec, parse_plan
+from .packing import pack_indices
+from .spec import MIX_KINDS, PACKED_FORMAT_VERSION, WRITE_FORMAT_VERSIONS, StoreSpec, parse_plan
 from .topk import logsumexp_at, softmax_at, top_k
 from .unit import Unit
 
@@ -83,10 +84,10 @@ class StoreWriter:
         self._group = group
         self.path = path = store_location(path)
         meta = parse_attrs(dict(group.attrs), path)
-        if meta.format_version != FORMAT_VERSION:
+        if meta.format_version not in WRITE_FORMAT_VERSIONS or meta.format_version != meta.spec.format_version:
             raise FormatVersionError(
                 f"{path} has format_version {meta.format_version}; this ddpipe writes format_version "
-                f"{FORMAT_VERSION} only: read it as it is, or prune or relabel into a new store"
+                f"{' or '.join(map(str, WRITE_FORMAT_VERSIONS))} only: read it as it is, or prune or relabel into a new store"
             )
         self.spec: StoreSpec = meta.spec
         self.meta = meta
@@ -244,6 +245,9 @@ class StoreWriter:
         missing = set(self._defs) - set(rows)
         if missing:
             raise SpecError(f"unit (epoch {epoch}, batch {batch}): rows lack arrays {sorted(missing)}")
+        if self.spec.format_version >= PACKED_FORMAT_VERSION and np.asarray(rows["label_index"]).dtype != np.uint8:
+            # a reader's rows carry the indices unpacked (uint16/uint32 [B, k]); packed rows are uint8
+            rows = {**rows, "label_index": pack_indices(rows["label_index"], self.spec.index_bits)}
         for name, d in self._defs.items():
             if np.shape(rows[name]) != d.trailing:
                 raise SpecError(f"unit (epoch {epoch}, batch {batch}): {name} must have shape {d.trailing}")
@@ -371,6 +375,17 @@ class StoreWriter:
                 raise SpecError(f"{where}: crops must be float32 values in a store with exact_fields")
         if not np.all(np.isfinite(crops)) or crops.min() < 0 or crops.max() > 1:
             raise SpecError(f"{where}: crops must be fractions in [0, 1] (top, left, height, width)")
+        if spec.crop_grid:  # integer source pixels: the fractions must be on the grid (within 1/65535 fixed point)
+            px = crops * spec.crop_grid
+            off = np.abs(px - np.rint(px))
+            if off.size and off.max() > spec.crop_grid / CROP_SCALE + 1e-4:
+                raise SpecError(f"{where}: crops are not whole pixels of a {spec.crop_grid}-pixel source image "
+                                f"(off by {off.max():.4f} px); store them with crop_grid 0 or exact_fields")
+            stored_crops = np.rint(px).astype(self._defs["sample_crop"].dtype)
+        elif spec.exact_fields:
+            stored_crops = crops.astype(np.float32)
+        else:
+            stored_crops = np.rint(crops * CROP_SCALE).astype(np.uint16)
         flips = np.zeros(b, bool) if unit.flips is None else arr(unit.flips, "flips", (b,)).astype(bool)
         if unit.mix_kind not in MIX_KINDS:
             raise SpecError(f"{where}: mix_kind must be one of {MIX_KINDS}, got {unit.mix_kind!r}")
@@ -416,11 +431,12 @@ class StoreWriter:
             "unit_mix_box": box.astype(np.uint16),
             "unit_mix_perm": np.concatenate([perm, np.arange(b, B)]).astype(spec.slot_dtype),
             "sample_id": pad(ids.astype(np.uint32), np.uint32(2**32 - 1)),
-            "sample_crop": pad(crops.astype(np.float32) if spec.exact_fields else np.rint(crops * CROP_SCALE).astype(np.uint16)),
+            "sample_crop": pad(stored_crops),
             "sample_flip": pad(flips.astype(np.uint8)),
             "sample_cutout": pad(cut.astype(np.uint16)),
             FILL_ARRAY: pad(np.asarray(fill).astype(np.uint8)),
-            "label_index": pad(idx.astype(spec.index_dtype)),
+            "label_index": pad(pack_indices(idx, spec.index_bits) if spec.format_version >= PACKED_FORMAT_VERSION
+                               else idx.astype(spec.index_dtype)),
             "label_value": pad(enc_val),
         }
         if scale is not None:

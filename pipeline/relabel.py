@@ -30,9 +30,9 @@ from typing import Callable
 import numpy as np
 
 from ddpipe._progress import progress_bar
-from ..labelstore import (StoreError, StoreExistsError, StoreSpec, create_store, open_store, open_writer,
+from ..labelstore import (FORMAT_VERSION, StoreError, StoreExistsError, StoreSpec, create_store, open_store, open_writer,
                           plan_units)
-from ..labelstore.prune import pruned_spec
+from ..labelstore.plan import pruned_spec
 from .errors import LoaderSpecError
 from .loader import LoaderConfig, make_relabel_loader
 from .schedule import Schedule, ScheduleConfig, recipe
@@ -56,6 +56,7 @@ def relabel_spec(
     keep: float | None = None,
     granularity: str = "batch",
     prune_seed: int = 0,
+    format_version: int = FORMAT_VERSION,
 ) -> tuple[Schedule, StoreSpec]:
     """The schedule over ``source`` and the store spec recording it (with the source's content hash):
     what :func:`relabel` takes.
@@ -73,7 +74,7 @@ def relabel_spec(
     sched = Schedule(cfg, seed, source.sizes, batch_size, epochs)
     spec = sched.store_spec(
         num_classes, k, value_codec=value_codec, temperature=temperature, image_set_hash=source.content_hash(),
-        teacher_hash=teacher_hash, units_per_shard=units_per_shard,
+        teacher_hash=teacher_hash, units_per_shard=units_per_shard, format_version=format_version,
         **({"value_kind": value_kind} if value_kind != "probs" else {}),  # probs: the spec's default, unrecorded
     )
     if keep is not None:

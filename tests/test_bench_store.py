@@ -79,3 +79,30 @@ def test_bench_store_config_names_the_bad_field():
         Config(preset=("tiny-ipc50",), k=500)
     with pytest.raises(DDPipeError, match="workers"):
         Config(workers=0)
+
+
+SIDE_FIELDS = ["preset", "num_classes", "k", "keep", "layout", "codec", "bytes", "bytes_per_sample_epoch",
+               "max_prob_error", "random_samples_per_s"]
+
+
+def test_bench_store_side_by_side_quick(tmp_path, capsys):
+    """``--quick``: the same labels in ddpipe's format 3 and 4 and the anchors' layouts, side by side."""
+    argv = ["bench", "store", "--quick", "--json", "--workdir", str(tmp_path / "work"), "--results-dir",
+            str(tmp_path / "res"), "--repeats", "1", "--random-units", "5", "--sre2l-mb", "1"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    for r in rows:
+        for f in SIDE_FIELDS:
+            assert r[f] is not None, f
+    cells = {(r["k"], r["keep"]) for r in rows}
+    assert cells == {(10, 1.0), (10, 0.5), (50, 1.0), (50, 0.5)}
+    for cell in cells:
+        got = {(r["layout"], r["codec"], r["format"]): r for r in rows if (r["k"], r["keep"]) == cell}
+        assert {lay for lay, _c, _f in got} == {"ddpipe", "lpqld", "tinyvit", "sre2l"}
+        assert got[("ddpipe", "abs512", 4)]["max_prob_error"] <= 1 / 512
+        assert got[("ddpipe", "fp16", 4)]["max_prob_error"] <= 2**-11
+        assert got[("lpqld", "fp16 logits+int16", None)]["max_prob_error"] < 2e-3  # fp16 logits, exp'd
+        # equal content: the quantised format-4 store is the smallest of the top-k layouts
+        assert got[("ddpipe", "abs512", 4)]["bytes"] < got[("lpqld", "fp16 logits+int16", None)]["bytes"]
+        assert got[("sre2l", "fp16 logits", None)]["bytes_per_sample_epoch"] > got[("lpqld", "fp16 logits+int16", None)]["bytes_per_sample_epoch"]
+    assert not os.listdir(tmp_path / "work")

@@ -20,8 +20,11 @@ def prob_rows(max_rows=8, max_k=12):
     )
 
 
-def test_the_three_codecs_are_registered():
-    assert CODECS == ["fp16", "fp32", "uint8"]
+def test_the_codecs_are_registered():
+    assert [c for c in CODECS if get_codec(c).min_format <= 3] == ["fp16", "fp32", "uint8"]
+    # format 4's quantised probabilities, named by their bound: abs512 = within 1/512; "d" = delta form
+    assert [c for c in CODECS if get_codec(c).min_format == 4] == sorted(
+        f"abs{b}{d}" for b in (256, 512, 2048, 8192) for d in ("", "d"))
 
 
 @pytest.mark.parametrize("name", CODECS)

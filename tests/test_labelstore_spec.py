@@ -127,7 +127,7 @@ def test_path_that_is_not_a_store(tmp_path):
         open_store(tmp_path / "plain")
 
 
-@pytest.mark.parametrize("version", [4, 0, "2", None])
+@pytest.mark.parametrize("version", [5, 0, "2", None])
 def test_unknown_format_version_is_refused(tmp_path, version):
     spec = StoreSpec(**GOOD)
     create_store(tmp_path / "s", spec)
@@ -136,7 +136,7 @@ def test_unknown_format_version_is_refused(tmp_path, version):
     assert meta["attributes"]["ddpipe"]["format_version"] == 3
     meta["attributes"]["ddpipe"]["format_version"] = version
     json.dump(meta, open(meta_path, "w"))
-    want = f"format_version {version!r}; this ddpipe reads format_version 1, 2 or 3 only (upgrade ddpipe"
+    want = f"format_version {version!r}; this ddpipe reads format_version 1, 2, 3 or 4 only (upgrade ddpipe"
     with pytest.raises(FormatVersionError) as info:
         open_store(tmp_path / "s")
     assert want in str(info.value)
