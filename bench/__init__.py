@@ -24,6 +24,7 @@ _BENCHMARKS = {
     "scale": ("ddpipe.bench.scale", "relabel (1 and 2 ranks) and replay (torch, DALI) at ImageNet-21K/1K image and class counts: samples/s, RSS, overhead"),
     "recover": ("ddpipe.bench.recover", "synthesis methods vs random real images: one teacher, one fixed relabel + student recipe"),
     "sre2l-roundtrip": ("ddpipe.bench.sre2l_roundtrip", "SRe2L's unmodified relabel and train_FKD.py around ddpipe import/export (CPU shims): bit equality, identical training"),
+    "sre2l-compare": ("ddpipe.bench.sre2l_compare", "SRe2L's relabel and train_FKD.py vs ddpipe relabel/train on 224 px JPEGs: time outside the models, bytes, RSS"),
     "table": ("ddpipe.bench.table", "the results table: methods x IPC 1/10/50 under a shared recipe and their own, label settings vs bytes, cross-architecture"),
 }
 
