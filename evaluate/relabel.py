@@ -103,7 +103,8 @@ class RelabelConfig(TeacherOptions, ResumeOption, RunOptions):
     # the backends show the teacher the same crops, flips and mixes (pixels within 1/255, docs/pipeline.md), like
     # --device; the schedule, not the worker count, draws them
     loader: str = option("torch", choices=LOADERS, group="run", changes_result=False,
-                         help="image backend: torch (the reference), dali or batched (docs/pipeline.md; default torch)")
+                         help="image backend: torch (the reference; default), batched (the fastest on the CPU: no worker "
+                              "processes, -j threads, each image decoded once) or dali (docs/pipeline.md)")
     workers: int = option(2, flags=("-j",), group="run", help="loader workers, >= 0 (default 2)", changes_result=False)
 
     def validate(self) -> None:

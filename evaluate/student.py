@@ -103,7 +103,8 @@ class TrainConfig(RunOptions, ResumeOption):
     # the backends replay the same crops, flips, mixes and labels (pixels within 1/255, docs/pipeline.md), like
     # --device; the replay's randomness is the schedule's, whatever the worker count
     loader: str = option("torch", choices=LOADERS, group="run", changes_result=False,
-                         help="image backend: torch (the reference), dali or batched (docs/pipeline.md; default torch)")
+                         help="image backend: torch (the reference; default), batched (the fastest on the CPU: no worker "
+                              "processes, -j threads, each image decoded once) or dali (docs/pipeline.md)")
     workers: int = option(2, flags=("-j",), group="run", help="loader workers (default 2)", changes_result=False)
     deterministic: bool = option(True, group="run", changes_result=False,  # a kernel choice, like --device
                                  help="allow non-deterministic kernels (deterministic=False: faster on GPU, breaks bit-identical resume)")
