@@ -275,3 +275,41 @@ def machine_info() -> dict:
 def disk_free_bytes(path: str) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
+
+
+# --- peak RSS of a process tree ---------------------------------------------------------------------
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``/proc/<pid>/task/<tid>/children``), the root first."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def process_rss(pid: int) -> int:
+    """Resident bytes of process ``pid`` (``/proc/<pid>/statm``); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def wait_sampling_rss(proc, every: float = 0.1, skip_root: bool = False) -> tuple[int, int]:
+    """Wait for the ``subprocess.Popen`` ``proc``, sampling the RSS of its process tree every ``every``
+    seconds; returns the peak of the largest single process and the peak of their sum (``skip_root``:
+    leave the root out, e.g. torchrun's launcher). Shared pages count once per process."""
+    peak_one = peak_sum = 0
+    while proc.poll() is None:
+        rss = [process_rss(p) for p in process_tree(proc.pid)[1 if skip_root else 0:]]
+        if rss:
+            peak_one, peak_sum = max(peak_one, max(rss)), max(peak_sum, sum(rss))
+        time.sleep(every)
+    return peak_one, peak_sum

@@ -353,7 +353,7 @@ def _run_phase(job: dict, work: str, name: str, ranks: int = 1) -> list[dict]:
         cmd = [sys.executable, "-m", "ddpipe.bench.scale", "--phase", path]
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
-        peak_one, peak_sum = _watch_rss(proc, skip_root=ranks > 1)
+        peak_one, peak_sum = common.wait_sampling_rss(proc, skip_root=ranks > 1)
         err.seek(0)
         stderr = err.read()
     if proc.returncode != 0:
@@ -363,42 +363,6 @@ def _run_phase(job: dict, work: str, name: str, ranks: int = 1) -> list[dict]:
         r["peak_rss_one_mb"] = max(r["peak_rss_mb"], peak_one / 1e6)
         r["peak_rss_total_mb"] = max(sum(x["peak_rss_mb"] for x in res), peak_sum / 1e6)
     return res
-
-
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (from ``/proc/<pid>/task/<tid>/children``)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except (OSError, ValueError):
-            pass
-    return out
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _watch_rss(proc: subprocess.Popen, skip_root: bool, every: float = 0.1) -> tuple[int, int]:
-    """Wait for ``proc``, sampling the RSS of its process tree; returns the peak of the largest single
-    process and the peak of the sum (``skip_root``: leave out the root, torchrun's launcher)."""
-    peak_one = peak_sum = 0
-    while proc.poll() is None:
-        pids = _tree(proc.pid)[1 if skip_root else 0:]
-        rss = [_rss(p) for p in pids]
-        if rss:
-            peak_one, peak_sum = max(peak_one, max(rss)), max(peak_sum, sum(rss))
-        time.sleep(every)
-    return peak_one, peak_sum
 
 
 def _arrays_equal(a: str, b: str) -> bool:

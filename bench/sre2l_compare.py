@@ -55,8 +55,8 @@ environment for both systems, and the same clocks installed before anything runs
   checkpoints) after the run.
 
 SRe2L's files run unmodified under the shims of :func:`ddpipe.bench.sre2l_roundtrip.run_their_script`,
-with two additions here: its tiny network is replaced by ResNet-18 (``tiny_net`` of that module is
-swapped in the child), and ``multiprocessing.set_start_method`` (``train_FKD.py`` asks for ``spawn``)
+with ResNet-18 as their ``ddpipe_teacher`` / ``ddpipe_student`` (the spec's ``arch``), and one addition
+here: ``multiprocessing.set_start_method`` (``train_FKD.py`` asks for ``spawn``)
 keeps Linux's ``fork``, so the fetcher change their README makes in PyTorch's source (hence in every
 process) reaches the DataLoader workers. Fork starts workers faster than spawn would, which favours
 SRe2L's wall time with workers.
@@ -79,7 +79,8 @@ import time
 from dataclasses import dataclass
 
 from . import common
-from .sre2l_roundtrip import DEFAULT_REPO, RELABEL_SCRIPT, REPO_ENV, TRAIN_SCRIPT, checkout_sources, find_repo
+from .sre2l_roundtrip import (DEFAULT_REPO, RELABEL_SCRIPT, REPO_ENV, THEIR_ENV, TRAIN_SCRIPT, checkout_sources, find_repo,
+                              resnet18)
 from ddpipe._format import keep_fraction
 from ddpipe.config import check_int, config_to_dict, option
 from ddpipe.errors import DDPipeError
@@ -189,19 +190,12 @@ def make_validation_root(root: str, val_images: int, side: int, seed: int) -> tu
     return root, val
 
 
-def resnet18(num_classes: int = NUM_CLASSES):
-    """torchvision's ResNet-18 (the teacher's and the student's architecture in both systems)."""
-    import torchvision
-
-    return torchvision.models.resnet18(num_classes=num_classes)
-
-
 def make_teacher(path: str, seed: int) -> None:
     """A seeded, randomly initialised ResNet-18 state dict (what both systems load)."""
     import torch
 
     torch.manual_seed(seed)
-    torch.save(resnet18().state_dict(), path)
+    torch.save(resnet18(NUM_CLASSES).state_dict(), path)
 
 
 # --- the child process: one run of one system, under the clocks ----------------------------------------
@@ -327,7 +321,6 @@ def child_main(spec_path: str) -> None:
 
         from . import sre2l_roundtrip
 
-        sre2l_roundtrip.tiny_net = resnet18  # their ddpipe_teacher / ddpipe_student architectures
         multiprocessing.set_start_method = lambda method, force=False: None  # keep fork (module docstring)
         t0 = time.perf_counter()
         sre2l_roundtrip.run_their_script(spec["their_spec"])
@@ -353,31 +346,6 @@ def child_main(spec_path: str) -> None:
         json.dump({"wall_s": t1 - t0, "import_s": import_s, "clock": clock.to_dict(t0, t1), "result": result}, f)
 
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            continue
-    return out
-
-
-def _tree_rss(pid: int, page: int) -> int:
-    total = 0
-    for p in _descendants(pid):
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * page
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
-
-
 def run_child(work: str, name: str, spec: dict) -> dict:
     """Run :func:`child_main` on ``spec`` in a subprocess; its timing, with the peak RSS of its process
     tree (sampled every 50 ms) as ``peak_rss_mb``."""
@@ -385,16 +353,13 @@ def run_child(work: str, name: str, spec: dict) -> dict:
     spec_path = os.path.join(work, f"{name}.spec.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f, indent=1)
-    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
+    env = dict(os.environ, **THEIR_ENV)  # the same environment for both systems
     cmd = [sys.executable, "-c", "import sys; from ddpipe.bench.sre2l_compare import child_main; child_main(sys.argv[1])",
            spec_path]
     log_path = os.path.join(work, f"{name}.log")
-    page, peak = os.sysconf("SC_PAGE_SIZE"), 0
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        while proc.poll() is None:
-            peak = max(peak, _tree_rss(proc.pid, page))
-            time.sleep(0.05)
+        _, peak = common.wait_sampling_rss(proc, every=0.05)
     if proc.returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-3000:]
@@ -437,7 +402,7 @@ class Bench:
 
     def _their(self, script: str, argv: list, name: str) -> dict:
         their = {"script": os.path.join(self.src, script), "argv": argv, "seed": self.args.seed,
-                 "num_classes": NUM_CLASSES, "teacher": self.teacher,
+                 "num_classes": NUM_CLASSES, "arch": "resnet18", "teacher": self.teacher,
                  "capture": os.path.join(self.work, f"{name}.capture.json"), "record_sampler": False}
         path = os.path.join(self.work, f"{name}.their.json")
         with open(path, "w") as f:

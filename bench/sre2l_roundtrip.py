@@ -174,6 +174,19 @@ def tiny_net(num_classes: int):
     )
 
 
+def resnet18(num_classes: int):
+    """torchvision's ResNet-18 (``ddpipe bench sre2l-compare``'s teacher and student)."""
+    import torchvision
+
+    return torchvision.models.resnet18(num_classes=num_classes)
+
+
+# what a spec's ``arch`` names: the architecture of ``ddpipe_teacher`` / ``ddpipe_student`` in their scripts
+ARCHES = {"tiny": tiny_net, "resnet18": resnet18}
+# the environment their scripts run in (see the module docstring)
+THEIR_ENV = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+
+
 def train_teacher(train_dir: str, val_dir: str, num_classes: int, seed: int, path: str, steps: int = 120) -> float:
     """Train the teacher on 96 px random crops of the training images; save its state dict to ``path``;
     return its top-1 on the validation folder at 224 px (SRe2L's Resize(256) + CenterCrop(224))."""
@@ -214,7 +227,7 @@ def run_their_script(spec_path: str) -> None:
     """Run one of SRe2L's scripts, unmodified, on the CPU (entry point of the subprocess).
 
     ``spec``: ``script`` (absolute path), ``argv`` (their flags), ``seed``, ``num_classes``,
-    ``teacher`` (state-dict path), ``capture`` (JSON written at the end: ``wandb.log`` calls and the
+    ``arch`` (a key of :data:`ARCHES`, default ``tiny``), ``teacher`` (state-dict path), ``capture`` (JSON written at the end: ``wandb.log`` calls and the
     sampler's index orders). The shims are listed in the module docstring.
     """
     import random
@@ -272,8 +285,10 @@ def run_their_script(spec_path: str) -> None:
     sys.modules["wandb"] = wandb
 
     # the two architectures, looked up in torchvision.models.__dict__ by their scripts
+    net = ARCHES[spec.get("arch", "tiny")]
+
     def ddpipe_teacher(pretrained: bool = False, **kw):
-        model = tiny_net(spec["num_classes"])
+        model = net(spec["num_classes"])
         if pretrained:
             model.load_state_dict(torch.load(spec["teacher"], map_location="cpu", weights_only=True))
         return model
@@ -281,7 +296,7 @@ def run_their_script(spec_path: str) -> None:
     def ddpipe_student(pretrained: bool = False, **kw):
         if pretrained:
             raise RuntimeError("ddpipe_student has no pretrained weights")
-        return tiny_net(spec["num_classes"])
+        return net(spec["num_classes"])
 
     torchvision.models.ddpipe_teacher = ddpipe_teacher
     torchvision.models.ddpipe_student = ddpipe_student
@@ -328,7 +343,7 @@ def _their_run(name: str, work: str, script: str, argv: list, seed: int, num_cla
     spec_path = os.path.join(work, f"{name}.spec.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f, indent=1)
-    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
+    env = dict(os.environ, **THEIR_ENV)
     cmd = [sys.executable, "-c", "import sys; from ddpipe.bench.sre2l_roundtrip import run_their_script; "
                                  "run_their_script(sys.argv[1])", spec_path]
     t0 = time.perf_counter()

@@ -1,11 +1,18 @@
-"""Writing a file so that its path holds either the old content or the complete new one. No imports
-beyond the standard library: every package may use it."""
+"""Files and their names: writing a file so that its path holds either the old content or the complete
+new one, and telling a URL from a local path. No imports beyond the standard library: every package
+may use it."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from typing import IO, Callable
+
+
+def is_url(location: object) -> bool:
+    """Whether ``location`` is a URL (``s3://``, ``memory://``, ``file://`` ...) rather than a local path:
+    the one test every package uses (``ddpipe.labelstore.is_url`` is this function)."""
+    return isinstance(location, str) and "://" in location
 
 
 def replace_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:

@@ -17,7 +17,7 @@ An option's whole life is its field: its flag and aliases, its help, its choices
 (``changes_result``): :func:`result_fields` are what a ``--resume`` must share with the run it
 continues, and :func:`check_resume` refuses one that differs in one line naming the flags.
 
-This module imports only the standard library, like :mod:`ddpipe.errors`: every package may use it.
+This module imports only the standard library (and :mod:`ddpipe._files`, which does too), like :mod:`ddpipe.errors`: every package may use it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Any, Callable, Iterable
+
+from ddpipe._files import is_url
 
 __all__ = [
     "option",
@@ -204,8 +206,6 @@ def check_out_path(error: type[Exception], name: str, path: Any, *, kind: str = 
     """Raise ``error`` naming ``name`` when ``path`` is empty or names an existing file where a
     ``kind`` (a directory) is to be written."""
     import os
-
-    from ddpipe.labelstore.location import is_url  # the one "is this a URL" (lazy: config stays light)
 
     if path is None or not str(os.fspath(path)).strip():
         raise error(f"{name} is required")

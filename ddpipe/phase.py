@@ -16,6 +16,8 @@ import os
 from contextlib import contextmanager
 from typing import Any, Callable
 
+from ddpipe._files import is_url
+
 __all__ = ["run_phase", "torch_threads", "output_dir"]
 
 
@@ -41,8 +43,6 @@ def output_dir(path: str | os.PathLike | None):
     """Around a phase: if the phase fails and the local folder ``path`` did not exist before, remove it
     again when it is still empty, so a validation error leaves nothing behind. ``None`` or a URL: nothing
     to guard."""
-    from ddpipe.labelstore.location import is_url
-
     if path is None or is_url(os.fspath(path)):
         yield path
         return

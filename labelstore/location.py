@@ -19,20 +19,15 @@ import os
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ddpipe._files import replace_atomically
+from ddpipe._files import is_url, replace_atomically  # is_url: the one URL test, re-exported here
 from ddpipe._format import json_default
+
 from .errors import SameLocationError, SpecError
 
 LOCAL_SCHEMES = ("file", "local")
 
 
 RESULTS = "results.json"
-
-
-def is_url(location: Any) -> bool:
-    """Whether ``location`` is a URL (``s3://``, ``memory://``, ``file://`` ...) rather than a local path:
-    the one test every package uses."""
-    return isinstance(location, str) and "://" in location
 
 
 def results_path(location: Any) -> str:

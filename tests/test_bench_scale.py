@@ -82,5 +82,7 @@ def test_jpeg_images_and_the_rss_of_a_process_tree(tmp_path):
             "c = subprocess.Popen([sys.executable, '-c', 'b = bytearray(40 * 2**20); import time; time.sleep(1.5)']); "
             "c.wait()")
     proc = subprocess.Popen([sys.executable, "-c", code])
-    one, total = scale._watch_rss(proc, skip_root=False, every=0.05)
+    from ddpipe.bench.common import wait_sampling_rss
+
+    one, total = wait_sampling_rss(proc, every=0.05)
     assert proc.returncode == 0 and one > 60e6 and total > 100e6, (one, total)
