@@ -206,7 +206,7 @@ def check_teacher(
 
     source = open_source(images)
     sched = ScheduleConfig.from_dict(spec.augmentation) if spec.augmentation else ScheduleConfig()
-    feed = _UnitsFeed(reader.path, chosen, store_backend)
+    feed = _UnitsFeed(reader.path, chosen, store_backend, source.sizes)
     cfg = LoaderConfig(backend=loader, channels=t.in_chans, mean=tuple(t.mean), std=tuple(t.std),
                        num_workers=workers, targets="topk", mix=True)
     codec = get_codec(spec.value_codec)
@@ -267,8 +267,8 @@ def _excess(probs: np.ndarray, idx: np.ndarray, val: np.ndarray, codec, rtol: fl
 class _UnitsFeed(StoreFeed):
     """A store feed whose one pass (epoch 0) is the store's units at ``units``, in that order."""
 
-    def __init__(self, path: str, units: np.ndarray, backend: str = "auto"):
-        super().__init__(path, backend=backend)
+    def __init__(self, path: str, units: np.ndarray, backend: str = "auto", sizes: np.ndarray | None = None):
+        super().__init__(path, backend=backend, sizes=sizes)
         self.units = np.asarray(units, dtype=np.int64)
 
     def keys(self, epoch: int) -> np.ndarray:

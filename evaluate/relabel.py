@@ -85,6 +85,10 @@ class RelabelConfig(TeacherOptions, ResumeOption, RunOptions):
     format_version: int = option(FORMAT_VERSION, choices=WRITE_FORMAT_VERSIONS, group="schedule and labels",
                                  help=f"store format written: {FORMAT_VERSION} (default) or 4 (class indices bit-packed, "
                                       "the quantised abs* codecs; docs/format.md)")
+    derived_fields: bool = option(False, group="schedule and labels",
+                                  help="format 4: keep a digest of each batch's sample order, crops, flips and mix "
+                                       "instead of the fields (about 7 B per sample-epoch less); readers recompute them "
+                                       "from the schedule and the images and check the digest (docs/format.md)")
     value_kind: str = option("probs", group="schedule and labels", choices=("probs", "logits"),
                              help="store softmax(logits / T) (probs, default) or the top-k logits and each row's "
                              "log-sum-exp, so `ddpipe train -T` chooses the temperature (logits; fp16 or fp32 codec)")
@@ -130,6 +134,8 @@ class RelabelConfig(TeacherOptions, ResumeOption, RunOptions):
         if needs > self.format_version:
             raise e(f"value_codec {self.value_codec} needs format_version {needs} (--format-version {needs}), "
                     f"got {self.format_version}")
+        if self.derived_fields and self.format_version < 4:
+            raise e(f"derived_fields needs format_version 4 (--format-version 4), got {self.format_version}")
         if self.value_kind == "logits" and self.value_codec == "uint8":
             raise e("value_kind logits needs the fp16 or fp32 codec, not uint8")
         if not isinstance(self.schedule, str) or not self.schedule:
@@ -254,7 +260,7 @@ def _run(config: RelabelConfig) -> RelabelResult:
         source, schedule, epochs=config.epochs, batch_size=config.batch_size, num_classes=t.num_classes,
         k=config.k, seed=config.seed, value_codec=config.value_codec, temperature=config.temperature,
         teacher_hash=thash, value_kind=config.value_kind, keep=config.keep, granularity=config.granularity,
-        prune_seed=config.prune_seed, format_version=config.format_version,
+        prune_seed=config.prune_seed, format_version=config.format_version, derived_fields=config.derived_fields,
     )
     summary = relabel(
         out, source, ensemble, sched, spec, loader=loader, rank=dist.rank, world_size=dist.world_size,

@@ -32,7 +32,9 @@ class VerifyConfig(TeacherCheckConfig):
                                            "compare with the stored labels; plain state dicts with --model and "
                                            "--input-size")
     images: str | None = option(None, group="teacher check (optional)",
-                                help="with --teacher: the image set the store was built for")
+                                help="the image set the store was built for: with --teacher, and for a store with "
+                                     "derived fields (relabel --derived-fields), whose every unit's sample order, crops, "
+                                     "flips and mix are then recomputed and checked against the stored digest")
     storage_options: dict | None = option(None, cli=False, help="Python only: fsspec options of a store behind a URL (s3://: s3fs's, e.g. {'client_kwargs': {'endpoint_url': ...}}); the CLI takes them from the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID ...)")
 
     def validate(self) -> None:
@@ -75,7 +77,7 @@ def _run(config: VerifyConfig) -> VerifyResult:
     from ..labelstore import verify_store
 
     store = verify_store(config.store, backend=config.backend, progress=config.progress and sys.stderr.isatty(),
-                         storage_options=config.storage_options)
+                         storage_options=config.storage_options, fields=_derived_fields(config))
     check = None
     if config.teacher:
         from . import check_teacher
@@ -83,6 +85,20 @@ def _run(config: VerifyConfig) -> VerifyResult:
         check = check_teacher.run(config)
     return VerifyResult(ok=bool(store["ok"] and (check is None or check.ok)), problems=store["problems"],
                         checked_units=store["checked_units"], units=store["units"], teacher_check=check)
+
+
+def _derived_fields(config: VerifyConfig):
+    """A derived-fields store's schedule, rebuilt from its spec and ``--images``' sizes; else None."""
+    if not config.images:
+        return None
+    from ..labelstore import open_store
+    from ..pipeline import open_source
+    from ..pipeline.schedule import Schedule
+
+    spec = open_store(config.store, storage_options=config.storage_options).spec
+    if not spec.derived_fields:
+        return None
+    return Schedule.of_store(spec, open_source(config.images).sizes).unit
 
 
 def summary_text(r: VerifyResult) -> str:

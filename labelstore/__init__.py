@@ -1,4 +1,4 @@
-"""ddpipe.labelstore: the Zarr v3 soft-label store (format 3; reads formats 1 and 2 too; ``docs/format.md``). No torch here.
+"""ddpipe.labelstore: the Zarr v3 soft-label store (format 3, or 4 on request; reads formats 1 and 2 too; ``docs/format.md``). No torch here.
 
 Write with :func:`create_store` / :func:`open_writer`, read with :func:`open_store`, shrink with
 :func:`prune_store` (or plan the kept units before relabel with :func:`plan_units`), check with
@@ -10,6 +10,7 @@ refuse to write an output onto its input with :func:`check_distinct_locations`.
 from .codecs import ValueCodec, get_codec, list_codecs, register_codec
 from .errors import (
     ChunkCorruptError,
+    FieldsMismatchError,
     FormatVersionError,
     ImageSetMismatchError,
     IncompleteUnitError,
@@ -23,6 +24,7 @@ from .errors import (
     StoreExistsError,
     StoreIOError,
 )
+from .fields import FieldsFn, encode_fields, fields_digest
 from .info import store_info
 from .location import check_distinct_locations, is_url, locations_overlap, results_path, same_location, store_location, \
     write_results
@@ -37,8 +39,10 @@ from .writer import StoreWriter, create_store, open_writer
 
 __all__ = [
     "FORMAT_VERSION",
+    "FieldsFn",
     "MIX_KINDS",
     "ChunkCorruptError",
+    "FieldsMismatchError",
     "FormatVersionError",
     "ImageSetMismatchError",
     "IncompleteUnitError",
@@ -62,6 +66,8 @@ __all__ = [
     "is_url",
     "create_store",
     "dense_logits",
+    "encode_fields",
+    "fields_digest",
     "densify",
     "full_plan",
     "get_codec",

@@ -40,6 +40,11 @@ class ImageSetMismatchError(StoreError):
     """Raised when a store is opened against an image set other than the one it was built from."""
 
 
+class FieldsMismatchError(StoreError):
+    """Raised when the replay schedule a ``derived_fields`` store is read with gives other sample ids,
+    crops, flips, cutout or mix than the relabel run's (their stored digest differs)."""
+
+
 class MisplacedShardError(ChunkCorruptError):
     """Raised when a shard's objects are intact but do not belong where they are: moved to another
     position or epoch, swapped between arrays, or copied from another store (their content hash or

@@ -68,9 +68,36 @@ def crop_dtype(spec: StoreSpec) -> np.dtype:
     return np.dtype("<u2")
 
 
+SCHEDULE_ARRAYS = ("unit_mix_kind", "unit_mix_lambda", "unit_mix_box", "unit_mix_perm", "sample_id", "sample_crop",
+                   "sample_flip", "sample_cutout", FILL_ARRAY)
+"""The arrays a replay schedule determines (order, crops, flips, cutout, mix): not stored by a store with
+``derived_fields``, which keeps :data:`DIGEST_ARRAY` instead (``fields.py``)."""
+
+DIGEST_ARRAY = "unit_fields_digest"
+"""Stores with ``derived_fields``: uint64 ``[U]``, the first 8 bytes (little-endian) of the SHA-256 of the
+unit's :data:`SCHEDULE_ARRAYS` rows as they would be stored (``fields.fields_digest``)."""
+
+
 def array_defs(spec: StoreSpec, format_version: int | None = None) -> list[ArrayDef]:
-    """The data arrays of a store with this spec (not counting ``commit_shard``), as format
-    ``format_version`` lays them out (default: the spec's; the reader passes the store's own version)."""
+    """The data arrays a store with this spec keeps (not counting ``commit_shard``), as format
+    ``format_version`` lays them out (default: the spec's; the reader passes the store's own version).
+    With ``derived_fields`` the :data:`SCHEDULE_ARRAYS` are left out and :data:`DIGEST_ARRAY` follows
+    ``unit_count``."""
+    defs = unit_defs(spec, format_version)
+    if not spec.derived_fields:
+        return defs
+    kept = [d for d in defs if d.name not in SCHEDULE_ARRAYS]
+    return [*kept[:3], ArrayDef(DIGEST_ARRAY, np.dtype("<u8"), (), 0), *kept[3:]]
+
+
+def schedule_defs(spec: StoreSpec) -> list[ArrayDef]:
+    """The :data:`SCHEDULE_ARRAYS` of this spec's layout, stored or derived."""
+    return [d for d in unit_defs(spec) if d.name in SCHEDULE_ARRAYS]
+
+
+def unit_defs(spec: StoreSpec, format_version: int | None = None) -> list[ArrayDef]:
+    """Every array of a unit as a reader hands it on (the stored ones and, with ``derived_fields``, the
+    derived ones), in the layout's order."""
     b, k = spec.batch_size, spec.k
     format_version = spec.format_version if format_version is None else format_version
     codec = get_codec(spec.value_codec)

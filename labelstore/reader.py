@@ -38,6 +38,7 @@ from .layout import (
     AUX_ARRAY,
     COMMIT_ARRAY,
     CROP_SCALE,
+    DIGEST_ARRAY,
     FILL_ARRAY,
     FILL_CHANNELS,
     LSE_ARRAY,
@@ -51,6 +52,7 @@ from .location import store_location
 from .metadata import StoreMeta, is_local, read_meta
 from .objects import Objects
 from .plan import recomputed_plan
+from .fields import FieldsFn, derive_arrays
 from .packing import unpack_indices
 from .spec import MIX_KINDS, PACKED_FORMAT_VERSION, StoreSpec
 from .topk import logit_probs
@@ -91,6 +93,12 @@ class Slab:
 
     def unit(self, i: int) -> Unit:
         a = self.arrays
+        if "sample_id" not in a:
+            raise SpecError(
+                f"unit {self.start + i}: the store keeps no sample ids, crops, flips or mix (derived_fields: they are "
+                "recomputed from the replay schedule); open it with open_store(path, fields=schedule.unit) "
+                "(ddpipe.pipeline.open_labels does) to read whole units"
+            )
         b = int(a["unit_count"][i])
         return Unit(
             unit=self.start + i,
@@ -120,8 +128,9 @@ class StoreReader:
     """Read-only view of a store. Use :func:`open_store`."""
 
     def __init__(self, path: str, group, meta: StoreMeta, backend: str = "auto", storage_options=None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, fields: FieldsFn | None = None):
         self.path = path
+        self.fields = fields  # derived_fields stores: the replay schedule's unit(epoch, batch)
         self.meta = meta
         self.spec: StoreSpec = meta.spec
         self.num_units = meta.num_units
@@ -460,7 +469,11 @@ class StoreReader:
         reports every bad value itself) skips the range checks of :meth:`_check_stored`. ``objects``
         (remote stores): ``{shard: fetch_shard(shard)}`` already fetched, decoded instead of read again."""
         arrays = self._read_checked(self.array_names, start, stop, objects=objects)
-        if FILL_ARRAY not in arrays:  # format 1: every sample has the schedule's constant colour
+        if self.spec.derived_fields:
+            if self.fields is not None:  # rebuilt from the schedule, each unit checked against its stored digest
+                arrays.update(derive_arrays(self.spec, self.fields, self.plan[start:stop], arrays[DIGEST_ARRAY],
+                                            lambda i: f"{self.path}: {self.describe_units(start + i, start + i + 1)}"))
+        elif FILL_ARRAY not in arrays:  # format 1: every sample has the schedule's constant colour
             valid = np.arange(self.spec.batch_size)[None, :] < arrays["unit_count"][:, None]
             fill = np.zeros((stop - start, self.spec.batch_size, FILL_CHANNELS), np.uint8)
             fill[valid] = self._default_fill  # padding slots stay 0, as a writer stores them
@@ -502,14 +515,17 @@ class StoreReader:
         bad = np.flatnonzero(counts != want)
         if bad.size:
             fail(bad[0], "unit_count", f"count {counts[bad[0]]}, but the batch holds {want[bad[0]]} samples")
-        bad = np.flatnonzero(a["unit_mix_kind"] >= len(MIX_KINDS))
-        if bad.size:
-            fail(bad[0], "unit_mix_kind", f"mix kind {int(a['unit_mix_kind'][bad[0]])} does not exist")
         valid = np.arange(spec.batch_size)[None, :] < counts[:, None]
+        if "unit_mix_kind" in a:  # stored, or derived (derive_arrays checked them): absent when not derived
+            bad = np.flatnonzero(a["unit_mix_kind"] >= len(MIX_KINDS))
+            if bad.size:
+                fail(bad[0], "unit_mix_kind", f"mix kind {int(a['unit_mix_kind'][bad[0]])} does not exist")
         for name, limit, what in (
             ("unit_mix_perm", counts[:, None], "partner slot beyond the batch"),
             ("sample_id", spec.num_samples, f"sample id >= num_samples {spec.num_samples}"),
         ):
+            if name not in a:
+                continue
             over = (a[name].astype(np.int64) >= limit) & valid
             bad = np.flatnonzero(over.any(axis=1))
             if bad.size:
@@ -593,12 +609,16 @@ def open_store(
     image_set_hash: str | None = None,
     storage_options: dict | None = None,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
+    fields: FieldsFn | None = None,
 ) -> StoreReader:
     """Open a store read-only.
 
     ``backend``: ``auto`` (tensorstore when installed and the store is local), ``tensorstore``
     or ``zarr``. ``image_set_hash``: when given, the store must have been built for that image set.
     ``cache_bytes``: the tensorstore backend's cache (shard indexes and recent chunks; default 32 MiB).
+    ``fields``: for a store with ``derived_fields``, the replay schedule's ``unit(epoch, batch)``: each
+    unit's sample ids, crops, flips, cutout and mix are taken from it and checked against the stored
+    digest (:class:`FieldsMismatchError`); without it such a store gives labels only (``read_slab``).
     """
     path = store_location(path)
     group, meta = read_meta(path, storage_options)
@@ -608,6 +628,6 @@ def open_store(
             "relabel the images you train on (crops and labels refer to specific images)"
         )
     try:
-        return StoreReader(path, group, meta, backend, storage_options, cache_bytes)
+        return StoreReader(path, group, meta, backend, storage_options, cache_bytes, fields)
     except ValueError as e:
         raise StoreError(f"{path}: {e}") from None

@@ -48,7 +48,7 @@ top-k logits with each row's log-sum-exp at ``temperature`` in ``label_lse`` (``
 training temperature is chosen when training (``docs/format.md`` §5)."""
 
 OPTIONAL_SPEC_FIELDS = {"value_kind": "probs", "exact_fields": False, "aux_fields": (), "format_version": FORMAT_VERSION,
-                        "crop_grid": 0}
+                        "crop_grid": 0, "derived_fields": False}
 """Spec fields written into the attributes only when they differ from these defaults, so stores
 that do not use them keep exactly the attributes they had before the fields existed."""
 
@@ -160,6 +160,8 @@ class StoreSpec:
     aux_fields: tuple = ()  # names of per-sample float64 values kept in sample_aux (an importer's extra fields)
     format_version: int = FORMAT_VERSION  # the format written: 3, or 4 (packed indices, abs* codecs, crop_grid)
     crop_grid: int = 0  # format 4: crops stored as integer pixels of a source image this many pixels a side; 0 = 1/65535 fixed point
+    derived_fields: bool = False  # format 4: the schedule fields (ids, crops, flips, cutout, mix) are not stored but
+    # recomputed from the replay schedule by the reader, checked against a per-unit digest (fields.py)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -202,6 +204,13 @@ class StoreSpec:
         if self.crop_grid and (self.format_version < PACKED_FORMAT_VERSION or self.exact_fields or self.crop_grid > 65535):
             raise SpecError(f"crop_grid (integer source pixels, 1..65535) needs format_version 4 and no exact_fields, "
                             f"got crop_grid={self.crop_grid}, format_version={self.format_version}, exact_fields={self.exact_fields}")
+        if not isinstance(self.derived_fields, (bool, np.bool_)):
+            raise SpecError(f"derived_fields must be true or false, got {self.derived_fields!r}")
+        set_(self, "derived_fields", bool(self.derived_fields))
+        if self.derived_fields and (self.format_version < PACKED_FORMAT_VERSION or self.exact_fields):
+            raise SpecError("derived_fields (schedule fields recomputed from the replay schedule) needs format_version 4 "
+                            f"and no exact_fields (imported fields are not a schedule's), got format_version={self.format_version}, "
+                            f"exact_fields={self.exact_fields}")
 
     # --- derived shape -------------------------------------------------------------------
     @property

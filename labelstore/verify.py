@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from ddpipe._progress import progress_bar
-from .errors import ChunkCorruptError
-from .layout import PAD_SAMPLE_ID
+from .errors import ChunkCorruptError, FieldsMismatchError
+from .fields import FieldsFn
+from .layout import DIGEST_ARRAY, PAD_SAMPLE_ID
 from .reader import DamagedObject, StoreReader, open_store
 from .spec import MIX_KINDS
 
@@ -63,27 +64,28 @@ def _check_values(reader: StoreReader, start: int, slab_arrays: dict, values: np
         if n != spec.batch_count(b):
             bad("unit_count", f"count {n} but batch {b} holds {spec.batch_count(b)} samples")
             continue
-        if int(a["unit_mix_kind"][i]) >= len(MIX_KINDS):
-            bad("unit_mix_kind", f"unknown mix kind {int(a['unit_mix_kind'][i])}")
-        lam = float(a["unit_mix_lambda"][i])
-        if not 0.0 <= lam <= 1.0:
-            bad("unit_mix_lambda", f"lambda {lam} outside [0, 1]")
-        perm = a["unit_mix_perm"][i].astype(np.int64)
-        if not np.array_equal(np.sort(perm[:n]), np.arange(n)):
-            bad("unit_mix_perm", "not a permutation of the batch slots")
-        ids = a["sample_id"][i].astype(np.int64)
-        if ids[:n].max() >= spec.num_samples or np.any(ids[n:] != PAD_SAMPLE_ID):
-            bad("sample_id", f"sample ids outside [0, {spec.num_samples}) or padding slots not marked")
-        if a["sample_crop"].dtype.kind == "f":  # exact_fields: float32 fractions as the source gave them
-            fc = a["sample_crop"][i, :n].astype(np.float64)
-            if (not np.all(np.isfinite(fc)) or fc.min(initial=0) < 0 or np.any(fc[:, 0] + fc[:, 2] > 1 + 1e-3)
-                    or np.any(fc[:, 1] + fc[:, 3] > 1 + 1e-3)):
-                bad("sample_crop", "crop box reaches outside the image")
-        else:
-            crop = a["sample_crop"][i, :n].astype(np.int64)
-            lim = spec.crop_scale + (0 if spec.crop_grid else 1)  # whole pixels add up exactly; fixed point rounds
-            if np.any(crop[:, 0] + crop[:, 2] > lim) or np.any(crop[:, 1] + crop[:, 3] > lim):
-                bad("sample_crop", "crop box reaches outside the image")
+        if "sample_id" in a:  # absent: a derived_fields store read without its schedule (labels only)
+            if int(a["unit_mix_kind"][i]) >= len(MIX_KINDS):
+                bad("unit_mix_kind", f"unknown mix kind {int(a['unit_mix_kind'][i])}")
+            lam = float(a["unit_mix_lambda"][i])
+            if not 0.0 <= lam <= 1.0:
+                bad("unit_mix_lambda", f"lambda {lam} outside [0, 1]")
+            perm = a["unit_mix_perm"][i].astype(np.int64)
+            if not np.array_equal(np.sort(perm[:n]), np.arange(n)):
+                bad("unit_mix_perm", "not a permutation of the batch slots")
+            ids = a["sample_id"][i].astype(np.int64)
+            if ids[:n].max() >= spec.num_samples or np.any(ids[n:] != PAD_SAMPLE_ID):
+                bad("sample_id", f"sample ids outside [0, {spec.num_samples}) or padding slots not marked")
+            if a["sample_crop"].dtype.kind == "f":  # exact_fields: float32 fractions as the source gave them
+                fc = a["sample_crop"][i, :n].astype(np.float64)
+                if (not np.all(np.isfinite(fc)) or fc.min(initial=0) < 0 or np.any(fc[:, 0] + fc[:, 2] > 1 + 1e-3)
+                        or np.any(fc[:, 1] + fc[:, 3] > 1 + 1e-3)):
+                    bad("sample_crop", "crop box reaches outside the image")
+            else:
+                crop = a["sample_crop"][i, :n].astype(np.int64)
+                lim = spec.crop_scale + (0 if spec.crop_grid else 1)  # whole pixels add up exactly; fixed point rounds
+                if np.any(crop[:, 0] + crop[:, 2] > lim) or np.any(crop[:, 1] + crop[:, 3] > lim):
+                    bad("sample_crop", "crop box reaches outside the image")
         idx = a["label_index"][i, :n].astype(np.int64)
         if idx.max() >= spec.num_classes:
             bad("label_index", f"class index {int(idx.max())} >= num_classes {spec.num_classes}")
@@ -104,11 +106,13 @@ def _check_values(reader: StoreReader, start: int, slab_arrays: dict, values: np
 
 
 def verify_store(path: str | os.PathLike, *, backend: str = "auto", progress: bool = False,
-                 storage_options: dict | None = None) -> dict[str, Any]:
+                 storage_options: dict | None = None, fields: FieldsFn | None = None) -> dict[str, Any]:
     """Return ``{"ok", "problems", "checked_units", "units"}`` (``docs/format.md`` §verify).
     ``storage_options``: the fsspec options of a store behind a URL (``s3://``: s3fs's). A remote
-    store's objects are fetched once each: hashed, then decoded from the same bytes."""
-    reader = open_store(path, backend=backend, storage_options=storage_options)
+    store's objects are fetched once each: hashed, then decoded from the same bytes. ``fields``: a
+    ``derived_fields`` store's replay schedule (``open_store``): every unit's schedule fields are
+    recomputed and checked against their stored digest; without it such a store's labels are checked."""
+    reader = open_store(path, backend=backend, storage_options=storage_options, fields=fields)
     remote = not reader._local
     problems: list[dict] = []
     checked = 0
@@ -138,6 +142,9 @@ def verify_store(path: str | os.PathLike, *, backend: str = "auto", progress: bo
                                     objects=None if objects is None else {s: objects})
         except ChunkCorruptError:
             problems.extend(_locate_damage(reader, units))
+            continue
+        except FieldsMismatchError as e:
+            problems.append(_problem(reader, units.start, DIGEST_ARRAY, str(e), units.stop - 1))
             continue
         problems.extend(_check_values(reader, units.start, slab.arrays, slab.values))
         checked += len(units)

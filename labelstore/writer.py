@@ -45,10 +45,9 @@ from .errors import (
 from .layout import (
     AUX_ARRAY,
     COMMIT_ARRAY,
-    CROP_SCALE,
+    DIGEST_ARRAY,
     LSE_ARRAY,
-    FILL_ARRAY,
-    FILL_CHANNELS,
+    SCHEDULE_ARRAYS,
     array_defs,
     augmentation_fill,
     create_arrays,
@@ -56,12 +55,13 @@ from .layout import (
     shard_key,
     shard_units,
 )
+from .fields import encode_fields, fields_digest, padded, shaped
 from .lease import DEFAULT_LEASE_TTL, ShardLeases, pid_alive
 from .location import store_location
 from .metadata import ATTR_KEY, is_local, make_attrs, open_group, parse_attrs
 from .objects import Objects
 from .packing import pack_indices
-from .spec import MIX_KINDS, PACKED_FORMAT_VERSION, WRITE_FORMAT_VERSIONS, StoreSpec, parse_plan
+from .spec import PACKED_FORMAT_VERSION, WRITE_FORMAT_VERSIONS, StoreSpec, parse_plan
 from .topk import logsumexp_at, softmax_at, top_k
 from .unit import Unit
 
@@ -239,9 +239,13 @@ class StoreWriter:
         return self._put(u, self._encode(unit))
 
     def write_rows(self, epoch: int, batch: int, rows: dict[str, np.ndarray]) -> bool:
-        """Write one unit given as stored rows (every array of the layout, padded). Used to copy
-        units between stores without decoding them (``prune``, importers)."""
+        """Write one unit given as stored rows (every array of the layout, padded; rows of arrays this
+        store does not keep are ignored, and a ``derived_fields`` store given the schedule rows keeps their
+        digest). Used to copy units between stores without decoding them (``prune``, importers)."""
         u = self.unit_index(epoch, batch)
+        if self.spec.derived_fields and DIGEST_ARRAY not in rows and all(n in rows for n in SCHEDULE_ARRAYS):
+            rows = {**rows, DIGEST_ARRAY: fields_digest(rows, self.spec)}  # rows of a store that keeps them
+        rows = {name: value for name, value in rows.items() if name in self._defs}  # e.g. a derived store's fields
         missing = set(self._defs) - set(rows)
         if missing:
             raise SpecError(f"unit (epoch {epoch}, batch {batch}): rows lack arrays {sorted(missing)}")
@@ -355,60 +359,12 @@ class StoreWriter:
         B = spec.batch_size
 
         def arr(value, name, shape, dtype=None):
-            a = np.asarray(value) if dtype is None else np.asarray(value, dtype=dtype)
-            if a.shape != shape:
-                raise SpecError(f"{where}: {name} must have shape {shape}, got {a.shape}")
-            return a
+            return shaped(value, name, shape, where, dtype)
 
         def pad(a, fill=0):
-            out = np.full((B, *a.shape[1:]), fill, dtype=a.dtype)
-            out[:b] = a
-            return out
+            return padded(a, B, fill)
 
-        ids = arr(unit.sample_ids, "sample_ids", (b,))
-        if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= spec.num_samples:
-            raise SpecError(f"{where}: sample_ids must be integers in [0, {spec.num_samples})")
-        crops = arr(unit.crops, "crops", (b, 4), np.float64)
-        if spec.exact_fields:  # stored as float32: a value float32 cannot hold is refused, never rounded
-            crops32 = np.asarray(unit.crops).astype(np.float32)
-            if not np.array_equal(crops32.astype(np.float64), crops, equal_nan=True):
-                raise SpecError(f"{where}: crops must be float32 values in a store with exact_fields")
-        if not np.all(np.isfinite(crops)) or crops.min() < 0 or crops.max() > 1:
-            raise SpecError(f"{where}: crops must be fractions in [0, 1] (top, left, height, width)")
-        if spec.crop_grid:  # integer source pixels: the fractions must be on the grid (within 1/65535 fixed point)
-            px = crops * spec.crop_grid
-            off = np.abs(px - np.rint(px))
-            if off.size and off.max() > spec.crop_grid / CROP_SCALE + 1e-4:
-                raise SpecError(f"{where}: crops are not whole pixels of a {spec.crop_grid}-pixel source image "
-                                f"(off by {off.max():.4f} px); store them with crop_grid 0 or exact_fields")
-            stored_crops = np.rint(px).astype(self._defs["sample_crop"].dtype)
-        elif spec.exact_fields:
-            stored_crops = crops.astype(np.float32)
-        else:
-            stored_crops = np.rint(crops * CROP_SCALE).astype(np.uint16)
-        flips = np.zeros(b, bool) if unit.flips is None else arr(unit.flips, "flips", (b,)).astype(bool)
-        if unit.mix_kind not in MIX_KINDS:
-            raise SpecError(f"{where}: mix_kind must be one of {MIX_KINDS}, got {unit.mix_kind!r}")
-        perm = np.arange(b) if unit.mix_perm is None else arr(unit.mix_perm, "mix_perm", (b,))
-        if not np.array_equal(np.sort(perm), np.arange(b)):
-            raise SpecError(f"{where}: mix_perm must be a permutation of 0..{b - 1}")
-        lam = float(unit.mix_lambda)
-        if not 0.0 <= lam <= 1.0:
-            raise SpecError(f"{where}: mix_lambda must be in [0, 1], got {lam}")
-        box = np.zeros(4, np.int64) if unit.mix_box is None else arr(unit.mix_box, "mix_box", (4,), np.int64)
-        cut = np.zeros((b, 4), np.int64) if unit.cutout is None else arr(unit.cutout, "cutout", (b, 4), np.int64)
-        for name, a in (("mix_box", box), ("cutout", cut)):
-            if a.size and (a.min() < 0 or a.max() > 65535):
-                raise SpecError(f"{where}: {name} must hold pixel coordinates in [0, 65535]")
-        if unit.cutout_fill is None:
-            fill = np.broadcast_to(self._default_fill, (b, FILL_CHANNELS))
-        else:
-            fill = arr(unit.cutout_fill, "cutout_fill", (b, FILL_CHANNELS))
-            if fill.size and (
-                not np.issubdtype(fill.dtype, np.number) or not np.all(np.isfinite(fill))
-                or np.any(fill != np.rint(fill)) or fill.min() < 0 or fill.max() > 255
-            ):
-                raise SpecError(f"{where}: cutout_fill must hold integer colours in [0, 255]")
+        fields = encode_fields(spec, unit, self._default_fill)
         if spec.value_kind == "logits":
             idx, val, lse = self._logit_labels(unit, b, where)
         else:
@@ -426,15 +382,7 @@ class StoreWriter:
             "unit_epoch": unit.epoch,
             "unit_batch": unit.batch,
             "unit_count": b,
-            "unit_mix_kind": MIX_KINDS.index(unit.mix_kind),
-            "unit_mix_lambda": np.float64(lam) if spec.exact_fields else np.float32(lam),
-            "unit_mix_box": box.astype(np.uint16),
-            "unit_mix_perm": np.concatenate([perm, np.arange(b, B)]).astype(spec.slot_dtype),
-            "sample_id": pad(ids.astype(np.uint32), np.uint32(2**32 - 1)),
-            "sample_crop": pad(stored_crops),
-            "sample_flip": pad(flips.astype(np.uint8)),
-            "sample_cutout": pad(cut.astype(np.uint16)),
-            FILL_ARRAY: pad(np.asarray(fill).astype(np.uint8)),
+            **self._schedule_rows(fields),
             "label_index": pad(pack_indices(idx, spec.index_bits) if spec.format_version >= PACKED_FORMAT_VERSION
                                else idx.astype(spec.index_dtype)),
             "label_value": pad(enc_val),
@@ -446,6 +394,12 @@ class StoreWriter:
         if aux is not None:
             rows[AUX_ARRAY] = pad(aux)
         return rows
+
+    def _schedule_rows(self, fields: dict[str, np.ndarray]) -> dict[str, Any]:
+        """What the store keeps of a unit's schedule rows: the rows, or with ``derived_fields`` their digest."""
+        if self.spec.derived_fields:
+            return {DIGEST_ARRAY: fields_digest(fields, self.spec)}
+        return fields
 
     def _logit_labels(self, unit: Unit, b: int, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-k logits (descending; the lower class first among equal logits) and each row's

@@ -303,7 +303,7 @@ def make_loader(
     reader = store if hasattr(store, "read_slab") else None
     path = reader.path if reader is not None else os.fspath(store)
     feed = StoreFeed(path, backend=store_backend, rank=rank, world_size=world_size, replay_seed=replay_seed,
-                     cache_shards=config.cache_shards, reader=reader)
+                     cache_shards=config.cache_shards, reader=reader, sizes=source.sizes)
     spec = feed.spec
     if config.batch_size is not None and config.batch_size != spec.batch_size:
         raise LoaderSpecError(

@@ -57,6 +57,7 @@ def relabel_spec(
     granularity: str = "batch",
     prune_seed: int = 0,
     format_version: int = FORMAT_VERSION,
+    derived_fields: bool = False,
 ) -> tuple[Schedule, StoreSpec]:
     """The schedule over ``source`` and the store spec recording it (with the source's content hash):
     what :func:`relabel` takes.
@@ -65,7 +66,8 @@ def relabel_spec(
     probabilities at ``temperature``, so training may choose its own temperature (docs/format.md).
     ``keep`` prunes at generation: the spec of a store holding that fraction of the schedule's units,
     drawn with :func:`ddpipe.labelstore.plan_units` (``granularity``, ``prune_seed``); :func:`relabel`
-    then computes only those.
+    then computes only those. ``derived_fields`` (format 4): the store keeps a digest of each unit's
+    sample order, crops, flips and mix instead of the fields, which readers recompute from the schedule.
     """
     source = open_source(source)
     cfg = recipe(schedule) if isinstance(schedule, str) else schedule
@@ -76,6 +78,7 @@ def relabel_spec(
         num_classes, k, value_codec=value_codec, temperature=temperature, image_set_hash=source.content_hash(),
         teacher_hash=teacher_hash, units_per_shard=units_per_shard, format_version=format_version,
         **({"value_kind": value_kind} if value_kind != "probs" else {}),  # probs: the spec's default, unrecorded
+        **({"derived_fields": True} if derived_fields else {}),
     )
     if keep is not None:
         spec = pruned_spec(spec, keep, granularity, prune_seed)

@@ -349,6 +349,20 @@ class Schedule:
             cutout=cut, mix_kind=kind, mix_perm=perm, mix_lambda=lam, mix_box=box, cutout_fill=colours,
         )
 
+    @classmethod
+    def of_store(cls, spec: StoreSpec, sizes: np.ndarray) -> "Schedule":
+        """The schedule a store was relabelled with, rebuilt from its spec (augmentation record, seed, batch
+        size, epochs) and the source images' ``sizes``: what a ``derived_fields`` store is read with
+        (``open_store(path, fields=Schedule.of_store(spec, sizes).unit)``)."""
+        try:
+            config = ScheduleConfig.from_dict(spec.augmentation) if spec.augmentation else ScheduleConfig()
+        except LoaderSpecError as e:
+            raise LoaderSpecError(f"the store's augmentation record is not a ddpipe schedule: {e}") from None
+        sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+        if len(sizes) != spec.num_samples:
+            raise LoaderSpecError(f"the store holds labels of {spec.num_samples} images, the image sizes given are {len(sizes)}")
+        return cls(config, spec.seed, sizes, spec.batch_size, spec.epochs)
+
     def store_spec(self, num_classes: int, k: int, **kw: Any) -> StoreSpec:
         """A :class:`StoreSpec` for this schedule (``kw``: value_codec, temperature, hashes …)."""
         return StoreSpec(

@@ -158,6 +158,9 @@ def test_default_spec_still_writes_format3(tmp_path):
     (dict(crop_grid=224, exact_fields=True), "crop_grid"),
     (dict(format_version=5), "format_version must be one of"),
     (dict(value_kind="logits", value_codec="abs512"), "logit store"),
+    (dict(format_version=3, derived_fields=True), "derived_fields"),
+    (dict(exact_fields=True, derived_fields=True), "derived_fields"),
+    (dict(derived_fields="yes"), "derived_fields must be true or false"),
 ])
 def test_format4_spec_refusals(kw, match):
     with pytest.raises(SpecError, match=match):
@@ -219,3 +222,89 @@ def test_format4_edited_attributes_are_refused(tmp_path):
         json.dump(meta, f)
     with pytest.raises(MetadataEditedError, match="spec.crop_grid"):
         open_store(a)
+
+
+# --- derived schedule fields ------------------------------------------------------------------------------
+def _schedule(spec_kw=None, seed=3, size=224):
+    from ddpipe.pipeline.schedule import Schedule, recipe
+
+    sizes = np.full((70, 2), size, np.int64)
+    return Schedule(recipe("sre2l", output_size=(32, 32)), seed, sizes, 32, 2)
+
+
+def _labelled(sched, spec):
+    rng = np.random.default_rng(5)
+    out = []
+    for e in range(spec.epochs):
+        for b in range(spec.batches_per_epoch):
+            u = sched.unit(e, b)
+            out.append(Unit(**{**u.__dict__, "logits": rng.normal(0, 3, (u.count, spec.num_classes)).astype(np.float32)}))
+    return out
+
+
+def test_derived_fields_keep_a_digest_and_read_back_the_schedule_s_units(tmp_path):
+    """derived_fields: no schedule arrays on disk, one uint64 digest per unit; read with the schedule, every
+    unit is the one the relabel wrote (ids, crops, flips, mix, labels); the store is smaller by their bytes."""
+    from ddpipe.labelstore import store_info
+    from ddpipe.labelstore.layout import DIGEST_ARRAY, SCHEDULE_ARRAYS
+
+    sched = _schedule()
+    stored = sched.store_spec(1000, 10, value_codec="abs512", format_version=4)
+    derived = stored.replace(derived_fields=True)
+    units = _labelled(sched, stored)
+    a = _write(str(tmp_path / "stored.zarr"), stored, units)
+    d = _write(str(tmp_path / "derived.zarr"), derived, units)
+    on_disk = set(os.listdir(d))
+    assert DIGEST_ARRAY in on_disk and not on_disk & set(SCHEDULE_ARRAYS)
+    assert store_info(d)["bytes_on_disk"] < store_info(a)["bytes_on_disk"]
+    ra, rd = open_store(a), open_store(d, fields=sched.unit)
+    for want, got in zip(ra.iter_units(), rd.iter_units()):
+        for name in ("sample_ids", "crops", "flips", "cutout", "cutout_fill", "mix_perm", "mix_box"):
+            assert np.array_equal(getattr(want, name), getattr(got, name)), name
+        assert (want.mix_kind, want.mix_lambda) == (got.mix_kind, got.mix_lambda)
+        assert np.array_equal(want.topk[0], got.topk[0]) and np.array_equal(want.topk[1], got.topk[1])
+    assert verify_store(d, fields=sched.unit)["ok"]
+    assert verify_store(d)["ok"]  # without the schedule: every label check, no field check
+
+
+def test_derived_fields_refuse_another_schedule_naming_the_unit(tmp_path):
+    from ddpipe.labelstore import FieldsMismatchError
+    from ddpipe.labelstore.layout import DIGEST_ARRAY
+
+    sched = _schedule()
+    spec = sched.store_spec(1000, 10, value_codec="abs512", format_version=4, derived_fields=True)
+    d = _write(str(tmp_path / "d.zarr"), spec, _labelled(sched, spec))
+    with pytest.raises(SpecError, match="derived_fields"):
+        open_store(d).read_unit(0)  # labels only without the schedule: whole units need it
+    assert open_store(d).read_slab(0, 1).values.shape == (1, 32, 10)
+    for other in (_schedule(seed=4), _schedule(size=200)):  # another seed; other image sizes
+        with pytest.raises(FieldsMismatchError, match=r"unit 2 \(epoch 0, batch 2\)"):
+            open_store(d, fields=other.unit).read_unit(2)
+        problems = verify_store(d, fields=other.unit)["problems"]
+        assert problems and {p["array"] for p in problems} == {DIGEST_ARRAY}
+
+
+def test_prune_and_copy_into_a_derived_store(tmp_path):
+    """prune copies a derived store's digests; rows of a store that keeps its fields, written into a
+    derived store, keep their digest, and read back equal."""
+    from ddpipe.labelstore import open_writer
+
+    sched = _schedule()
+    stored = sched.store_spec(1000, 10, value_codec="abs512", format_version=4)
+    units = _labelled(sched, stored)
+    a = _write(str(tmp_path / "a.zarr"), stored, units)
+    d = _write(str(tmp_path / "d.zarr"), stored.replace(derived_fields=True), units)
+    p = prune_store(d, str(tmp_path / "p.zarr"), 0.5, seed=2)
+    rp = open_store(p, fields=sched.unit)
+    assert rp.spec.derived_fields and verify_store(p, fields=sched.unit)["ok"]
+    ra = open_store(a)
+    for u in rp.iter_units():
+        w = ra.read_batch(u.epoch, u.batch)
+        assert np.array_equal(u.crops, w.crops) and np.array_equal(u.topk[1], w.topk[1])
+    c = str(tmp_path / "c.zarr")
+    create_store(c, stored.replace(derived_fields=True)).close()
+    with open_writer(c) as w:
+        slab = ra.read_slab(0, ra.num_units)
+        for i in range(ra.num_units):
+            w.write_rows(int(ra.plan[i, 0]), int(ra.plan[i, 1]), {n: v[i] for n, v in slab.arrays.items()})
+    assert verify_store(c, fields=sched.unit)["ok"]

@@ -180,3 +180,45 @@ def test_a_logit_store_gives_the_probability_store_s_labels_at_its_temperature(e
         np.testing.assert_allclose(a.dense(10), b.dense(10), atol=2e-3)
     with pytest.raises(RelabelError, match="value_kind"):
         RelabelConfig(images=env["images"], teacher=(env["sd"],), out=out + "x", value_kind="logits", value_codec="uint8")
+
+
+def test_derived_fields_store_trains_and_checks_like_the_stored_one(env):
+    """--format-version 4 --derived-fields --codec abs512: no crops on disk, yet the training loader gives the
+    images and meta of the fp16 store (same teacher, schedule, images) and targets within 1/512, and
+    verify --teacher re-runs its units exactly; the store is smaller."""
+    from ddpipe.evaluate.check_teacher import check_teacher
+    from ddpipe.labelstore import SpecError
+    from ddpipe.pipeline import make_loader
+
+    out = str(env["root"] / "derived.zarr")
+    run(RelabelConfig(images=env["images"], teacher=(env["sd"],), model="resnet18", num_classes=10, input_size=32,
+                      out=out, format_version=4, derived_fields=True, value_codec="abs512", **SCHED))
+    assert open_store(out).spec.derived_fields and not os.path.exists(os.path.join(out, "sample_crop"))
+    assert store_info(out)["bytes_on_disk"] < store_info(env["api"])["bytes_on_disk"]
+    with pytest.raises(SpecError, match="derived_fields"):
+        open_store(out).read_unit(0)
+    kw = dict(batch_size=10, num_workers=0, targets="topk")
+    a, b = make_loader(env["images"], env["api"], **kw), make_loader(env["images"], out, **kw)
+    for x, y in zip(a.epoch(1), b.epoch(1)):
+        assert torch.equal(x.images, y.images)
+        np.testing.assert_array_equal(np.asarray(x.meta.params.crops), np.asarray(y.meta.params.crops))
+        np.testing.assert_array_equal(np.asarray(x.targets[0]), np.asarray(y.targets[0]))
+        np.testing.assert_allclose(np.asarray(x.targets[1]), np.asarray(y.targets[1]), atol=1 / 512 + 1e-3)
+    result = check_teacher(out, [env["sd"]], env["images"], sample=0, model="resnet18", num_classes=10,
+                           input_size=32, device="cpu", loader="torch", workers=0)
+    assert result.ok and result.samples_checked == 40
+
+
+def test_verify_with_images_checks_a_derived_store_s_fields(env, tmp_path, capsys):
+    """`ddpipe verify STORE --images DIR` recomputes a derived store's fields and compares digests: the
+    images it was made from pass; other images (same count, other sizes) fail naming the digest array."""
+    from teacher32 import make_image_folder as folder
+
+    out = str(env["root"] / "derived-verify.zarr")
+    run(RelabelConfig(images=env["images"], teacher=(env["sd"],), model="resnet18", num_classes=10, input_size=32,
+                      out=out, format_version=4, derived_fields=True, **SCHED))
+    assert main(["verify", out, "--images", env["images"]]) == 0
+    other = folder(str(tmp_path / "other"), size=40)
+    capsys.readouterr()
+    assert main(["verify", out, "--images", other]) == 1
+    assert "unit_fields_digest" in capsys.readouterr().out

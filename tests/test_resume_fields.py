@@ -62,7 +62,8 @@ def runs(tmp_path_factory):
 # changing some fields alone makes an invalid config (train: exactly one label mode); these go with them
 WITH = {"hard_labels": lambda others: {"online_teacher": others["online_teacher"]},
         "labels": lambda others: {"hard_labels": False},
-        "online_teacher": lambda others: {"hard_labels": False}}
+        "online_teacher": lambda others: {"hard_labels": False},
+        "derived_fields": lambda others: {"format_version": 4}}
 
 
 def _candidates(cls, name: str, value, others: dict) -> list:

@@ -76,6 +76,9 @@ def export_refusal(reader) -> str | None:
                 "temperature to logits. Relabel or import with --values logits".format(spec.temperature))
     if spec.pruning is not None or reader.num_units != spec.full_units:
         return "it is pruned; SRe2L's train_FKD.py reads every batch of every epoch (LPLD's trainer reads pruned folders)"
+    if getattr(spec, "derived_fields", False):
+        return ("it keeps no crops, flips or mixes (derived_fields: recomputed from the schedule and the images); "
+                "SRe2L's files hold them: relabel without --derived-fields to export")
     if reader.complete_units != reader.num_units:
         return f"it is incomplete ({reader.complete_units} of {reader.num_units} units written); finish the relabel first"
     if spec.seed != SRE2L_SAMPLER_SEED:
