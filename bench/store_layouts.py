@@ -10,7 +10,8 @@ written as:
   ``fp16-logits`` (value_kind logits: top-k fp16 logits kept bit for bit, their row's log-sum-exp)
   and the quantised ``abs512``/``abs512d`` (every probability within 1/512)); ``fields`` ``stored``
   keeps the sample order, crops, flips and mix, ``derived`` (``derived_fields``) only their digest per
-  unit, the reader recomputing them from the schedule (its random reads include that work);
+  unit, the reader recomputing them from the schedule (its random reads include that work); ``indices``
+  ``packed`` (bit-packed, probability order) or ``gaps`` (class-sorted gaps, read back in class order);
 - ``lpqld``: one ``torch.save`` file per batch holding the crop coordinates (fp16), flips, the mix
   permutation (uint8), lambda and box, the top-k logits (fp16) and indices (int16), plus one JSON file
   of each batch's sample ids (its ``generate_soft_label_pruning_batch.py`` with label quantisation);
@@ -40,10 +41,13 @@ from . import common
 SIDE_KEEPS = (1.0, 0.1, 0.025)
 SIDE_GRID = (("imagenet1k-ipc50", 10), ("imagenet1k-ipc50", 50), ("imagenet1k-ipc50", 100),
              ("imagenet21k-ipc20", 100), ("imagenet21k-ipc20", 200))
-DDPIPE_CODECS = ((3, "fp16", False), (4, "fp16", False), (4, "fp16-logits", False), (4, "abs512", False),
-                 (4, "abs512d", False), (4, "fp16-logits", True), (4, "abs512", True), (4, "abs512d", True))
-"""(format, codec, derived_fields) of the ddpipe stores of each cell; ``fp16-logits`` is codec fp16 with value_kind
-logits; ``derived_fields``: the schedule fields are recomputed from the schedule (only their digest is stored)."""
+DDPIPE_CODECS = ((3, "fp16", False, "packed"), (4, "fp16", False, "packed"), (4, "fp16-logits", False, "packed"),
+                 (4, "abs512", False, "packed"), (4, "abs512d", False, "packed"), (4, "fp16-logits", True, "packed"),
+                 (4, "abs512", True, "packed"), (4, "abs512d", True, "packed"), (4, "fp16-logits", True, "gaps"),
+                 (4, "abs512", True, "gaps"))
+"""(format, codec, derived_fields, index_coding) of the ddpipe stores of each cell; ``fp16-logits`` is codec fp16
+with value_kind logits; ``derived_fields``: the schedule fields are recomputed from the schedule (only their digest
+is stored); ``index_coding`` ``gaps``: class-sorted gaps instead of bit-packed indices (docs/format.md §3.1)."""
 
 
 @dataclass(frozen=True)
@@ -103,11 +107,14 @@ def write_ddpipe(path: str, spec, plan, units, logits: bool) -> None:
 
 def ddpipe_rows(cell: Cell, base_spec, sched, plan, units, workdir: str, config) -> list[dict]:
     from ..labelstore import open_store
+    from ..labelstore.packing import class_order
 
     rows = []
-    for fmt, name, derived in DDPIPE_CODECS:
+    for fmt, name, derived, coding in DDPIPE_CODECS:
         logits = name == "fp16-logits"
         kw = {"value_codec": "fp16" if logits else name, "format_version": fmt}
+        if coding != "packed":
+            kw["index_coding"] = coding
         if logits:
             kw["value_kind"] = "logits"
         if derived:
@@ -115,20 +122,21 @@ def ddpipe_rows(cell: Cell, base_spec, sched, plan, units, workdir: str, config)
         elif fmt >= 4:
             kw["crop_grid"] = cell.preset.image_size
         spec = base_spec.replace(**kw)
-        path = os.path.join(workdir, f"ddpipe-f{fmt}-{name}{'-derived' if derived else ''}.zarr")
+        path = os.path.join(workdir, f"ddpipe-f{fmt}-{name}{'-derived' if derived else ''}-{coding}.zarr")
         write_ddpipe(path, spec, plan, units, logits)
         reader = open_store(path, backend=config.backend, fields=sched.unit if derived else None)
         err = 0.0
         for u, got in zip(units, reader.iter_units(prefetch=False)):
-            assert np.array_equal(got.topk[0], u.topk[0]), "ddpipe store returned other classes"
-            err = max(err, float(np.abs(got.topk[1] - u.topk[1]).max()))
+            want_idx, want_val = u.topk if coding == "packed" else class_order(*u.topk)  # gaps: class order
+            assert np.array_equal(got.topk[0], want_idx), "ddpipe store returned other classes"
+            err = max(err, float(np.abs(got.topk[1] - want_val).max()))
         rng = np.random.default_rng(config.seed)
         picks = rng.integers(0, reader.num_units, config.random_units)
         rate = _rate(_timed_reads(lambda i: reader.read_unit(int(i)).count, picks), config.repeats, config.core)
         from ..labelstore import store_info
 
         rows.append(_row(cell, "ddpipe", name, fmt, units, store_info(path)["bytes_on_disk"], err, rate,
-                         "derived" if derived else "stored"))
+                         "derived" if derived else "stored", coding))
         if not config.keep_stores:
             shutil.rmtree(path, ignore_errors=True)
     return rows
@@ -255,13 +263,14 @@ def sre2l_row(cell: Cell, teacher, units, workdir: str, config) -> dict:
 
 # --- one cell, the grid --------------------------------------------------------------------------------
 def _row(cell: Cell, layout: str, codec: str, fmt, units, nbytes: int, err: float, rate: float,
-         fields: str = "stored") -> dict:
+         fields: str = "stored", index_coding: str = "") -> dict:
     samples = int(sum(u.count for u in units))
     kept = cell.keep * cell.preset.num_samples * cell.preset.epochs
     per = nbytes / samples
     return {
         "preset": cell.preset.name, "num_classes": cell.preset.num_classes, "k": cell.k, "keep": cell.keep,
-        "layout": layout, "codec": codec, "format": fmt, "fields": fields, "units": len(units), "samples": samples,
+        "layout": layout, "codec": codec, "format": fmt, "fields": fields, "index_coding": index_coding,
+        "units": len(units), "samples": samples,
         "bytes": int(nbytes), "bytes_per_sample_epoch": per, "projected_bytes": per * kept,
         "max_prob_error": err, "random_samples_per_s": rate,
     }
@@ -295,7 +304,7 @@ def run_cell(cell: Cell, workdir: str, config, max_units: int) -> list[dict]:
 
 SIDE_COLUMNS = [
     ("preset", "preset", ""), ("k", "k", ""), ("keep", "keep", ".4g"), ("layout", "layout", ""),
-    ("codec", "codec", ""), ("format", "fmt", ""), ("fields", "fields", ""), ("units", "units", ",d"), ("bytes", "bytes", ",d"),
+    ("codec", "codec", ""), ("format", "fmt", ""), ("fields", "fields", ""), ("index_coding", "indices", ""), ("units", "units", ",d"), ("bytes", "bytes", ",d"),
     ("bytes_per_sample_epoch", "B/sample-ep", ".1f"), ("ratio_vs_lpqld", "vs lpqld", ".3f"),
     ("max_prob_error", "max prob err", ".2e"), ("random_samples_per_s", "random/s", ",.0f"),
 ]

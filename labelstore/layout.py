@@ -117,7 +117,7 @@ def unit_defs(spec: StoreSpec, format_version: int | None = None) -> list[ArrayD
     ]
     if format_version >= 2:
         defs.append(ArrayDef(FILL_ARRAY, np.dtype("u1"), (b, FILL_CHANNELS), 0, ("slot", "channel")))
-    if format_version >= PACKED_FORMAT_VERSION:  # k indices of index_bits each, bit-packed per sample (packing.py)
+    if format_version >= PACKED_FORMAT_VERSION and spec.index_coding == "packed":  # k indices of index_bits each (packing.py)
         defs.append(ArrayDef("label_index", np.dtype("u1"), (b, spec.packed_index_bytes), 0, ("slot", "byte")))
     else:
         defs.append(ArrayDef("label_index", spec.index_dtype, (b, k), 0, ("slot", "k")))

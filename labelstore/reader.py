@@ -53,7 +53,7 @@ from .metadata import StoreMeta, is_local, read_meta
 from .objects import Objects
 from .plan import recomputed_plan
 from .fields import FieldsFn, derive_arrays
-from .packing import unpack_indices
+from .packing import from_gaps, unpack_indices
 from .spec import MIX_KINDS, PACKED_FORMAT_VERSION, StoreSpec
 from .topk import logit_probs
 from .unit import Unit
@@ -79,7 +79,8 @@ class Slab:
     """Consecutive units ``[start, stop)`` as stored (padded to the batch size). The arrays are
     those of the current format: for a format-1 store, ``sample_cutout_fill`` is filled in from
     the augmentation record's constant colour (:func:`ddpipe.labelstore.layout.augmentation_fill`); for a
-    format-4 store, ``label_index`` holds the unpacked indices (the spec's index dtype, ``[n, B, k]``) and
+    format-4 store, ``label_index`` holds the decoded indices (the spec's index dtype, ``[n, B, k]``; with the
+    ``gaps`` index coding each sample's top-k is in ascending class order, its values alike) and
     integer ``sample_crop`` is divided by ``crop_scale`` (the spec's ``crop_grid``, or 65535)."""
 
     start: int
@@ -478,9 +479,12 @@ class StoreReader:
             fill = np.zeros((stop - start, self.spec.batch_size, FILL_CHANNELS), np.uint8)
             fill[valid] = self._default_fill  # padding slots stay 0, as a writer stores them
             arrays[FILL_ARRAY] = fill
-        if self.format_version >= PACKED_FORMAT_VERSION:  # bit-packed indices: unpacked here, before any check
-            arrays["label_index"] = unpack_indices(arrays["label_index"], self.spec.index_bits, self.spec.k,
-                                                   self.spec.index_dtype)
+        if self.format_version >= PACKED_FORMAT_VERSION:  # coded indices: decoded here, before any check
+            if self.spec.index_coding == "gaps":
+                arrays["label_index"] = from_gaps(arrays["label_index"], self.spec.num_classes, self.spec.index_dtype)
+            else:
+                arrays["label_index"] = unpack_indices(arrays["label_index"], self.spec.index_bits, self.spec.k,
+                                                       self.spec.index_dtype)
         if check_values:
             self._check_stored(arrays, start, stop)
         values = self.codec.decode(arrays["label_value"], arrays.get("label_scale"))

@@ -16,6 +16,7 @@ import numpy as np
 
 from .codecs import get_codec
 from .errors import SpecError
+from .packing import INDEX_CODINGS
 
 FORMAT_VERSION = 3
 """The on-disk format this code writes (``docs/format.md``). Version 2 added ``sample_cutout_fill``;
@@ -48,7 +49,7 @@ top-k logits with each row's log-sum-exp at ``temperature`` in ``label_lse`` (``
 training temperature is chosen when training (``docs/format.md`` §5)."""
 
 OPTIONAL_SPEC_FIELDS = {"value_kind": "probs", "exact_fields": False, "aux_fields": (), "format_version": FORMAT_VERSION,
-                        "crop_grid": 0, "derived_fields": False}
+                        "crop_grid": 0, "derived_fields": False, "index_coding": "packed"}
 """Spec fields written into the attributes only when they differ from these defaults, so stores
 that do not use them keep exactly the attributes they had before the fields existed."""
 
@@ -160,6 +161,7 @@ class StoreSpec:
     aux_fields: tuple = ()  # names of per-sample float64 values kept in sample_aux (an importer's extra fields)
     format_version: int = FORMAT_VERSION  # the format written: 3, or 4 (packed indices, abs* codecs, crop_grid)
     crop_grid: int = 0  # format 4: crops stored as integer pixels of a source image this many pixels a side; 0 = 1/65535 fixed point
+    index_coding: str = "packed"  # format 4: class indices bit-packed (packed) or class-sorted gaps (gaps), packing.py
     derived_fields: bool = False  # format 4: the schedule fields (ids, crops, flips, cutout, mix) are not stored but
     # recomputed from the replay schedule by the reader, checked against a per-unit digest (fields.py)
 
@@ -204,6 +206,10 @@ class StoreSpec:
         if self.crop_grid and (self.format_version < PACKED_FORMAT_VERSION or self.exact_fields or self.crop_grid > 65535):
             raise SpecError(f"crop_grid (integer source pixels, 1..65535) needs format_version 4 and no exact_fields, "
                             f"got crop_grid={self.crop_grid}, format_version={self.format_version}, exact_fields={self.exact_fields}")
+        if self.index_coding not in INDEX_CODINGS:
+            raise SpecError(f"index_coding must be one of {INDEX_CODINGS}, got {self.index_coding!r}")
+        if self.index_coding != "packed" and self.format_version < PACKED_FORMAT_VERSION:
+            raise SpecError(f"index_coding {self.index_coding!r} needs format_version 4, got {self.format_version}")
         if not isinstance(self.derived_fields, (bool, np.bool_)):
             raise SpecError(f"derived_fields must be true or false, got {self.derived_fields!r}")
         set_(self, "derived_fields", bool(self.derived_fields))

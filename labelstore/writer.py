@@ -60,7 +60,7 @@ from .lease import DEFAULT_LEASE_TTL, ShardLeases, pid_alive
 from .location import store_location
 from .metadata import ATTR_KEY, is_local, make_attrs, open_group, parse_attrs
 from .objects import Objects
-from .packing import pack_indices
+from .packing import class_order, pack_indices, to_gaps
 from .spec import PACKED_FORMAT_VERSION, WRITE_FORMAT_VERSIONS, StoreSpec, parse_plan
 from .topk import logsumexp_at, softmax_at, top_k
 from .unit import Unit
@@ -249,7 +249,10 @@ class StoreWriter:
         missing = set(self._defs) - set(rows)
         if missing:
             raise SpecError(f"unit (epoch {epoch}, batch {batch}): rows lack arrays {sorted(missing)}")
-        if self.spec.format_version >= PACKED_FORMAT_VERSION and np.asarray(rows["label_index"]).dtype != np.uint8:
+        if self.spec.index_coding == "gaps":  # a reader's rows carry the indices themselves, in any order
+            idx, val = class_order(np.asarray(rows["label_index"]), np.asarray(rows["label_value"]))
+            rows = {**rows, "label_index": to_gaps(idx, self.spec.index_dtype), "label_value": val}
+        elif self.spec.format_version >= PACKED_FORMAT_VERSION and np.asarray(rows["label_index"]).dtype != np.uint8:
             # a reader's rows carry the indices unpacked (uint16/uint32 [B, k]); packed rows are uint8
             rows = {**rows, "label_index": pack_indices(rows["label_index"], self.spec.index_bits)}
         for name, d in self._defs.items():
@@ -377,14 +380,15 @@ class StoreWriter:
         elif unit.aux is not None:
             raise SpecError(f"{where}: aux values given but the store has no aux_fields")
 
+        if spec.index_coding == "gaps":  # class order: the values follow their classes
+            idx, val = class_order(idx, val)
         enc_val, scale = self.codec.encode(val)
         rows = {
             "unit_epoch": unit.epoch,
             "unit_batch": unit.batch,
             "unit_count": b,
             **self._schedule_rows(fields),
-            "label_index": pad(pack_indices(idx, spec.index_bits) if spec.format_version >= PACKED_FORMAT_VERSION
-                               else idx.astype(spec.index_dtype)),
+            "label_index": pad(self._index_rows(idx)),
             "label_value": pad(enc_val),
         }
         if scale is not None:
@@ -394,6 +398,15 @@ class StoreWriter:
         if aux is not None:
             rows[AUX_ARRAY] = pad(aux)
         return rows
+
+    def _index_rows(self, idx: np.ndarray) -> np.ndarray:
+        """``label_index`` rows of top-k indices (in class order for the gaps coding) as the layout stores them."""
+        spec = self.spec
+        if spec.format_version < PACKED_FORMAT_VERSION:
+            return idx.astype(spec.index_dtype)
+        if spec.index_coding == "gaps":
+            return to_gaps(idx, spec.index_dtype)
+        return pack_indices(idx, spec.index_bits)
 
     def _schedule_rows(self, fields: dict[str, np.ndarray]) -> dict[str, Any]:
         """What the store keeps of a unit's schedule rows: the rows, or with ``derived_fields`` their digest."""

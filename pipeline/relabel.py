@@ -58,6 +58,7 @@ def relabel_spec(
     prune_seed: int = 0,
     format_version: int = FORMAT_VERSION,
     derived_fields: bool = False,
+    index_coding: str = "packed",
 ) -> tuple[Schedule, StoreSpec]:
     """The schedule over ``source`` and the store spec recording it (with the source's content hash):
     what :func:`relabel` takes.
@@ -67,7 +68,8 @@ def relabel_spec(
     ``keep`` prunes at generation: the spec of a store holding that fraction of the schedule's units,
     drawn with :func:`ddpipe.labelstore.plan_units` (``granularity``, ``prune_seed``); :func:`relabel`
     then computes only those. ``derived_fields`` (format 4): the store keeps a digest of each unit's
-    sample order, crops, flips and mix instead of the fields, which readers recompute from the schedule.
+    sample order, crops, flips and mix instead of the fields, which readers recompute from the schedule;
+    ``index_coding="gaps"`` (format 4) stores each sample's top-k as class-sorted gaps (docs/format.md §3.1).
     """
     source = open_source(source)
     cfg = recipe(schedule) if isinstance(schedule, str) else schedule
@@ -79,6 +81,7 @@ def relabel_spec(
         teacher_hash=teacher_hash, units_per_shard=units_per_shard, format_version=format_version,
         **({"value_kind": value_kind} if value_kind != "probs" else {}),  # probs: the spec's default, unrecorded
         **({"derived_fields": True} if derived_fields else {}),
+        **({"index_coding": index_coding} if index_coding != "packed" else {}),
     )
     if keep is not None:
         spec = pruned_spec(spec, keep, granularity, prune_seed)

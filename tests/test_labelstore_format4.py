@@ -308,3 +308,76 @@ def test_prune_and_copy_into_a_derived_store(tmp_path):
         for i in range(ra.num_units):
             w.write_rows(int(ra.plan[i, 0]), int(ra.plan[i, 1]), {n: v[i] for n, v in slab.arrays.items()})
     assert verify_store(c, fields=sched.unit)["ok"]
+
+
+# --- the gaps index coding ---------------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.data(), st.integers(1, 70_000), st.integers(1, 40))
+def test_gaps_round_trip_any_set(data, classes, k):
+    from ddpipe.labelstore.packing import class_order, from_gaps, to_gaps
+
+    k = min(k, classes)
+    rows = data.draw(st.integers(1, 5))
+    idx = np.stack([np.asarray(data.draw(st.lists(st.integers(0, classes - 1), min_size=k, max_size=k, unique=True)))
+                    for _ in range(rows)])
+    val = np.random.default_rng(0).random(idx.shape).astype(np.float32)
+    dtype = np.dtype("<u2") if classes <= 65535 else np.dtype("<u4")
+    s_idx, s_val = class_order(idx, val)
+    back = from_gaps(to_gaps(s_idx, dtype), classes, dtype)
+    assert np.array_equal(back, np.sort(idx, axis=1)) and back.dtype == dtype
+    for r in range(rows):  # each class keeps its value
+        assert dict(zip(idx[r].tolist(), val[r].tolist())) == dict(zip(back[r].tolist(), s_val[r].tolist()))
+
+
+@pytest.mark.parametrize("codec", ["fp16", "abs512", "uint8"])
+def test_gaps_store_keeps_every_class_its_value_in_class_order(tmp_path, codec):
+    """index_coding gaps: label_index holds class-sorted gaps in the index dtype; each sample reads back the
+    same top-k set, every class with its value (within the codec), in ascending class order; verify passes,
+    and prune from a packed store into a gaps store (and back) keeps the labels."""
+    spec = _spec(value_codec=codec, crop_grid=224, index_coding="gaps")
+    units = _units(spec)
+    path = _write(str(tmp_path / "g.zarr"), spec, units)
+    with open(os.path.join(path, "label_index", "zarr.json")) as f:
+        assert json.load(f)["data_type"] == "uint16"
+    c = get_codec(codec)
+    for want, got in zip(units, open_store(path).iter_units()):
+        idx, val = top_k(softmax_at(want.logits, 1.0), spec.k)
+        order = np.argsort(idx, axis=1)
+        assert np.array_equal(got.topk[0], np.take_along_axis(idx, order, 1))
+        exp = np.take_along_axis(val, order, 1)
+        assert np.all(np.abs(got.topk[1] - exp) <= c.max_error(exp))
+    assert verify_store(path)["ok"]
+
+
+def test_gaps_and_packed_copy_into_each_other(tmp_path):
+    from ddpipe.labelstore import open_writer
+
+    packed = _spec(value_codec="abs512", crop_grid=224)
+    gaps = packed.replace(index_coding="gaps")
+    a = _write(str(tmp_path / "a.zarr"), packed, _units(packed))
+    ra = open_store(a)
+    for dst_spec, name in ((gaps, "g.zarr"), (packed, "p.zarr")):
+        dst = str(tmp_path / name)
+        create_store(dst, dst_spec).close()
+        src = open_store(str(tmp_path / "g.zarr")) if name == "p.zarr" else ra
+        with open_writer(dst) as w:
+            slab = src.read_slab(0, src.num_units)
+            for i in range(src.num_units):
+                w.write_rows(int(src.plan[i, 0]), int(src.plan[i, 1]), {n: v[i] for n, v in slab.arrays.items()})
+        rd = open_store(dst)
+        assert verify_store(dst)["ok"]
+        for u, w_ in zip(rd.iter_units(), ra.iter_units()):
+            for r in range(u.count):
+                assert dict(zip(u.topk[0][r].tolist(), u.topk[1][r].tolist())) == \
+                    dict(zip(w_.topk[0][r].tolist(), w_.topk[1][r].tolist()))
+
+
+def test_gaps_damage_is_reported_not_read():
+    spec = _spec(index_coding="gaps")
+    from ddpipe.labelstore.packing import from_gaps
+
+    assert from_gaps(np.array([[999, 5]]), spec.num_classes, spec.index_dtype).tolist() == [[999, 1000]]
+    with pytest.raises(SpecError, match="index_coding"):
+        _spec(format_version=3, index_coding="gaps")
+    with pytest.raises(SpecError, match="index_coding must be one of"):
+        _spec(index_coding="huffman")

@@ -63,7 +63,8 @@ def runs(tmp_path_factory):
 WITH = {"hard_labels": lambda others: {"online_teacher": others["online_teacher"]},
         "labels": lambda others: {"hard_labels": False},
         "online_teacher": lambda others: {"hard_labels": False},
-        "derived_fields": lambda others: {"format_version": 4}}
+        "derived_fields": lambda others: {"format_version": 4},
+        "index_coding": lambda others: {"format_version": 4}}
 
 
 def _candidates(cls, name: str, value, others: dict) -> list:
