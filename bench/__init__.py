@@ -25,6 +25,7 @@ _BENCHMARKS = {
     "recover": ("ddpipe.bench.recover", "synthesis methods vs random real images: one teacher, one fixed relabel + student recipe"),
     "sre2l-roundtrip": ("ddpipe.bench.sre2l_roundtrip", "SRe2L's unmodified relabel and train_FKD.py around ddpipe import/export (CPU shims): bit equality, identical training"),
     "sre2l-compare": ("ddpipe.bench.sre2l_compare", "SRe2L's relabel and train_FKD.py vs ddpipe relabel/train on 224 px JPEGs: time outside the models, bytes, RSS"),
+    "logits": ("ddpipe.bench.logit_profile", "the store bench's teacher-logit model vs a trained Fashion-MNIST teacher's soft labels: profile, entropy, top-k sets, abs512 bytes; fits the model"),
     "origin": ("ddpipe.bench.origin", "each recover method vs its origin code, unmodified on the CPU: loss, image gradient and images after a few steps on identical inputs"),
     "table": ("ddpipe.bench.table", "the results table: methods x IPC 1/10/50 under a shared recipe and their own, label settings vs bytes, cross-architecture"),
 }
