@@ -49,6 +49,8 @@ class InfoResult(Result):
     value_codec: str
     value_kind: str
     exact_fields: Any
+    index_coding: str  # format 4: packed or gaps (format 3: packed, 16/32-bit indices)
+    derived_fields: bool  # format 4: the schedule fields are recomputed from the schedule (digest stored)
     temperature: float
     seed: int
     units: int  # units in the store (a pruned store: the kept ones)
@@ -87,7 +89,7 @@ def summary_text(info: InfoResult) -> str:
     from ddpipe._format import human_bytes
 
     keys = ["path", "format_version", "num_samples", "num_classes", "epochs", "batch_size", "k", "value_codec",
-            "value_kind", "temperature", "units", "complete_units", "keep"]
+            "value_kind", "index_coding", "derived_fields", "temperature", "units", "complete_units", "keep"]
     lines = [f"{k:>26}: {getattr(info, k)}" for k in keys]
     lines.append(f"{'bytes_on_disk':>26}: {info.bytes_on_disk} ({human_bytes(info.bytes_on_disk)})")
     bpse = info.bytes_per_sample_epoch

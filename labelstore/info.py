@@ -104,6 +104,8 @@ def store_info(path: str | os.PathLike, *, backend: str = "auto", storage_option
         "value_codec": s.value_codec,
         "value_kind": s.value_kind,
         "exact_fields": s.exact_fields,
+        "index_coding": s.index_coding,
+        "derived_fields": s.derived_fields,
         "temperature": s.temperature,
         "seed": s.seed,
         "units": r.num_units,
