@@ -3,7 +3,9 @@
 Run::
 
     ddpipe bench origin --method sre2l --repo /path/to/SRe2L    # a clone or a bare git dir
-    ddpipe bench origin --json                                  # every adapter: sre2l, cda, sre2l.tiny, cda.tiny, cda.in21k
+    ddpipe bench origin --method lpld,gvbsm,delt --repos lpld=/src/LPLD,gvbsm=/src/G_VBSM,delt=/src/DELT
+    ddpipe bench origin --json      # every adapter: sre2l, cda, sre2l.tiny, cda.tiny, cda.in21k,
+                                    # lpld, lpld.tiny, gvbsm, delt, delt.rounds
 
 For one method the check builds one set of inputs and gives it to both sides:
 
@@ -30,6 +32,26 @@ Then it runs their ``get_images`` (SRe2L ``recover/data_synthesis.py`` and
 updates and compares the loss at step 0 (and at every step), the gradient on the images at step 0,
 the teacher's input at step 0 (the augmented batch), and the images after every step.
 
+The other families, each with what its code needs from the case:
+
+* LPLD (he-y/soft-label-pruning-for-dataset-distillation ``recover/data_synthesis_class.py``,
+  ``data_synthesis_tiny_class.py``): one class per batch (``--batch-size`` = ``--ipc`` = B images of
+  class 0); the teacher's BN layers become LPLD's class-aware ones (``class_running_mean`` /
+  ``class_running_var`` buffers drawn from the seed, called with ``(x, labels)`` as their blocks do:
+  :func:`class_bn_teacher`). The ImageNet script parses its command line inside ``main_syn``; a parser
+  that stops right after ``parse_args`` returns it (:func:`their_args`).
+* G-VBSM (shaoshitong/G_VBSM_Dataset_Condensation ``Branch_full_ImageNet_1k/recover/...``): their
+  ``main_worker`` as the one process of their ``mp.spawn`` (a gloo group of one), two seeded teachers
+  round-robin, B / 2 classes of 2 images; their convolution statistics computed by their
+  ``ConvFeatureHook`` over the case's seeded real images (:func:`their_conv_stats`) and loaded by
+  ``main_worker`` from ``--statistic-path``; these targets are compared with ddpipe's
+  (``stats_max_abs_diff``), and what their loader's crop + flip would change is measured.
+* DELT (VILA-Lab/DELT ``recover/recover.py``): their ``get_images`` on ddpipe's medium-ranked real
+  images, B / 2 classes of 2, with the early-late rounds (``delt``: ITR 4000, ROUND_ITR 500; ``delt.rounds``:
+  ITR 4, ROUND_ITR 2, so the compared steps cross a round); the ranking itself is compared by running
+  their ``data_selection.py`` (``rank``, ``store_medium``) on the same images and teacher
+  (``selection_equal``).
+
 A row *matches* when the hyperparameters, the crop scale ranges and the jitter bounds are equal,
 the loss and the gradient at step 0 agree to ``REL_TOL`` (relative), and the images after step 1
 differ by no more than Adam's first update allows for that gradient difference
@@ -43,11 +65,12 @@ difference, which shows how far a difference of that size alone carries the imag
 
 Their files are imported from a copy of the checkout (``git archive`` of a bare directory's HEAD)
 with ``sys.path`` pointing at their folder, and run as they are. Around them, never inside them:
-``torch.Tensor.cuda``, ``torch.nn.Module.cuda`` and ``Tensor.to("cuda")`` stay on the CPU;
+``torch.Tensor.cuda``, ``torch.nn.Module.cuda`` and ``Tensor.to("cuda")`` stay on the CPU (G-VBSM:
+``torch.cuda.set_device`` a no-op; torchvision's model registry restored after LPLD's model file registers);
 ``torch.Tensor.backward`` records the value of the first loss it is called on; a stand-in ``wandb``
 module (CDA imports it); and in their module's namespace ``torch``, ``random`` and ``transforms``
-are proxies that differ from the real modules only in ``randn``, ``randint`` and the two random
-transforms above. Their loop covers all 1000 classes for thousands of iterations; the replay stops
+are proxies that differ from the real modules only in ``randn``, ``randint`` (a one-value range such as
+DELT's ``randint(0, 0)`` is no draw) and the two random transforms above. Their loop covers all 1000 classes for thousands of iterations; the replay stops
 it when the recorded draws run out (the images then hold ``--steps`` updates).
 
 A family is one :class:`Adapter` in :data:`ADAPTERS` (:func:`register_adapter`): the repository
@@ -101,6 +124,8 @@ COLUMNS = [
     ("images_within_tol", "N within 1e-4", ""),
     ("images_floor", "floor", ".2e"),
     ("scale_max_abs_diff", "crop scale max |diff|", ".2e"),
+    ("stats_max_abs_diff", "statistics max |diff|", ".2e"),
+    ("selection_equal", "selection equal", ""),
     ("hparams", "hyperparameters", ""),
     ("match", "match", ""),
 ]
@@ -126,6 +151,8 @@ class Case:
     batch_size: int
     workdir: str
     antialias: str = "pinned"  # their RandomResizedCrop: "pinned" (antialias False, torchvision 0.14) | "installed"
+    teachers: list = field(default_factory=list)  # every teacher (the first is ``teacher``); G-VBSM uses several
+    real: Any = None  # ddpipe.synth.engine.RealData both sides take statistics from (G-VBSM), else None
 
 
 @dataclass
@@ -144,6 +171,9 @@ class Side:
     init: Any = None  # ddpipe's side: the initial batch it drew (the case's ``init``)
     hparams: dict = field(default_factory=dict)
     stdout: str = ""
+    stats: dict | None = None  # statistics computed from the real images: {teacher: {layer: {key: tensor}}}
+    selection: dict | None = None  # DELT: the real images (indices) each class's initial images come from, in order
+    notes: dict = field(default_factory=dict)  # measured sizes of deliberate differences
 
 
 @dataclass(frozen=True)
@@ -162,7 +192,7 @@ class Adapter:
     script: str  # the file whose loss and update run, relative to the repository root
     files: tuple[str, ...]  # every file of theirs that runs (sha256 recorded)
     argv: tuple[str, ...]  # their published command line for that setting (without --batch-size)
-    hparams: dict  # ddpipe config field (``r_bn`` = bn_stats' weight) -> their argparse name
+    hparams: dict  # ddpipe config field (``r_bn`` = the BN term's weight: bn_stats, class_bn_stats) -> their argparse name
     run: Callable[["Adapter", Case, str], Side]  # (adapter, case, folder of their files) -> their side
     deliberate: tuple[dict, ...] = ()  # differences ddpipe makes on purpose: {"what", "where"}
     default_repo: str = ""
@@ -172,6 +202,15 @@ class Adapter:
     image_size: int = 224
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    # images per class of ddpipe's engine (and their --ipc / --ipc-number): 1 for SRe2L's class-mixed batches,
+    # None = --batch-size (LPLD: one class per batch, B images of class 0), 2 for G-VBSM (B / 2 classes of 2)
+    ipc: int | None = 1
+    teachers: int = 1  # G-VBSM: several teachers, round-robin (seeds seed, seed + 10, ...)
+    real_images: int = 0  # seeded real images both sides compute their statistics from (G-VBSM's conv targets)
+    # the shared teacher as this family's code needs it (LPLD: class-wise BN buffers, BN called with (x, labels))
+    teacher_fn: Callable[[Any, int, int], Any] | None = None
+    local_modules: tuple[str, ...] = ("utils",)  # their sibling imports, put back in sys.modules afterwards
+    requires: tuple[str, ...] = ()  # packages their files import that ddpipe does not need (G-VBSM einops, DELT pandas)
 
 
 ADAPTERS: dict[str, Adapter] = {}
@@ -192,12 +231,17 @@ def list_adapters() -> list[str]:
 class Config:
     """``ddpipe bench origin``'s settings."""
 
-    method: str = option("", help="what to check, comma-separated: a family (its ImageNet-1K recipe: sre2l, cda) or "
-                                   "a recipe with an adapter (sre2l.tiny, cda.tiny, cda.in21k); default every registered adapter")
-    repo: str | None = option(None, help="their repository: a clone or a bare git directory (default: the family's "
-                                         "environment variable, e.g. $DDPIPE_SRE2L_REPO, else a local mirror)")
+    method: str = option("", help="what to check, comma-separated: a family (its ImageNet-1K recipe: sre2l, cda, lpld, "
+                                   "gvbsm, delt) or another adapter (sre2l.tiny, cda.tiny, cda.in21k, lpld.tiny, "
+                                   "delt.rounds); default every registered adapter")
+    repo: str | None = option(None, help="their repository for every checked method: a clone or a bare git directory "
+                                         "(default: the family's environment variable, e.g. $DDPIPE_SRE2L_REPO, "
+                                         "$DDPIPE_LPLD_REPO, else a local mirror)")
+    repos: str = option("", help="KEY=PATH,... a repository per method: KEY a method (lpld.tiny), a family (lpld) or "
+                                 "an origin (VILA-Lab/DELT); before --repo")
     steps: int = option(3, help="updates compared (default 3): images after this many steps")
-    batch_size: int = option(10, help="synthetic images per batch on both sides (default 10: classes 0-9)")
+    batch_size: int = option(10, help="synthetic images per batch on both sides (default 10: classes 0-9; LPLD ten "
+                                      "images of class 0; G-VBSM and DELT two images each of classes 0-4)")
     teacher: str = option("tiny", choices=("tiny", "resnet18"),
                           help="the shared teacher: tiny (two conv+BN layers, default) or resnet18 (torchvision's)")
     seed: int = option(0, help="seed of the teacher's weights and BN statistics and of ddpipe's draws (default 0)")
@@ -207,8 +251,8 @@ class Config:
                                    "(antialias since 0.17)")
     floor: bool = option(True, help="no floor run (ddpipe alone, its step-0 image gradient moved by +-the measured "
                                     "gradient difference: how far float noise alone carries the images after N steps)")
-    ddpipe_override: str = option("", help="NAME=VALUE,... applied to ddpipe's recipe only (r_bn sets bn_stats' "
-                                           "weight; any other RecoverConfig field): a control the check must catch")
+    ddpipe_override: str = option("", help="NAME=VALUE,... applied to ddpipe's recipe only (r_bn sets the BN "
+                                           "term's weight: bn_stats, LPLD's class_bn_stats; any other RecoverConfig field): a control the check must catch")
     results_dir: str | None = option(None, help="where the results JSON goes (default bench/results under the current directory)")
     json: bool = option(False, help="print the result as one JSON object on stdout", cli=False)
 
@@ -219,6 +263,18 @@ class Config:
         unknown = sorted(set(common.csv_list(self.method)) - set(ADAPTERS))
         if unknown:
             raise DDPipeError(f"no origin adapter for {unknown}; adapters: {', '.join(list_adapters())}")
+        for item in common.csv_list(self.repos):
+            if "=" not in item:
+                raise DDPipeError(f"--repos takes KEY=PATH items, got {item!r}")
+
+    def repo_for(self, adapter: Adapter) -> str | None:
+        """The repository given for ``adapter``: ``--repos`` by method, family or origin, else ``--repo``."""
+        given = dict(item.split("=", 1) for item in common.csv_list(self.repos))
+        given = {k.strip(): v.strip() for k, v in given.items()}
+        for key in (adapter.method, adapter.method.split(".")[0], adapter.origin):
+            if key in given:
+                return given[key]
+        return self.repo
 
 
 # --- their checkout ------------------------------------------------------------------------------------
@@ -229,6 +285,10 @@ def _is_bare(path: str) -> bool:
 def find_checkout(adapter: Adapter, path: str | None = None) -> tuple[str | None, str]:
     """``(repo, "")`` when ``path`` (else ``$<repo_env>``, else the default mirror) holds the adapter's
     files (a work tree, or a bare git directory with them at HEAD); else ``(None, reason)``."""
+    missing_pkgs = [m for m in adapter.requires if importlib.util.find_spec(m) is None]
+    if missing_pkgs:
+        return None, (f"their code imports {', '.join(missing_pkgs)}, not installed "
+                      f"(pip install {' '.join(missing_pkgs)})")
     cand = path or (os.environ.get(adapter.repo_env) if adapter.repo_env else None) or adapter.default_repo
     if not cand:
         return None, f"no checkout of {adapter.origin} given (--repo)"
@@ -293,8 +353,14 @@ def make_teacher(arch: str, seed: int, num_classes: int = 1000):
 
 
 # --- ddpipe's side ---------------------------------------------------------------------------------------
+def bn_term(cfg) -> str:
+    """The loss term SRe2L's ``--r-bn`` weighs in ``cfg``: ``bn_stats``, or LPLD's ``class_bn_stats``."""
+    return next((t for t in ("bn_stats", "class_bn_stats") if t in cfg.loss), "bn_stats")
+
+
 def apply_override(cfg, text: str):
-    """``cfg`` with ``NAME=VALUE,...`` applied (``r_bn`` -> the ``bn_stats`` weight; values typed like the field)."""
+    """``cfg`` with ``NAME=VALUE,...`` applied (``r_bn`` -> the BN term's weight, :func:`bn_term`; values typed
+    like the field)."""
     if not text:
         return cfg
     changes: dict[str, Any] = {}
@@ -305,7 +371,7 @@ def apply_override(cfg, text: str):
         if not sep:
             raise DDPipeError(f"--ddpipe-override takes NAME=VALUE items, got {item!r}")
         if name == "r_bn":
-            loss["bn_stats"] = float(value)
+            loss[bn_term(cfg)] = float(value)
             continue
         if name not in {f.name for f in dataclasses.fields(cfg)}:
             raise DDPipeError(f"--ddpipe-override: {cfg.recipe} has no field {name!r}")
@@ -375,8 +441,11 @@ def _recording_draws(draws: list):
         engine.sre2l_augment, augment.crop_params, augment._randint = plain_aug, plain_crop, plain_randint
 
 
-def run_ddpipe(cfg, teacher, steps: int, adapter: Adapter, grad_noise: float = 0.0) -> tuple[Side, list[dict], list[int]]:
+def run_ddpipe(cfg, teacher, steps: int, adapter: Adapter, grad_noise: float = 0.0,
+               real=None) -> tuple[Side, list[dict], list[int]]:
     """ddpipe's engine on its first batch for ``steps`` updates: (its side, the draws it made, the labels).
+    ``teacher`` is one module or a list (G-VBSM's round-robin); ``real`` the real images (a ``RealData``)
+    where the recipe takes statistics from them; the side's ``stats`` are then its conv targets.
 
     ``grad_noise`` > 0 adds ``+-grad_noise`` (a seeded random sign per pixel) to the image gradient of
     step 0 only: the floor run, showing how far a float-sized gradient difference alone carries the
@@ -385,7 +454,9 @@ def run_ddpipe(cfg, teacher, steps: int, adapter: Adapter, grad_noise: float = 0
 
     from ..synth.engine import Engine
 
-    engine = Engine(cfg, teachers=[copy.deepcopy(teacher)], num_classes=adapter.num_classes, ipc=1,
+    teachers = [copy.deepcopy(t) for t in (teacher if isinstance(teacher, (list, tuple)) else [teacher])]
+    engine = Engine(cfg, teachers=teachers, num_classes=adapter.num_classes,
+                    ipc=cfg.batch_size if adapter.ipc is None else adapter.ipc, real=real,
                     mean=adapter.mean, std=adapter.std, input_size=adapter.image_size, in_chans=len(adapter.mean))
     engine.prepare()
     batch = engine.batches()[0]
@@ -398,9 +469,10 @@ def run_ddpipe(cfg, teacher, steps: int, adapter: Adapter, grad_noise: float = 0
         return x
 
     def loss(step, ti, recorders):
-        if "x" not in got:  # the leaf being optimised (no DELT rounds: x_syn is x itself)
-            got["x"], got["input"] = step.x_syn, step.x.detach().clone()
-            step.x_syn.register_hook(lambda g: _keep_first(got, "grad", g))
+        if "x" not in got:  # the leaf being optimised (x_syn itself, or under DELT's rounds x_syn = x[active])
+            leaf = step.x_syn if step.x_syn.is_leaf else step.x_syn.grad_fn.next_functions[0][0].variable
+            got["x"], got["input"] = leaf, step.x.detach().clone()
+            leaf.register_hook(lambda g: _keep_first(got, "grad", g))
             if grad_noise:
                 def perturb(g):
                     if got.get("perturbed"):
@@ -409,7 +481,7 @@ def run_ddpipe(cfg, teacher, steps: int, adapter: Adapter, grad_noise: float = 0
                     sign = torch.randint(0, 2, g.shape, generator=torch.Generator().manual_seed(12345)) * 2 - 1
                     return g + grad_noise * sign.to(g.dtype)
 
-                step.x_syn.register_hook(perturb)
+                leaf.register_hook(perturb)
         return plain_loss(step, ti, recorders)
 
     history: list[dict] = []
@@ -434,6 +506,11 @@ def run_ddpipe(cfg, teacher, steps: int, adapter: Adapter, grad_noise: float = 0
                 losses=[float(h["total"]) for h in history], snapshots=got["snapshots"],
                 scales=[d["scale"] for d in draws], jitter_bounds=[tuple(b) for d in draws for b in d["jitter_bounds"]],
                 init=got["init"])
+    if "conv_stats" in cfg.loss:
+        side.stats = {t: engine.conv_targets(t) for t in range(len(teachers))}
+    if cfg.init in ("top", "min", "medium") and real is not None:  # DELT's ranked real images, per class
+        side.selection = {int(c): [int(i) for i in engine.class_order(int(c))[:_ranked_count(real, int(c))]]
+                          for c in sorted(set(batch.classes))}
     return side, draws[:steps], list(batch.classes)
 
 
@@ -491,6 +568,12 @@ def their_module(path: str, name: str, local: tuple[str, ...] = ("utils",)):
     folder = os.path.dirname(os.path.abspath(path))
     keys = (*local, "wandb")
     saved = {k: sys.modules.pop(k, None) for k in keys}
+    saved_path = list(sys.path)
+    try:  # LPLD's models/resnet_class.py registers its builders with torchvision: a second import would refuse
+        from torchvision.models import _api as tv_api
+        tv_models = dict(tv_api.BUILTIN_MODELS)
+    except ImportError:  # pragma: no cover - torchvision is a dependency of synth
+        tv_api = tv_models = None
     wandb = types.ModuleType("wandb")
     wandb.login = wandb.init = wandb.log = wandb.finish = lambda *a, **k: None
     wandb.api = types.SimpleNamespace(api_key="")
@@ -502,7 +585,10 @@ def their_module(path: str, name: str, local: tuple[str, ...] = ("utils",)):
         spec.loader.exec_module(mod)
         yield mod
     finally:
-        sys.path.remove(folder)
+        sys.path[:] = saved_path  # their file may append to it (LPLD's Tiny script adds its parent folder)
+        if tv_api is not None:
+            tv_api.BUILTIN_MODELS.clear()
+            tv_api.BUILTIN_MODELS.update(tv_models)
         for k in keys:
             sys.modules.pop(k, None)
             if saved[k] is not None:
@@ -553,6 +639,8 @@ def _replay_namespace(mod, case: Case, got: dict) -> None:
             return TF.hflip(img) if case.draws[state["step"]]["flip"] else img
 
     def randint(a, b):
+        if a == b:  # one value (DELT's --jitter 0: randint(0, 0)): no draw, as ddpipe makes none
+            return a
         got["jitter_bounds"].append((int(a), int(b)))
         d = case.draws[state["step"]]["jitter"]
         v = d[state["jitter"]]
@@ -581,7 +669,7 @@ def run_get_images(adapter: Adapter, case: Case, src: str) -> Side:
             "--syn-data-path", os.path.join(case.workdir, f"{adapter.method}_syn")]
     saved_argv = sys.argv
     printed = io.StringIO()
-    with (their_module(os.path.join(src, adapter.script), adapter.method) as mod, cpu_shims(record),
+    with (their_module(os.path.join(src, adapter.script), adapter.method, adapter.local_modules) as mod, cpu_shims(record),
           contextlib.redirect_stdout(printed)):
         _replay_namespace(mod, case, got)
         sys.argv = argv
@@ -615,7 +703,8 @@ _RNG_NOTE = {
             "not enter the diffs",
 }
 _BATCH_NOTE = {
-    "what": "batch size: this check uses --batch-size images (classes 0..B-1) on both sides instead of their 100",
+    "what": "batch size: this check uses --batch-size images on both sides (SRe2L/CDA classes 0..B-1; LPLD B images "
+            "of class 0; G-VBSM and DELT B/2 classes of 2) instead of their 100 (G-VBSM 80, LPLD the IPC)",
     "where": "bench/origin.py (a setting of the check, not of ddpipe)",
     "size": "none: both sides get the same B",
 }
@@ -693,6 +782,452 @@ register_adapter(Adapter(
 ))
 
 
+# --- LPLD: one class per batch, class-wise BN statistics --------------------------------------------------
+def _class_aware_bn_type():
+    """LPLD's interface for a BN layer (``recover/models/resnet_class.py``: ``ClassAwareBatchNorm2d``): a
+    ``BatchNorm2d`` with ``class_running_mean`` / ``class_running_var`` buffers ``[K, C]``, called with
+    ``(x, labels)``; their hook reads ``input[0][0]``. Built here, not imported, so the shared teacher keeps the
+    weights of :func:`make_teacher`."""
+    import torch
+    from torch import nn
+
+    class ClassAwareBN(nn.BatchNorm2d):
+        def __init__(self, num_features: int, num_classes: int):
+            super().__init__(num_features)
+            self.register_buffer("class_running_mean", torch.zeros(num_classes, num_features))
+            self.register_buffer("class_running_var", torch.ones(num_classes, num_features))
+
+        def forward(self, input):  # noqa: A002 - their name
+            return super().forward(input[0] if isinstance(input, (tuple, list)) else input)
+
+    class Tupled(nn.Module):
+        """Calls its BN with ``(x, None)``, as LPLD's blocks do (``self.bn1((out, labels))``)."""
+
+        def __init__(self, bn):
+            super().__init__()
+            self.bn = bn
+
+        def forward(self, x):
+            return self.bn((x, None))
+
+    return ClassAwareBN, Tupled
+
+
+def class_bn_teacher(teacher, seed: int, num_classes: int):
+    """The shared teacher with every ``BatchNorm2d`` replaced by LPLD's class-aware one (same affine
+    parameters and running statistics) called with ``(x, None)``; the class buffers are drawn from
+    ``seed + 2`` (means 0.5 N(0, 1), variances in [0.5, 2)), so each class's target differs from the global one."""
+    import torch
+    from torch import nn
+
+    ClassAwareBN, Tupled = _class_aware_bn_type()
+    gen = torch.Generator().manual_seed(seed + 2)
+    model = copy.deepcopy(teacher)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.BatchNorm2d:
+                bn = ClassAwareBN(child.num_features, num_classes)
+                bn.load_state_dict(child.state_dict(), strict=False)
+                with torch.no_grad():
+                    bn.class_running_mean.copy_(0.5 * torch.randn(num_classes, child.num_features, generator=gen))
+                    bn.class_running_var.copy_(0.5 + 1.5 * torch.rand(num_classes, child.num_features, generator=gen))
+                setattr(parent, name, Tupled(bn))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class _Parsed(Exception):
+    def __init__(self, args):
+        super().__init__("parsed")
+        self.parsed = args
+
+
+def their_args(mod, argv: list[str], entry: str = "main_syn"):
+    """Their parsed command line: ``mod.parse_args()`` where the file has one, else the parser built inside
+    ``mod.<entry>()`` (LPLD's ImageNet script), stopped right after ``parse_args`` by a stand-in ``argparse``
+    in their namespace whose parser raises with the result."""
+    import argparse
+
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        if hasattr(mod, "parse_args"):
+            return mod.parse_args()
+
+        class Parser(argparse.ArgumentParser):
+            def parse_args(self, *a, **k):
+                raise _Parsed(super().parse_args(*a, **k))
+
+        plain = mod.argparse
+        mod.argparse = _Proxy(argparse, ArgumentParser=Parser)
+        try:
+            getattr(mod, entry)()
+        except _Parsed as done:
+            return done.parsed
+        finally:
+            mod.argparse = plain
+        raise DDPipeError(f"their {entry}() returned without parsing a command line")
+    finally:
+        sys.argv = saved
+
+
+def run_class_images(adapter: Adapter, case: Case, src: str) -> Side:
+    """LPLD's scripts: their command line parsed by their parser, then their ``get_images(args, teacher, None,
+    ipc, class_id)`` for the case's class on a deep copy of the (class-aware BN) teacher wrapped as their
+    ``main_syn`` does (``nn.DataParallel``, eval, frozen), stopped when the recorded draws run out."""
+    from torch import nn
+
+    if len(set(case.labels)) != 1:
+        raise DDPipeError(f"{adapter.method} optimises one class per batch; the case has classes {sorted(set(case.labels))}")
+    got: dict[str, Any] = {}
+    record: dict[str, Any] = {}
+    teacher = nn.DataParallel(copy.deepcopy(case.teacher))
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad = False
+    teacher.register_forward_pre_hook(lambda m, inp: _keep_first(got, "input", inp[0]))
+    argv = [adapter.script, *adapter.argv, "--batch-size", str(case.batch_size), "--ipc", str(case.batch_size),
+            "--syn-data-path", os.path.join(case.workdir, f"{adapter.method}_syn")]
+    printed = io.StringIO()
+    with (their_module(os.path.join(src, adapter.script), adapter.method, adapter.local_modules) as mod,
+          cpu_shims(record), contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO())):
+        _replay_namespace(mod, case, got)
+        args = their_args(mod, argv)
+        try:
+            mod.get_images(args, teacher, None, case.batch_size, case.labels[0])
+        except _Stop:
+            pass
+    if "inputs" not in got or not record.get("losses"):
+        raise DDPipeError(f"their {adapter.script} did not reach the compared steps")
+    if len(got["scales"]) < case.steps:
+        raise DDPipeError(f"their {adapter.script} stopped after {len(got['scales'])} of {case.steps} steps")
+    return Side(loss=record["losses"][0], grad=got["grad"], teacher_input=got["input"],
+                images=got["inputs"].detach().clone(), losses=record["losses"], snapshots=got["snapshots"],
+                scales=got["scales"], jitter_bounds=got["jitter_bounds"], hparams=dict(vars(args)),
+                stdout=printed.getvalue())
+
+
+LPLD_REPO = "/work/.mirror/he-y+soft-label-pruning-for-dataset-distillation/repo"
+LPLD_ENV = "DDPIPE_LPLD_REPO"
+_LPLD_FILES = ("recover/utils_recover.py", "recover/models/resnet_class.py")
+_LPLD_LOCAL = ("utils_recover", "utils_tiny", "models", "models.resnet_class")
+_LPLD_HPARAMS = {"lr": "lr", "iterations": "iteration", "jitter": "jitter", "r_bn": "r_bn",
+                 "first_bn_multiplier": "first_bn_multiplier"}
+_LPLD_TEACHER_NOTE = {
+    "what": "the teacher's class-wise BN statistics: LPLD's forward_once pass keeps an EMA (momentum 0.1) of each "
+            "class's batch statistics in class_running_mean/var; ddpipe reads those buffers when the teacher has "
+            "them (as here: the same buffers on both sides) and otherwise computes exact per-class statistics in "
+            "one pass over the real data (synth/stats.py collect_class_bn_stats)",
+    "where": "synth/engine.py Engine.class_bn_targets",
+    "size": "none here (the teacher carries the buffers); on a teacher without them the targets are the exact "
+            "statistics instead of an EMA over batches",
+}
+
+register_adapter(Adapter(
+    method="lpld", recipe="lpld.in1k", origin="he-y/soft-label-pruning-for-dataset-distillation",
+    script="recover/data_synthesis_class.py", files=("recover/data_synthesis_class.py", *_LPLD_FILES),
+    # recover/scripts/imagenet1k_recover.sh (--batch-size and --ipc are the case's B)
+    argv=("--arch-name", "resnet18", "--exp-name", "ddpipe_origin", "--lr", "0.25", "--iteration", "4000",
+          "--l2-scale", "0", "--tv-l2", "0", "--r-bn", "0.01"),
+    hparams=_LPLD_HPARAMS, run=run_class_images,
+    deliberate=(_RNG_NOTE, _BATCH_NOTE, _LPLD_TEACHER_NOTE, {
+        "what": "tv_l2 and l2_scale terms are not implemented (0 in imagenet1k_recover.sh)",
+        "where": "synth/lpld.py",
+        "size": "none at the published settings: their terms are multiplied by 0",
+    }),
+    default_repo=LPLD_REPO, repo_env=LPLD_ENV, ipc=None, teacher_fn=class_bn_teacher, local_modules=_LPLD_LOCAL,
+))
+
+register_adapter(Adapter(
+    method="lpld.tiny", recipe="lpld.tiny", origin="he-y/soft-label-pruning-for-dataset-distillation",
+    script="recover/data_synthesis_tiny_class.py",
+    files=("recover/data_synthesis_tiny_class.py", "recover/utils_tiny.py", *_LPLD_FILES),
+    # recover/scripts/tiny_recover.sh; their jitter is two-sided: random.randint(-jitter, jitter)
+    argv=("--arch-name", "resnet18", "--exp-name", "ddpipe_origin", "--lr", "0.1", "--r-bn", "0.05",
+          "--iteration", "4000", "--bn-hook-type", "class_stats_training"),
+    hparams=_LPLD_HPARAMS, run=run_class_images,
+    deliberate=(_RNG_NOTE, _BATCH_NOTE, _LPLD_TEACHER_NOTE),
+    default_repo=LPLD_REPO, repo_env=LPLD_ENV, num_classes=200, image_size=64, mean=TINY_MEAN, std=TINY_STD,
+    ipc=None, teacher_fn=class_bn_teacher, local_modules=_LPLD_LOCAL,
+))
+
+
+# --- G-VBSM: several teachers, BN and convolution statistics, densification ---------------------------------
+def their_conv_stats(mod, teachers: list, real, folder: str, batch_size: int = 256, augment: Any = None,
+                     mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> dict:
+    """G-VBSM's statistics pass with their ``ConvFeatureHook`` (``pre_hook_fn``: ``stat * bs / data_number``
+    summed over batches), one hook per convolution named ``<class>=<layer>`` as their ``main_worker`` does,
+    over ``real``'s images in order (``augment(x)``: per-image transform before normalising, else none), with
+    ``data_number`` the number of images; saved under ``folder`` by their ``save()`` as their ``main_worker``
+    does, and returned as ``{teacher: {layer: {mean, var, patch_mean, patch_var}}}``."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    out: dict[int, dict] = {}
+    n = len(real)
+    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    for i, t in enumerate(teachers):
+        model = copy.deepcopy(t).eval()
+        hooks = {}
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Conv2d):
+                h = mod.ConvFeatureHook(module, save_path=folder, name=f"{type(t).__name__}={name}", data_number=n)
+                h.set_hook(pre=True)
+                hooks[name] = h
+        with torch.no_grad():
+            for s in range(0, n, batch_size):
+                x = torch.from_numpy(real.images[s:s + batch_size]).permute(0, 3, 1, 2).float() / 255.0
+                if augment is not None:
+                    x = torch.stack([augment(img) for img in x])
+                model((x - mean_t) / std_t)
+        out[i] = {}
+        for name, h in hooks.items():
+            if augment is None:
+                h.save()
+            h.close()
+            out[i][name] = {"mean": torch.as_tensor(np.asarray(h.running_dd_mean)),
+                            "var": torch.as_tensor(np.asarray(h.running_dd_var)),
+                            "patch_mean": torch.as_tensor(np.asarray(h.running_patch_mean)),
+                            "patch_var": torch.as_tensor(np.asarray(h.running_patch_var))}
+    return out
+
+
+def run_gvbsm(adapter: Adapter, case: Case, src: str) -> Side:
+    """G-VBSM's ``main_worker(0, 1, args, teachers, verifier, ipc_id_range)`` as one process of their
+    ``mp.spawn`` (a gloo group of one on the CPU, ``torch.cuda.set_device`` a no-op), their command line
+    parsed by their parser. Their statistics: their ``ConvFeatureHook`` pass over the case's real images
+    (:func:`their_conv_stats`), saved where their ``--statistic-path`` points, so ``main_worker`` loads
+    them (``load_tag``) instead of reading an ImageNet folder."""
+    import torch
+    import torch.distributed as dist
+    from torchvision import transforms
+
+    got: dict[str, Any] = {}
+    record: dict[str, Any] = {}
+    stat_dir = os.path.join(case.workdir, "statistic")
+    argv = [adapter.script, *adapter.argv, "--batch-size", str(case.batch_size), "--ipc-number", str(adapter.ipc),
+            "--syn-data-path", os.path.join(case.workdir, f"{adapter.method}_syn"), "--statistic-path", stat_dir,
+            "--dist-backend", "gloo"]
+    teachers = [copy.deepcopy(t) for t in case.teachers]
+    teachers[0].register_forward_pre_hook(lambda m, inp: _keep_first(got, "input", inp[0]))
+    verifier = copy.deepcopy(case.teachers[0])
+    printed = io.StringIO()
+    notes: dict[str, Any] = {}
+    with (their_module(os.path.join(src, adapter.script), adapter.method, adapter.local_modules) as mod,
+          cpu_shims(record), contextlib.redirect_stdout(printed)):
+        args = their_args(mod, argv)
+        stats = their_conv_stats(mod, case.teachers, case.real, stat_dir)
+        # what their loader's RandomResizedCrop(224) + flip would change in the targets (ddpipe: no augmentation)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            side = case.real.images.shape[1]
+            aug = transforms.Compose([transforms.RandomResizedCrop(side), transforms.RandomHorizontalFlip()])
+            augmented = their_conv_stats(mod, case.teachers, case.real, os.path.join(case.workdir, "aug"), augment=aug)
+        notes["stats_augment_gap"] = stats_diff(stats, augmented)
+        _replay_namespace(mod, case, got)
+        mod.torch = _Proxy(torch, randn=mod.torch.randn, cuda=_Proxy(torch.cuda, set_device=lambda *a, **k: None,
+                                                                       empty_cache=lambda: None))
+        args.dist_url = "file://" + os.path.join(case.workdir, "dist_init")
+        try:
+            mod.main_worker(0, 1, args, teachers, verifier, list(range(adapter.ipc)))
+        except _Stop:
+            pass
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    if "inputs" not in got or not record.get("losses"):
+        raise DDPipeError(f"their {adapter.script} did not reach the compared steps")
+    if len(got["scales"]) < case.steps:
+        raise DDPipeError(f"their {adapter.script} stopped after {len(got['scales'])} of {case.steps} steps")
+    return Side(loss=record["losses"][0], grad=got["grad"], teacher_input=got["input"],
+                images=got["inputs"].detach().clone(), losses=record["losses"], snapshots=got["snapshots"],
+                scales=got["scales"], jitter_bounds=got["jitter_bounds"], hparams=dict(vars(args)),
+                stdout=printed.getvalue()[-4000:], stats=stats, notes=notes)
+
+
+GVBSM_REPO = "/work/.mirror/shaoshitong+G_VBSM_Dataset_Condensation/repo"
+GVBSM_ENV = "DDPIPE_GVBSM_REPO"
+
+register_adapter(Adapter(
+    method="gvbsm", recipe="gvbsm.in1k", origin="shaoshitong/G_VBSM_Dataset_Condensation",
+    script="Branch_full_ImageNet_1k/recover/data_synthesis_with_svd_with_db_with_all_statistic.py",
+    files=("Branch_full_ImageNet_1k/recover/data_synthesis_with_svd_with_db_with_all_statistic.py",
+           "Branch_full_ImageNet_1k/recover/utils.py"),
+    # Branch_full_ImageNet_1k/recover/recover.sh (--batch-size and --ipc-number are the case's)
+    argv=("--arch-name", "resnet18", "--exp-name", "ddpipe_origin", "--lr", "0.1", "--iteration", "4000",
+          "--l2-scale", "0", "--tv-l2", "0", "--r-loss", "0.01", "--nuc-norm", "1.", "--verifier"),
+    hparams={"lr": "lr", "iterations": "iteration", "jitter": "jitter", "first_bn_multiplier": "first_multiplier",
+             "loss.bn_stats_ema": "r_loss", "loss.conv_stats": "r_loss", "loss.densify": "nuc_norm", "tau": "tau",
+             "ema_momentum": "training_momentum", "conv_drop_rate": "drop_rate"},
+    run=run_gvbsm,
+    deliberate=(_RNG_NOTE, _BATCH_NOTE, {
+        "what": "teachers: this check gives both sides two seeded two-layer BN CNNs (round-robin, one per "
+                "iteration); their main_syn loads four torchvision ImageNet backbones (resnet18, mobilenet_v2, "
+                "efficientnet_b0, shufflenet_v2_x0_5); ddpipe uses the teachers it is given (ddpipe recover --teacher ...)",
+        "where": "bench/origin.py (a setting of the check); synth/gvbsm.py",
+        "size": "none: both sides get the same teachers",
+    }, {
+        "what": "the convolution statistics' data: theirs are taken over their ImageFolder loader with "
+                "RandomResizedCrop(224) + flip (one pass, batch 256), ddpipe's over the real images as stored "
+                "(no augmentation); both sum stat(batch) x batch / N; compared here on the same un-augmented images",
+        "where": "synth/engine.py Engine.conv_targets, synth/stats.py collect_conv_stats",
+        "size": "{value:.2e} max |diff| of the targets on the check's images between one seeded "
+                "RandomResizedCrop + flip pass and none (their own hook both times)",
+        "measure": "stats_augment_gap",
+    }, {
+        "what": "their ConvFeatureHook divides by data_number = 1,281,167 (ImageNet-1K's training set) whatever "
+                "the data; ddpipe divides by the real set's size (the check passes data_number = N to their hook)",
+        "where": "synth/stats.py collect_conv_stats",
+        "size": "none on ImageNet-1K; on any other set their targets are scaled by N / 1,281,167",
+    }, {
+        "what": "batch boundaries: their EMA of BN/conv statistics and their round-robin counter carry over from "
+                "one batch to the next; ddpipe restarts both at every batch (start_batch, it % teachers)",
+        "where": "synth/losses.py _EMATarget.reset, synth/engine.py Engine.optimise",
+        "size": "none within a batch (all compared here); from the second batch on, the matched statistic at "
+                "step k still holds 0.4^(k+1) of the previous batch's last one in theirs; the teacher order is "
+                "the same when iterations % teachers == 0 (4000 % 4)",
+    }),
+    default_repo=GVBSM_REPO, repo_env=GVBSM_ENV, ipc=2, teachers=2, real_images=100, requires=("einops",),
+))
+
+
+# --- DELT: ranked real initial images, early-late rounds -----------------------------------------------------
+def _ranked_count(real, c: int) -> int:
+    """How many of class c's n real images DELT's ``store_medium`` can take before its index leaves the
+    class (it walks mid, mid+1, mid-1, ... with mid = ceil(n / 2) and does not skip): 2 (n - mid) - 1."""
+    n = len(real.class_indices(c))
+    return max(0, 2 * (n - math.ceil(n / 2)) - 1)
+
+
+def their_selection(src: str, case: Case, classes: list[int]) -> dict:
+    """DELT's ``data_selection.py`` on the case's real images: written as PNG (lossless) into an ImageFolder
+    (``c000``, ``c001``, ... with ``<index>.png``), loaded by their ``ImageFolder`` (as stored: ToTensor and
+    the case's normalisation; their loader's Resize(256) + CenterCrop(224) is a deliberate difference),
+    scored by their ``rank`` with the case's teacher (``nn.DataParallel``, eval), picked by their
+    ``store_medium``; returns each class's picked image indices in order."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torch import nn
+    from torchvision import transforms
+
+    real = case.real
+    root = os.path.join(case.workdir, "delt_real")
+    out_dir = os.path.join(case.workdir, "delt_selected")
+    for i, (img, label) in enumerate(zip(real.images, real.labels)):
+        d = os.path.join(root, f"c{int(label):03d}")
+        os.makedirs(d, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(img.squeeze(-1) if img.shape[-1] == 1 else img)).save(
+            os.path.join(d, f"{i:05d}.png"))
+    mean, std = IMAGENET_MEAN, IMAGENET_STD  # DELT's adapters: ImageNet-1K (ddpipe normalises with the same)
+    teacher = nn.DataParallel(copy.deepcopy(case.teacher)).eval()
+    picked: dict[int, list[int]] = {}
+    with (their_module(os.path.join(src, "data_selection.py"), "delt_selection", ()) as mod,
+          contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), cpu_shims({})):
+        dataset = mod.ImageFolder(root=root, transform=transforms.Compose([transforms.ToTensor(),
+                                                                          transforms.Normalize(mean, std)]))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=200, num_workers=0, shuffle=False)
+        ranking = mod.rank(types.SimpleNamespace(store_rank_file=False), teacher, loader)
+        for c in classes:
+            name = f"c{c:03d}"
+            mod.store_medium(ranking, name, root_dir=root, target_dir=out_dir, ipc=_ranked_count(real, c))
+            files = sorted(os.listdir(os.path.join(out_dir, name)))  # "<order>_<index>.png"
+            picked[c] = [int(f.split("_", 1)[1].split(".")[0]) for f in files]
+    return picked
+
+
+def run_delt(adapter: Adapter, case: Case, src: str) -> Side:
+    """DELT's ``recover/recover.py``: their ``parse_args`` on the published command line, then what their
+    ``main_syn`` does before its loop (the teacher wrapped in ``nn.DataParallel``, eval, frozen; one
+    ``BNFeatureHook`` per BN layer; ``class_iterations`` = ITR for every class: ``--min-iterations`` defaults to
+    ITR, so their ``torch.randint(R, R + 1)`` is R) and their ``get_images(args, inputs, targets, ...)`` on the
+    case's initial images (ddpipe's medium-ranked real images; the ranking itself is compared separately)."""
+    import torch
+    from torch import nn
+
+    got: dict[str, Any] = {}
+    record: dict[str, Any] = {}
+    teacher = nn.DataParallel(copy.deepcopy(case.teacher))
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad = False
+    teacher.register_forward_pre_hook(lambda m, inp: _keep_first(got, "input", inp[0]))
+    ipc = adapter.ipc or case.batch_size
+    argv = [adapter.script, *adapter.argv, "--batch-size", str(case.batch_size), "--ipc", str(ipc),
+            "--syn-data-path", os.path.join(case.workdir, f"{adapter.method}_syn"), "--workers", "0"]
+    printed = io.StringIO()
+    with (their_module(os.path.join(src, adapter.script), adapter.method, adapter.local_modules) as mod,
+          cpu_shims(record), contextlib.redirect_stdout(printed)):
+        _replay_namespace(mod, case, got)
+        args = their_args(mod, argv)
+        hooks = [mod.BNFeatureHook(m) for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
+        class_iterations = torch.ones((args.num_classes,), dtype=int) * args.iteration
+        mod.img_indxer = {}
+        inputs = case.init.clone().requires_grad_(True)
+        inputs.register_hook(lambda g: _keep_first(got, "grad", g))
+        got["inputs"] = inputs
+        targets = torch.tensor(case.labels, dtype=torch.long)
+        try:
+            mod.get_images(args, inputs, targets, teacher, hooks, class_iterations, mod.img_indxer)
+        except _Stop:
+            pass
+    if not record.get("losses"):
+        raise DDPipeError(f"their {adapter.script} did not reach the compared steps")
+    if len(got["scales"]) < case.steps:
+        raise DDPipeError(f"their {adapter.script} stopped after {len(got['scales'])} of {case.steps} steps")
+    selection = their_selection(src, case, sorted(set(case.labels))) if case.real is not None else None
+    return Side(loss=record["losses"][0], grad=got["grad"], teacher_input=got["input"],
+                images=got["inputs"].detach().clone(), losses=record["losses"], snapshots=got["snapshots"],
+                scales=got["scales"], jitter_bounds=got["jitter_bounds"], hparams=dict(vars(args)),
+                stdout=printed.getvalue()[-4000:], selection=selection)
+
+
+DELT_REPO = "/work/.mirror/VILA-Lab+DELT/repo"
+DELT_ENV = "DDPIPE_DELT_REPO"
+_DELT_HPARAMS = {"lr": "lr", "iterations": "iteration", "jitter": "jitter", "r_bn": "r_bn",
+                 "first_bn_multiplier": "first_bn_multiplier", "milestone": "milestone",
+                 "round_iterations": "round_iterations"}
+_DELT_INIT_NOTE = {
+    "what": "initial images: both sides start from ddpipe's medium-ranked real images (DELT's recover reads "
+            "them from the folder its data_selection.py writes); the ranking is compared on its own "
+            "(selection_equal: their rank + store_medium on the same images and teacher); their loaders resize "
+            "(Resize(8/7 side) + CenterCrop) images that ddpipe takes as stored at the input size",
+    "where": "synth/engine.py Engine.rank_class, medium_order",
+    "size": "none: the same initial batch on both sides; the selection is compared on images already at the "
+            "input size, fed to their rank without their resize",
+}
+
+register_adapter(Adapter(
+    method="delt", recipe="delt.in1k", origin="VILA-Lab/DELT", script="recover/recover.py",
+    files=("recover/recover.py", "recover/utils.py", "recover/models.py", "data_selection.py"),
+    # scripts/resnet18_imagenet1k_synthesis.sh, IPC 50 / 10 (--batch-size and --ipc are the case's)
+    argv=("--arch-name", "resnet18", "--dataset", "imagenet-1k", "--exp-name", "ddpipe_origin", "--use-early-late",
+          "--round-iterations", "500", "--lr", "0.25", "--r-bn", "0.01", "--iteration", "4000", "--jitter", "0",
+          "--easy2hard-mode", "cosine", "--milestone", "1"),
+    hparams=_DELT_HPARAMS, run=run_delt,
+    deliberate=(_RNG_NOTE, _BATCH_NOTE, _DELT_INIT_NOTE),
+    default_repo=DELT_REPO, repo_env=DELT_ENV, ipc=2, local_modules=("utils", "models"), real_images=100,
+    requires=("pandas",),
+))
+
+register_adapter(Adapter(
+    method="delt.rounds", recipe="delt.test", origin="VILA-Lab/DELT", script="recover/recover.py",
+    files=("recover/recover.py", "recover/utils.py", "recover/models.py", "data_selection.py"),
+    # the published command line with ITR 4 and ROUND_ITR 2 (ddpipe's delt.test): the compared steps cross
+    # from round 0 (first image of each class) into round 1 (both), with the cosine lr and crop curriculum
+    argv=("--arch-name", "resnet18", "--dataset", "imagenet-1k", "--exp-name", "ddpipe_origin", "--use-early-late",
+          "--round-iterations", "2", "--lr", "0.25", "--r-bn", "0.01", "--iteration", "4", "--jitter", "0",
+          "--easy2hard-mode", "cosine", "--milestone", "1"),
+    hparams=_DELT_HPARAMS, run=run_delt,
+    deliberate=(_RNG_NOTE, _BATCH_NOTE, _DELT_INIT_NOTE),
+    default_repo=DELT_REPO, repo_env=DELT_ENV, ipc=2, local_modules=("utils", "models"), real_images=40,
+    requires=("pandas",),
+))
+
+
 # --- one comparison -------------------------------------------------------------------------------------------
 def _max_abs(a, b) -> float:
     if a.shape != b.shape:
@@ -720,10 +1255,75 @@ def compare_hparams(adapter: Adapter, cfg, theirs: dict) -> list[dict]:
     """Mismatches between ddpipe's config and their parsed arguments over the adapter's mapping."""
     out = []
     for ours, their_name in adapter.hparams.items():
-        mine = cfg.loss.get("bn_stats") if ours == "r_bn" else getattr(cfg, ours)
+        if ours == "r_bn":
+            mine = cfg.loss.get(bn_term(cfg))
+        elif ours.startswith("loss."):  # a loss term's weight (G-VBSM's r_loss, nuc_norm)
+            mine = cfg.loss.get(ours[5:])
+        else:
+            mine = getattr(cfg, ours)
         other = theirs.get(their_name)
-        if other is None or not math.isclose(float(mine), float(other), rel_tol=1e-12, abs_tol=0.0):
+        if other is None or mine is None or not math.isclose(float(mine), float(other), rel_tol=1e-12, abs_tol=0.0):
             out.append({"ddpipe": ours, "value": mine, "theirs": their_name, "their_value": other})
+    return out
+
+
+def make_teachers(adapter: Adapter, config: Config) -> list:
+    """The adapter's shared teachers: :func:`make_teacher` at seeds ``seed``, ``seed + 10``, ...; the i-th
+    (i >= 1) gets a class of its own name (G-VBSM files its statistics under the teacher's class name, and its
+    four torchvision backbones are four classes); then the adapter's ``teacher_fn``."""
+    out = []
+    for i in range(adapter.teachers):
+        t = make_teacher(config.teacher, config.seed + 10 * i, adapter.num_classes)
+        if i:
+            t.__class__ = type(f"{type(t).__name__}{i + 1}", (type(t),), {})
+        if adapter.teacher_fn is not None:
+            t = adapter.teacher_fn(t, config.seed + 10 * i, adapter.num_classes)
+        out.append(t)
+    return out
+
+
+def make_real(adapter: Adapter, seed: int):
+    """``adapter.real_images`` seeded uint8 images (smooth noise: a 7 x 7 random grid upsampled, so
+    convolution statistics are not those of white noise) with classes ``i % 10`` (the case's batches use the
+    first classes, each then has n / 10 images to rank); None when 0."""
+    if not adapter.real_images:
+        return None
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from ..synth.engine import RealData
+
+    gen = torch.Generator().manual_seed(seed + 3)
+    n, side, c = adapter.real_images, adapter.image_size, len(adapter.mean)
+    coarse = torch.rand(n, c, 7, 7, generator=gen)
+    fine = F.interpolate(coarse, size=(side, side), mode="bilinear", align_corners=False)
+    fine = (fine + 0.15 * torch.randn(n, c, side, side, generator=gen)).clamp(0, 1)
+    images = (fine * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return RealData(labels=np.arange(n) % min(10, adapter.num_classes), images=images)
+
+
+def stats_diff(ours: dict | None, theirs: dict | None) -> float | None:
+    """Max |difference| over every teacher, layer and statistic of two ``{teacher: {layer: {key: tensor}}}``."""
+    if ours is None or theirs is None:
+        return None
+    worst = 0.0
+    for t, layers in ours.items():
+        for name, d in layers.items():
+            for k, v in d.items():
+                other = theirs.get(t, {}).get(name, {}).get(k)
+                worst = max(worst, math.inf if other is None else _max_abs(v.float(), other.float()))
+    return worst
+
+
+def _measured(note: dict, measured: dict) -> dict:
+    """A deliberate difference with its ``size`` filled in from what the run measured (``{key}`` fields)."""
+    out = dict(note)
+    key = out.pop("measure", None)
+    if key is not None:
+        value = measured.get(key)
+        out["measured"] = value
+        out["size"] = out["size"].format(value=value if value is not None else float("nan"))
     return out
 
 
@@ -731,14 +1331,20 @@ def check_method(adapter: Adapter, repo: str, config: Config, workdir: str) -> d
     """Run both sides on one case; the row (see the module docstring) plus details."""
     from ..synth import create_method
 
+    if adapter.ipc and config.batch_size % adapter.ipc:
+        raise DDPipeError(f"{adapter.method} optimises whole classes of {adapter.ipc} images: --batch-size must be a "
+                          f"multiple of {adapter.ipc}, got {config.batch_size}")
     sources = materialise(adapter, repo, os.path.join(workdir, "src"))
     cfg = apply_override(create_method(adapter.recipe, batch_size=config.batch_size), config.ddpipe_override)
-    teacher = make_teacher(config.teacher, config.seed, adapter.num_classes)
+    teachers = make_teachers(adapter, config)
+    teacher = teachers[0] if len(teachers) == 1 else teachers
+    real = make_real(adapter, config.seed)
     t0 = time.perf_counter()
-    ours, draws, labels = run_ddpipe(cfg, teacher, config.steps, adapter)
+    ours, draws, labels = run_ddpipe(cfg, teacher, config.steps, adapter, real=real)
     ours_s = time.perf_counter() - t0
-    case = Case(teacher=teacher, init=ours.init, labels=labels, draws=draws, steps=config.steps,
-                batch_size=config.batch_size, workdir=workdir, antialias=config.torchvision)
+    case = Case(teacher=teachers[0], init=ours.init, labels=labels, draws=draws, steps=config.steps,
+                batch_size=config.batch_size, workdir=workdir, antialias=config.torchvision, teachers=teachers,
+                real=real)
     t0 = time.perf_counter()
     theirs = adapter.run(adapter, case, os.path.join(workdir, "src"))
     theirs_s = time.perf_counter() - t0
@@ -747,7 +1353,7 @@ def check_method(adapter: Adapter, repo: str, config: Config, workdir: str) -> d
     grad_diff = _max_abs(ours.grad, theirs.grad)
     floor = None
     if config.floor and grad_diff > 0:
-        noisy, _, _ = run_ddpipe(cfg, teacher, config.steps, adapter, grad_noise=grad_diff)
+        noisy, _, _ = run_ddpipe(cfg, teacher, config.steps, adapter, grad_noise=grad_diff, real=real)
         floor = _max_abs(ours.images, noisy.images)
     scale_diff = (max(abs(a - b) for s, t in zip(ours.scales, theirs.scales) for a, b in zip(s, t))
                   if len(theirs.scales) >= config.steps else math.inf)
@@ -780,11 +1386,17 @@ def check_method(adapter: Adapter, repo: str, config: Config, workdir: str) -> d
         "images_differing": int(((ours.images - theirs.images).abs() > IMAGE_TOL).sum())
         if ours.images.shape == theirs.images.shape else None,
         "scale_max_abs_diff": scale_diff,
+        "stats_max_abs_diff": stats_diff(ours.stats, theirs.stats),
+        "selection": ours.selection,
+        "their_selection": theirs.selection,
+        "selection_equal": None if ours.selection is None else ours.selection == theirs.selection,
+        "stats_max_abs": (max(float(v.abs().max()) for layers in theirs.stats.values() for d in layers.values()
+                              for v in d.values()) if theirs.stats else None),
         "jitter_bounds_equal": jitter_same,
         "hparam_mismatches": hp,
         "hparams": "equal" if not hp else "DIFFER: " + ", ".join(f"{m['ddpipe']} {m['value']} vs {m['their_value']}"
                                                                  for m in hp),
-        "deliberate": [dict(d) for d in adapter.deliberate] + [{
+        "deliberate": [_measured(d, theirs.notes) for d in adapter.deliberate] + [{
             "what": "resize of the crop: bilinear without antialias (F.interpolate), as torchvision 0.14.1 (pinned in "
                     "CDA/README.md) resized tensors; torchvision >= 0.17 antialiases by default",
             "where": "synth/augment.py sre2l_augment",
@@ -800,8 +1412,9 @@ def check_method(adapter: Adapter, repo: str, config: Config, workdir: str) -> d
         "their_stdout": theirs.stdout,
     }
     row["images_within_tol"] = row["images_max_abs_diff"] <= IMAGE_TOL
+    stats_ok = row["stats_max_abs_diff"] is None or row["stats_max_abs_diff"] <= REL_TOL * max(1.0, row["stats_max_abs"])
     row["match"] = bool(
-        not hp and jitter_same and scale_diff <= 1e-9
+        not hp and jitter_same and scale_diff <= 1e-9 and stats_ok and row["selection_equal"] is not False
         and row["loss_abs_diff"] <= REL_TOL * max(1.0, abs(theirs.loss))
         and grad_diff <= REL_TOL * max(row["grad_max_abs"], 1e-12)
         and len(per_step) == config.steps and per_step[0] <= step1_bound
@@ -818,7 +1431,7 @@ def run(config: Config) -> int:
     t_start = time.perf_counter()
     for name in common.csv_list(config.method) or list(ADAPTERS):
         adapter = ADAPTERS[name]
-        repo, reason = find_checkout(adapter, config.repo)
+        repo, reason = find_checkout(adapter, config.repo_for(adapter))
         if repo is None:
             skipped.append({"method": name, "reason": reason})
             print(f"origin {name}: skipped: {reason}", file=out)

@@ -81,14 +81,14 @@ def delt_schedule(ipc: int, iterations: int, round_iterations: int) -> list[tupl
 
     ``R = iterations // round_iterations``; the ipc images of a class split into R consecutive
     subsets of ``ipc // R`` images (+1 for the first ``ipc % R``); subset k joins at round k and
-    gets ``(R - k) * round_iterations`` iterations. Empty subsets (ipc < R) are removed, which
-    shortens the run to as many rounds as there are subsets (VILA-Lab/DELT ``recover/recover.py``).
+    gets ``(R - k) * round_iterations`` iterations. Empty subsets (ipc < R: image i is subset i) are
+    left out, but the run keeps all R rounds: the images that joined go on being optimised, as in
+    VILA-Lab/DELT ``recover/recover.py`` (it deletes only rounds in which no image of the batch is
+    active, i.e. rounds before a batch's first image: :meth:`Engine.optimise` skips those).
     """
     rounds = max(1, iterations // round_iterations)
     sizes = [ipc // rounds + (1 if k < ipc % rounds else 0) for k in range(rounds)]
-    sizes = [s for s in sizes if s > 0]
-    r = len(sizes)
-    return [(s, k, (r - k) * round_iterations) for k, s in enumerate(sizes)]
+    return [(s, k, (rounds - k) * round_iterations) for k, s in enumerate(sizes) if s > 0]
 
 
 def delt_start_rounds(ipc: int, iterations: int, round_iterations: int) -> list[int]:
@@ -369,12 +369,13 @@ class Engine:
         x.data = torch.maximum(torch.minimum(x.data, hi), lo)
 
     def batch_iterations(self) -> int:
-        """Iterations per batch: ``iterations``, or DELT's rounds x ROUND_ITR once empty subsets are removed."""
+        """Iterations per batch: ``iterations``, or DELT's R rounds x ROUND_ITR (fewer for a batch holding
+        only later subsets of its classes: :meth:`optimise` skips the rounds before its first image)."""
         cfg = self.cfg
         if cfg.select is not None:
             return 0
         if cfg.round_iterations:
-            return len(delt_schedule(self.ipc, cfg.iterations, cfg.round_iterations)) * cfg.round_iterations
+            return max(1, cfg.iterations // cfg.round_iterations) * cfg.round_iterations
         return cfg.iterations
 
     def optimise(self, batch: Batch, batch_number: int = 0,
@@ -389,6 +390,10 @@ class Engine:
         if cfg.round_iterations:
             rounds = delt_start_rounds(self.ipc, cfg.iterations, cfg.round_iterations)
             start_round = torch.tensor([rounds[i] for i in batch.indices], dtype=torch.long)
+            # rounds before the batch's first image are empty: DELT deletes them (and their iterations)
+            skip = int(start_round.min())
+            start_round -= skip
+            iterations -= skip * cfg.round_iterations
         if cfg.optimizer == "adam":
             opt = torch.optim.Adam([x], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
         else:

@@ -3,10 +3,11 @@
 Origin: shaoshitong/G_VBSM_Dataset_Condensation, ``Branch_full_ImageNet_1k/recover/
 data_synthesis_with_svd_with_db_with_all_statistic.py`` and ``utils.py``. What differs from SRe2L:
 several teachers used round-robin, one per iteration (generalised backbone matching); BN
-statistics matched against an EMA of the batch statistics (``bn_stats_ema``); the channel and
-16x16-patch statistics of every convolution's input matched against targets computed once from
-the real data and cached (``conv_stats``); data densification, a KL term on the eigenvalue
-spectrum of each class's Gram matrix (``densify``); batches hold all IPC images of
+statistics matched against an EMA of the batch statistics, starting from 0 as their hooks do
+(``bn_stats_ema``); the channel and 16x16-patch statistics of every convolution's input matched
+against targets computed once from the real data (un-augmented; theirs crop and flip) and cached
+(``conv_stats``); data densification, a KL term on the eigenvalue spectrum of each class's Gram
+matrix of the augmented batch (``densify``); batches hold all IPC images of
 ``batch_size // ipc`` classes. The first hooked layer (the stem convolution) counts x10. Its
 relabel uses the teacher ensemble: pass all teachers to ``ddpipe relabel``.
 """

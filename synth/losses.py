@@ -148,7 +148,9 @@ class ClassBNStats(LossTerm):
 
 class _EMATarget:
     """G-VBSM's trick: the matched value is ``ema + stat - stat.detach()`` (value of the EMA, gradient
-    of the current batch), with ``ema = alpha * ema + (1 - alpha) * stat`` (starting at the first stat)."""
+    of the current batch), with ``ema = alpha * ema + (1 - alpha) * stat`` starting from 0, as their hooks
+    do (``dd_var = 0.`` is a float, so their "first call" branch ``isinstance(self.dd_var, int)`` never
+    runs): the first matched value is ``(1 - alpha) * stat``, not ``stat``."""
 
     def __init__(self):
         self.state: dict[Any, torch.Tensor] = {}
@@ -159,7 +161,7 @@ class _EMATarget:
     def __call__(self, key, stat: torch.Tensor, alpha: float) -> torch.Tensor:
         d = stat.detach()
         prev = self.state.get(key)
-        ema = d if prev is None else alpha * prev + (1 - alpha) * d
+        ema = (1 - alpha) * d if prev is None else alpha * prev + (1 - alpha) * d
         self.state[key] = ema
         return ema + stat - d
 
@@ -259,14 +261,15 @@ def densify_loss(x: torch.Tensor, labels: torch.Tensor, tau: float = 4.0, pool: 
 
 @register_loss
 class Densify(LossTerm):
-    """G-VBSM's data densification on the (un-augmented) synthetic images of each class; see :func:`densify_loss`."""
+    """G-VBSM's data densification on the augmented batch the teacher sees (their ``inputs_jit``: crop, flip,
+    jitter), per class; see :func:`densify_loss`."""
 
     name = "densify"
     uses_teacher = False
 
     def __call__(self, step: Step) -> torch.Tensor:
         cfg = step.engine.cfg
-        return densify_loss(step.x_syn, step.labels, cfg.tau, cfg.dd_pool)
+        return densify_loss(step.x, step.labels, cfg.tau, cfg.dd_pool)
 
 
 def dm_mean_loss(embed, real_by_class: dict[int, torch.Tensor], syn: torch.Tensor, labels: torch.Tensor,

@@ -87,7 +87,7 @@ def test_method_lowers_its_matching_loss(env, name):
     batch = eng.batches()[0]
     x0 = eng.init_images(batch, eng.batch_generator(0))
     x1, history = eng.optimise(batch, 0)
-    assert len(history) == (eng.cfg.iterations if name != "delt.test" else 2 * 10)  # delt: ipc 2 -> 2 rounds
+    assert len(history) == eng.cfg.iterations  # delt: all R = 4 rounds run, also with ipc 2 < R (as DELT's recover.py)
     before, after = eng.evaluate_loss(batch, x0), eng.evaluate_loss(batch, x1)
     for term in watched:
         assert after[term] < before[term], (name, term, before, after)
@@ -210,6 +210,23 @@ def test_delt_iteration_budgets_equal_the_formula(env):
     # medium init: images come from the middle of the class's score ranking
     order = eng.rank_class(0, "medium")
     assert torch.allclose(eng.init_images(batch, eng.batch_generator(0)), eng.normalise(env["real"].get(order[:ipc])))
+
+
+def test_delt_skips_the_rounds_before_a_split_class_batch_first_image(env):
+    # ipc 4 > batch 2: a class spans two batches; R = 4 rounds, image i joins at round i. DELT's recover.py
+    # deletes rounds in which no image of the batch is active, so the second batch (images 2, 3) runs 2 rounds
+    S.register_loss(_Spy)
+    cfg = S.create_method("delt.test", iterations=8, round_iterations=2, loss={"test_spy": 1.0}, batch_size=2)
+    ds = env["ds"]
+    eng = S.Engine(cfg, teachers=[env["teacher"]], real=env["real"], num_classes=10, ipc=4, mean=ds.mean, std=ds.std)
+    first, second = eng.batches()[:2]
+    assert (first.indices, second.indices) == ((0, 1), (2, 3))
+    _Spy.sizes = []
+    eng.optimise(first, 0)
+    assert _Spy.sizes == [1] * 2 + [2] * 6
+    _Spy.sizes = []
+    eng.optimise(second, 1)
+    assert _Spy.sizes == [1] * 2 + [2] * 2
 
 
 def test_dm_needs_a_network_from_the_caller(env):
