@@ -1,6 +1,6 @@
 """``ddpipe bench table``: the results table, every method at every IPC under two protocols.
 
-Four parts, each a list of cells; a cell is a chain of phases whose outputs live in folders named
+Five parts, each a list of cells; a cell is a chain of phases whose outputs live in folders named
 by a hash of what determines them (the same folders as ``ddpipe bench recover``, so the two share
 finished work), so a rerun skips finished cells and continues a killed one:
 
@@ -12,7 +12,9 @@ finished work), so a rerun skips finished cells and continues a killed one:
 - ``labels``: at one IPC, for random and the chosen method, label settings against bytes (full,
   top-k, uint8, 10x/40x/80x prune-before-relabel, hard labels, an online teacher);
 - ``cross``: other students (ResNet-18 with a small stem, a timm model; one student seed) on the
-  shared recipe's images and labels.
+  shared recipe's images and labels;
+- ``hlr``: every method at every IPC and draw under the shared recipe with hard labels, DD-Ranking's
+  acc(syn, hard), from which ``bench/ddranking.py`` gives each shared row its ``hlr``, ``ior`` and ``lrs``.
 
 Cells run in priority order (the first draw at IPC 10 and 1, the label settings and other students,
 the first draw at IPC 50, then more draws; within each, the cheaper cells first) in this process or
@@ -35,7 +37,7 @@ import time
 import types
 from dataclasses import dataclass, replace
 
-from . import common, recover, table_records, table_report
+from . import common, ddranking, recover, table_records, table_report
 from .common import csv_list, folder_key, int_list, read_json, timed
 from ddpipe._progress import say
 from ddpipe.config import option
@@ -47,7 +49,7 @@ DESCRIPTION = (
 )
 
 METHODS = recover.METHODS
-PARTS = ("shared", "own", "labels", "cross")  # "shared" always runs: the other parts use its images
+PARTS = ("shared", "own", "labels", "cross", "hlr")  # "shared" always runs: the other parts use its images
 SRE2L_FAMILY = ("sre2l", "cda", "lpld", "gvbsm", "delt")
 # label settings: name -> (relabel overrides of the shared recipe, or None for no store; train mode)
 LABEL_SETTINGS = {
@@ -121,7 +123,7 @@ class Config:
     threads: int = option(1, group="run", help="torch threads per process (default 1)")
     budget_minutes: float | None = option(None, parse=_float_or_none, group="run",
                                           help="start no new cell after this many minutes (default: run every cell)")
-    render_only: bool = option(False, group="run", help="compute nothing: rebuild markdown, plots and README from table.json")
+    render_only: bool = option(False, group="run", help="compute nothing: rebuild markdown, plots and README from table.json (and its rows' DD-Ranking HLR, IOR, LRS)")
     readme: str | None = option(None, group="run", help="also write the generated section into this README")
     workdir: str | None = option(None, group="run", help="step outputs (default bench/work/recover-DATASET under the "
                                                          "current directory, shared with bench recover)")
@@ -221,6 +223,8 @@ def build_cells(args) -> tuple[dict, list[Cell]]:
                                   pstudent=p.student, rargs=vars(rargs)))
                 if "own" in args.parts:
                     cells.append(_own_cell(args, base, shared_id, mp))
+                if "hlr" in args.parts:
+                    cells.append(_hlr_cell(args, base, shared_id))
                 if ipc == args.label_ipc and m in args.label_methods:
                     if "labels" in args.parts:
                         for setting in args.label_settings:
@@ -284,6 +288,17 @@ def _label_cell(args, base: dict, shared_id: tuple, mp: recover.MethodPlan, shar
     return Cell(**base, id=("labels", m, setting, base["draw"]), part="labels", protocol="shared", label_setting=setting,
                 student=args.student_model, store=store, relabel=relabel, mode=mode, students=students,
                 needs=shared_id)
+
+
+def _hlr_cell(args, base: dict, shared_id: tuple) -> Cell:
+    """DD-Ranking's acc(syn, hard): the shared recipe's student on the method's images with hard labels. Its
+    student folders are the label-settings part's ``hard`` ones, so the two parts never train one twice."""
+    m = base["method"]
+    students = {s: _student_dir("students-labels", args, m, base["images"], "hard", args.student_model, s, args.epochs)
+                for s in args.seeds}
+    return Cell(**base, id=("hlr", m, base["ipc"], base["draw"]), part="hlr", protocol="shared", label_setting="hard",
+                student=args.student_model, mode="hard", students=students, needs=shared_id,
+                how="the shared recipe with hard labels (DD-Ranking's syn-hard)")
 
 
 def _cross_cell(args, base: dict, shared_id: tuple, arch: str, mp: recover.MethodPlan) -> Cell:
@@ -383,7 +398,7 @@ def _run_students(args, c: Cell, teacher_pt: str) -> None:
         if c.part == "own" and c.store is None:
             kw = dict(hard_labels=True, augment="dsa", epochs=args.dsa_epochs, batch_size=256, opt="sgd", lr=0.01,
                       weight_decay=5e-4, val_every=args.dsa_epochs)
-        elif c.part == "labels" and c.mode == "hard":
+        elif c.part in ("labels", "hlr") and c.mode == "hard":
             kw = dict(hard_labels=True, epochs=args.epochs, batch_size=10, min_scale=0.25, val_every=args.epochs)
         elif c.part == "labels" and c.mode == "online":
             kw = dict(online_teacher=(teacher_pt,), epochs=args.epochs, batch_size=10, min_scale=0.25, k=5,
@@ -644,6 +659,7 @@ def run(config: Config) -> int:
         payload = read_json(table_path)
         if payload is None:
             raise DDPipeError(f"--render-only needs {table_path}; run the table first")
+        common.write_json(ddranking.annotate(payload), table_path)  # rows derived from rows: HLR, IOR, LRS
     else:
         t0 = time.time()
         os.makedirs(args.workdir, exist_ok=True)
@@ -674,7 +690,8 @@ def run(config: Config) -> int:
             std="over draws of real images (each draw the mean of its student seeds); with one draw, over student seeds",
             t_vs_random="paired t of the differences to random's run with the same draw and student seed, over the draws both have (Welch's t over student seeds with one draw)")
         os.makedirs(args.results_dir, exist_ok=True)
-        common.write_json(payload, table_path)
+        common.write_json(ddranking.annotate(payload), table_path)
+    payload = ddranking.annotate(payload)
     written = table_report.write_all(payload, args.results_dir, args.stem, readme=args.readme)
     print(table_report.console_table(payload), file=out)
     print(f"{payload['cells_done']}/{payload['cells']} cells finished; wrote {table_path}" +

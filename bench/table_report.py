@@ -217,8 +217,43 @@ def markdown(payload: dict, plot_paths: dict[str, str] | None = None) -> str:
     if "cross" in grid["parts"]:
         parts += [f"Cross-architecture students at IPC {grid['label_ipc']} ({payload['protocols']['cross']}):", "",
                   cross_table(payload), ""]
+    if any("lrs" in r for r in payload.get("rows", [])):
+        parts += [ddranking_text(payload), ""]
     parts += ["Targets:", ""] + [f"- {t}" for t in targets(payload)]
     return "\n".join(parts) + "\n"
+
+
+def ddranking_table(payload: dict) -> str:
+    """DD-Ranking's HLR, IOR and LRS per method (rows) and IPC (columns) of the shared recipe; ``-`` where a
+    number is missing (a method without its hard-label run)."""
+    rows = [r for r in payload["rows"] if r.get("part") == "shared" and "lrs" in r]
+    ipcs = sorted({r["ipc"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+
+    def cell(m, ipc):
+        r = _find(rows, method=m, ipc=ipc)
+        if r is None:
+            return "-"
+        f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        return f"{f(r['hlr'], '.2f')} / {f(r['ior'], '+.2f')} / {f(r['lrs'], '.4f')}"
+
+    head = "| method | " + " | ".join(f"IPC {i}: HLR / IOR / LRS" for i in ipcs) + " |"
+    lines = [head, "|---|" + "---:|" * len(ipcs)]
+    lines += [f"| {m} | " + " | ".join(cell(m, i) for i in ipcs) + " |" for m in methods]
+    return "\n".join(lines)
+
+
+def ddranking_text(payload: dict) -> str:
+    info = payload.get("ddranking") or {}
+    real = info.get("real_hard_top1")
+    head = ("DD-Ranking's label-robust metrics of the shared recipe (points; LRS in [0, 1], w = 0.5; "
+            f"acc(real, hard) = {real:.2f}, the teacher's test accuracy; `bench/ddranking.py`):" if real is not None
+            else "DD-Ranking's label-robust metrics of the shared recipe (`bench/ddranking.py`):")
+    rows = [r for r in payload["rows"] if r.get("part") == "shared" and "lrs" in r]
+    if any(r["hlr"] is None for r in rows):
+        head += (" `-`: no hard-label run of those images in table.json yet (the table's `hlr` part trains them; "
+                 "rerunning the table command continues)")
+    return head + "\n\n" + ddranking_table(payload)
 
 
 def console_table(payload: dict) -> str:

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from ddpipe.bench import table_report
+from ddpipe.bench import ddranking, table_report
 from ddpipe.cli import main
 
 ROW_FIELDS = ("method", "ipc", "protocol", "label_setting", "student", "top1_mean", "top1_std", "n", "label_bytes")
@@ -49,6 +49,15 @@ def test_table_quick_runs_every_part_and_resumes(tmp_path, capsys, readme, one_t
                        "hard", "online teacher")}
     cross = {(r["method"], r["student"]) for r in rows if r["part"] == "cross"}
     assert cross == {(m, s) for m in ("random", "sre2l") for s in ("test_resnet_small", "test_timm_vit")}
+    # DD-Ranking: every method's images with hard labels at every IPC; each shared row's HLR, IOR and LRS
+    hard = {(r["method"], r["ipc"]): r for r in rows if r["part"] == "hlr"}
+    assert set(hard) == {(m, i) for m in ("random", "herding", "sre2l", "dm") for i in (1, 2)}
+    assert hard[("random", 2)]["top1_by_run"] == next(
+        r for r in rows if r["part"] == "labels" and r["method"] == "random" and r["label_setting"] == "hard")["top1_by_run"]
+    for r in shared:
+        assert r["hlr"] == pytest.approx(payload["teacher"]["top1"] - hard[(r["method"], r["ipc"])]["top1_mean"])
+        assert r["ior"] == (0.0 if r["method"] == "random" else r["delta_vs_random"])
+        assert r["lrs"] == pytest.approx(ddranking.lrs(r["ior"], r["hlr"])) and 0.0 <= r["lrs"] <= 1.0
     # the paired difference to random on the same draws
     sre2l = next(r for r in shared if r["method"] == "sre2l" and r["ipc"] == 2)
     rand = next(r for r in shared if r["method"] == "random" and r["ipc"] == 2)
@@ -156,3 +165,27 @@ def _minimal_payload():
             "grid": {"methods": ["random"], "ipcs": [1], "image_seeds": [0], "seeds": [0], "parts": ["shared"],
                      "label_ipc": 1, "label_methods": ["random"], "label_settings": ["top-5"], "cross_students": []},
             "protocols": {"shared": "s", "own": "o", "cross": "c"}}
+
+
+def test_ddranking_lrs_is_the_readme_s_normalisation():
+    """LRS = (exp(a) - exp(-1)) / (e - exp(-1)), a = w IOR - (1 - w) HLR, accuracies as fractions: 0 when a
+    method recovers nothing and loses to random by the whole scale (a = -1), 1 at a = 1, monotone."""
+    import math
+
+    assert ddranking.lrs(-100.0, 100.0) == pytest.approx(0.0, abs=1e-12)
+    assert ddranking.lrs(100.0, -100.0) == pytest.approx(1.0)
+    assert ddranking.lrs(0.0, 0.0) == pytest.approx((1 - math.exp(-1)) / (math.e - math.exp(-1)))
+    assert ddranking.lrs(2.0, 10.0) > ddranking.lrs(1.0, 10.0) > ddranking.lrs(1.0, 11.0)
+    payload = {"teacher": {"top1": 90.0}, "rows": [
+        {"part": "shared", "method": "random", "ipc": 10, "label_setting": "top-5", "top1_mean": 80.0},
+        {"part": "shared", "method": "delt", "ipc": 10, "label_setting": "top-5", "top1_mean": 82.0,
+         "delta_vs_random": 2.0},
+        {"part": "shared", "method": "sre2l", "ipc": 10, "label_setting": "top-5", "top1_mean": 81.0,
+         "delta_vs_random": 1.0},
+        {"part": "hlr", "method": "delt", "ipc": 10, "label_setting": "hard", "top1_mean": 70.0},
+        {"part": "labels", "method": "random", "ipc": 10, "label_setting": "hard", "top1_mean": 65.0}]}
+    rows = {r["method"]: r for r in ddranking.annotate(payload)["rows"] if r["part"] == "shared"}
+    assert (rows["delt"]["hlr"], rows["delt"]["ior"]) == (20.0, 2.0)
+    assert rows["delt"]["lrs"] == pytest.approx(ddranking.lrs(2.0, 20.0))
+    assert (rows["random"]["hlr"], rows["random"]["ior"]) == (25.0, 0.0)  # from the label-settings part
+    assert rows["sre2l"]["hlr"] is None and rows["sre2l"]["lrs"] is None  # no hard-label run of its images
