@@ -5,7 +5,7 @@ Run::
     ddpipe bench origin --method sre2l --repo /path/to/SRe2L    # a clone or a bare git dir
     ddpipe bench origin --method lpld,gvbsm,delt --repos lpld=/src/LPLD,gvbsm=/src/G_VBSM,delt=/src/DELT
     ddpipe bench origin --json      # every adapter: sre2l, cda, sre2l.tiny, cda.tiny, cda.in21k,
-                                    # lpld, lpld.tiny, gvbsm, delt, delt.rounds
+                                    # lpld, lpld.tiny, gvbsm, delt, delt.rounds, rded
 
 For one method the check builds one set of inputs and gives it to both sides:
 
@@ -51,6 +51,16 @@ The other families, each with what its code needs from the case:
   ITR 4, ROUND_ITR 2, so the compared steps cross a round); the ranking itself is compared by running
   their ``data_selection.py`` (``rank``, ``store_medium``) on the same images and teacher
   (``selection_equal``).
+
+* RDED (LINs-lab/RDED ``synthesize/main.py`` ``init_images``, ``synthesize/utils.py``): nothing is optimised,
+  so a :class:`PatchAdapter` brings its own check (:func:`check_rded`). ddpipe's ``rded_class`` builds
+  ``--batch-size`` (= ipc) images for each of 4 classes from ``ipc * 4 + 20`` seeded real images per class; their
+  ``init_images`` gets the same images as a PNG class folder, ddpipe's candidate order through their
+  ``random.shuffle`` and ddpipe's crop boxes through ``RandomResizedCrop.get_params``; their ``cross_entropy``,
+  ``selector``, ``mix_images`` and ``save_images`` are wrapped in their namespace to record the score of every
+  candidate patch, the kept patches and the stitched images (``loss_abs_diff`` is the scores' max difference).
+  Their ``argument.py`` parses the published command line (in the work folder: it makes ``./exp``), and
+  ``--factor``, ``--num-crop``, ``--mipc``, the input size and the crop scale and ratio they ask for are compared.
 
 A row *matches* when the hyperparameters, the crop scale ranges and the jitter bounds are equal,
 the loss and the gradient at step 0 agree to ``REL_TOL`` (relative), and the images after step 1
@@ -232,7 +242,7 @@ class Config:
     """``ddpipe bench origin``'s settings."""
 
     method: str = option("", help="what to check, comma-separated: a family (its ImageNet-1K recipe: sre2l, cda, lpld, "
-                                   "gvbsm, delt) or another adapter (sre2l.tiny, cda.tiny, cda.in21k, lpld.tiny, "
+                                   "gvbsm, delt, rded) or another adapter (sre2l.tiny, cda.tiny, cda.in21k, lpld.tiny, "
                                    "delt.rounds); default every registered adapter")
     repo: str | None = option(None, help="their repository for every checked method: a clone or a bare git directory "
                                          "(default: the family's environment variable, e.g. $DDPIPE_SRE2L_REPO, "
@@ -241,7 +251,8 @@ class Config:
                                  "an origin (VILA-Lab/DELT); before --repo")
     steps: int = option(3, help="updates compared (default 3): images after this many steps")
     batch_size: int = option(10, help="synthetic images per batch on both sides (default 10: classes 0-9; LPLD ten "
-                                      "images of class 0; G-VBSM and DELT two images each of classes 0-4)")
+                                      "images of class 0; G-VBSM and DELT two images each of classes 0-4; RDED the "
+                                      "images per class)")
     teacher: str = option("tiny", choices=("tiny", "resnet18"),
                           help="the shared teacher: tiny (two conv+BN layers, default) or resnet18 (torchvision's)")
     seed: int = option(0, help="seed of the teacher's weights and BN statistics and of ddpipe's draws (default 0)")
@@ -1228,6 +1239,278 @@ register_adapter(Adapter(
 ))
 
 
+# --- RDED: no optimisation; their patch scoring, selection and stitching on the same real images -----------------
+RDED_REPO = "/work/.mirror/LINs-lab+RDED/repo"
+RDED_ENV = "DDPIPE_RDED_REPO"
+RDED_CLASSES = 4  # classes built on both sides
+# real images per class in the case beyond the ipc * factor**2 kept (their --mipc 300 is compared as a hyperparameter)
+RDED_SPARE = 20
+
+
+@dataclass(frozen=True)
+class PatchAdapter(Adapter):
+    """An adapter whose method optimises nothing (RDED): ``check(adapter, repo, config, workdir) -> row``
+    replaces :func:`check_method`; ``run`` is unused."""
+
+    check: Callable[..., dict] | None = None
+
+
+def _rded_args(src: str, argv: tuple[str, ...], workdir: str):
+    """Their ``argument.py`` run on ``argv`` (it parses ``sys.argv`` at import and makes ``./exp/...``: run in
+    ``workdir``); returns its ``args``."""
+    saved_argv, cwd = sys.argv, os.getcwd()
+    sys.argv = ["main.py", *argv]
+    os.chdir(workdir)
+    try:
+        spec = importlib.util.spec_from_file_location("_ddpipe_origin_rded_argument", os.path.join(src, "argument.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.args
+    finally:
+        sys.argv = saved_argv
+        os.chdir(cwd)
+
+
+@contextlib.contextmanager
+def _rded_modules(src: str, args):
+    """Import their ``synthesize.main`` (and through it ``synthesize.utils``, ``synthesize.models``,
+    ``validation.utils``) from ``src`` with a stand-in ``argument`` module holding ``args``; ``sys.modules``,
+    ``sys.path`` and torchvision's ``WeightsEnum.get_state_dict`` (their utils replaces it) are put back after."""
+    from torchvision.models._api import WeightsEnum
+
+    prefixes = ("synthesize", "validation", "argument")
+    mine = lambda k: k in prefixes or k.startswith(tuple(p + "." for p in prefixes))  # noqa: E731
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if mine(k)}
+    saved_path, saved_state = list(sys.path), WeightsEnum.get_state_dict
+    argument = types.ModuleType("argument")
+    argument.args = args
+    sys.modules["argument"] = argument
+    sys.path.insert(0, src)
+    try:
+        import importlib
+
+        yield importlib.import_module("synthesize.main")
+    finally:
+        sys.path[:] = saved_path
+        WeightsEnum.get_state_dict = saved_state
+        for k in [k for k in sys.modules if mine(k)]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def run_rded_theirs(src: str, args, teacher, real, classes: list[int], order: dict, boxes: dict) -> dict:
+    """Their ``init_images(args, teacher)`` on the case: the real images of each class written as PNG files
+    ``<train_dir>/<class:05d>/<index>.png``; their ``random.shuffle`` of a folder's listing returns ddpipe's
+    order of the class (``order[c]``); torchvision's ``RandomResizedCrop.get_params`` returns ddpipe's boxes
+    (``boxes[c]``, image by image, crop by crop) and records the scale and ratio asked for; their
+    ``cross_entropy``, ``selector``, ``mix_images`` and ``save_images`` are wrapped in their module's
+    namespace to record the scores, the kept patches, the stitched images and what they write."""
+    import numpy as np
+    import torch
+    import torchvision.transforms as T
+    from PIL import Image
+
+    train = args.train_dir
+    for c in classes:
+        os.makedirs(os.path.join(train, f"{c:05d}"), exist_ok=True)
+        for i in order[c]:
+            img = real.get([int(i)])[0]
+            path = os.path.join(train, f"{c:05d}", f"{int(i):07d}.png")
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
+    queue = [tuple(int(v) for v in b) for c in classes for b in boxes[c].reshape(-1, 4)]
+    got: dict = {"scores": [], "kept": [], "mixed": [], "saved": [], "asked": set()}
+
+    def get_params(img, scale, ratio):
+        got["asked"].add((tuple(float(s) for s in scale), tuple(float(r) for r in ratio)))
+        if not queue:
+            raise _Stop("their loader asked for more crops than ddpipe drew")
+        return queue.pop(0)
+
+    position = {c: {f"{int(i):07d}.png": k for k, i in enumerate(order[c])} for c in classes}
+
+    def shuffle(items):  # their ImageFolder shuffles one class folder's listing: ddpipe's order instead
+        cls = next(c for c in classes if items and items[0] in position[c])
+        items.sort(key=position[cls].__getitem__)
+
+    plain_get_params = T.RandomResizedCrop.__dict__["get_params"]
+    record: dict = {}
+    stderr = io.StringIO()
+    with _rded_modules(src, args) as main, cpu_shims(record), contextlib.redirect_stderr(stderr):
+        utils = sys.modules["synthesize.utils"]
+        vutils = sys.modules["validation.utils"]
+        vutils.random = _Proxy(vutils.random, shuffle=shuffle)
+        ce, sel, mix, save = utils.cross_entropy, main.selector, main.mix_images, main.save_images
+
+        def cross_entropy(y_pre, y):
+            out = ce(y_pre, y)
+            got["scores"].append(out.detach().clone())
+            return out
+
+        def selector(*a, **k):
+            out = sel(*a, **k)
+            got["kept"].append(out.detach().clone())
+            return out
+
+        def mix_images(*a, **k):
+            out = mix(*a, **k)
+            got["mixed"].append(out.detach().clone())
+            return out
+
+        def save_images(a, images, class_id):
+            got["saved"].append(images.detach().clone())
+            return save(a, images, class_id)
+
+        utils.cross_entropy = cross_entropy
+        main.selector, main.mix_images, main.save_images = selector, mix_images, save_images
+        T.RandomResizedCrop.get_params = staticmethod(get_params)
+        try:
+            with torch.no_grad():
+                main.init_images(args, teacher)
+        finally:
+            T.RandomResizedCrop.get_params = plain_get_params
+    m = int(args.num_crop)
+    got["scores"] = [s.reshape(m, -1) for s in got["scores"]]
+    got["jpeg"] = []
+    for c in classes:
+        folder = os.path.join(args.syn_data_path, f"{classes.index(c):05d}")
+        files = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        got["jpeg"].append(np.stack([np.asarray(Image.open(os.path.join(folder, f)).convert("RGB")) for f in files])
+                           if files else None)
+    got["unused_draws"] = len(queue)
+    got["stderr"] = stderr.getvalue()[-2000:]
+    return got
+
+
+def check_rded(adapter: "PatchAdapter", repo: str, config: Config, workdir: str) -> dict:
+    """RDED's row: ddpipe's :func:`ddpipe.synth.rded.rded_class` and their ``init_images`` on the same teacher,
+    real images, candidate order and crop boxes; compares the score of every candidate patch, the kept patches
+    (which crop of which image, in rank order), the stitched images, and the hyperparameters of their published
+    script (``--factor``, ``--num-crop``, ``--mipc``, the input size, the crop scale and ratio they ask for).
+    ``--batch-size`` is the images per class (ipc; their script's 10 by default)."""
+    import numpy as np
+    import torch
+
+    from ..synth import Engine, create_method, to_uint8
+    from ..synth.rded import rded_class
+
+    sources = materialise(adapter, repo, os.path.join(workdir, "src"))
+    src = os.path.join(workdir, "src")
+    ipc = config.batch_size
+    cfg_pub = create_method(adapter.recipe)  # the published setting, compared with their script's
+    mipc = ipc * cfg_pub.factor ** 2 + RDED_SPARE
+    cfg = apply_override(create_method(adapter.recipe, mipc=mipc), config.ddpipe_override)
+    teacher = make_teacher(config.teacher, config.seed, adapter.num_classes)
+    real = make_real(dataclasses.replace(adapter, real_images=mipc * RDED_CLASSES), config.seed)
+    real.labels = np.arange(len(real)) % RDED_CLASSES
+    classes = list(range(RDED_CLASSES))
+    t0 = time.perf_counter()
+    engine = Engine(cfg, teachers=[copy.deepcopy(teacher)], real=real, num_classes=adapter.num_classes, ipc=ipc,
+                    mean=adapter.mean, std=adapter.std)
+    ours = {c: rded_class(engine, c) for c in classes}
+    ours_s = time.perf_counter() - t0
+    their = _rded_args(src, adapter.argv, workdir)
+    hp = [{"ddpipe": k, "value": getattr(cfg_pub, k), "theirs": k.replace("_", "-"), "their_value": getattr(their, k)}
+          for k in ("factor", "num_crop", "mipc") if getattr(cfg_pub, k) != getattr(their, k)]
+    if their.input_size != adapter.image_size:
+        hp.append({"ddpipe": "input_size", "value": adapter.image_size, "theirs": "input-size",
+                   "their_value": their.input_size})
+    if their.ipc != 10:
+        hp.append({"ddpipe": "ipc", "value": 10, "theirs": "ipc", "their_value": their.ipc})
+    run_args = copy.copy(their)
+    run_args.mipc, run_args.ipc, run_args.classes, run_args.workers = mipc, ipc, range(RDED_CLASSES), 0
+    run_args.train_dir = os.path.join(workdir, "train")
+    run_args.syn_data_path = os.path.join(workdir, "syn")
+    t0 = time.perf_counter()
+    got = run_rded_theirs(src, run_args, copy.deepcopy(teacher), real, classes,
+                          {c: ours[c].sources for c in classes}, {c: ours[c].boxes for c in classes})
+    theirs_s = time.perf_counter() - t0
+    asked = sorted(got["asked"])
+    scale_diff = (max(max(abs(a - b) for a, b in zip(s, (cfg.min_scale, 1.0))) for s, _ in asked)
+                  if asked else math.inf)
+    ratio_same = bool(asked) and all(r == (1.0, 1.0) for _, r in asked)
+    complete = all(len(got[k]) == len(classes) for k in ("scores", "kept", "mixed", "saved"))
+    per = lambda key, mine: max(_max_abs(mine(c), got[key][i]) for i, c in enumerate(classes)) if complete else math.inf  # noqa: E731
+    score_diff = per("scores", lambda c: ours[c].scores)
+    kept_diff = per("kept", lambda c: ours[c].kept)
+    image_diff = per("mixed", lambda c: ours[c].images)
+    score_max = max(float(ours[c].scores.abs().max()) for c in classes)
+    # what each side writes: ddpipe rounds (to_uint8, PNG); theirs truncate (x * 255).astype(uint8), then JPEG
+    level_diff = jpeg_diff = None
+    if complete:
+        mine_u8 = [to_uint8(ours[c].images, adapter.mean, adapter.std).astype(np.int16) for c in classes]
+        their_u8 = [(got["saved"][i].permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8).astype(np.int16)
+                    for i in range(len(classes))]
+        level_diff = int(max(np.abs(a - b).max() for a, b in zip(mine_u8, their_u8)))
+        if all(j is not None for j in got["jpeg"]):
+            jpeg_diff = int(max(np.abs(j.astype(np.int16) - b).max() for j, b in zip(got["jpeg"], their_u8)))
+    row = {
+        "method": adapter.method,
+        "recipe": cfg.recipe,
+        "repo": sources["repo"],
+        "commit": sources["commit"],
+        "script": adapter.script,
+        "steps": None,
+        "ipc": ipc,
+        "classes": RDED_CLASSES,
+        "mipc": mipc,
+        "loss": None,
+        "loss_abs_diff": score_diff,  # RDED's loss is the teacher's score of each candidate patch
+        "scores_max_abs_diff": score_diff,
+        "scores_max_abs": score_max,
+        "grad_max_abs_diff": None,
+        "patches_max_abs_diff": kept_diff,
+        "images_max_abs_diff": image_diff,
+        "images_within_tol": image_diff <= IMAGE_TOL,
+        "selection_equal": kept_diff <= IMAGE_TOL,
+        "scale_max_abs_diff": scale_diff,
+        "crop_ratio_equal": ratio_same,
+        "unused_draws": got["unused_draws"],
+        "hparam_mismatches": hp,
+        "hparams": "equal" if not hp else "DIFFER: " + ", ".join(f"{m['ddpipe']} {m['value']} vs {m['their_value']}"
+                                                                 for m in hp),
+        "deliberate": [_measured(d, {"levels": level_diff, "jpeg": jpeg_diff}) for d in adapter.deliberate],
+        "ddpipe_override": config.ddpipe_override or None,
+        "seconds": {"ddpipe": round(ours_s, 3), "theirs": round(theirs_s, 3)},
+        "sha256": sources["sha256"],
+        "their_stderr": got["stderr"],
+    }
+    row["match"] = bool(
+        complete and not hp and scale_diff <= 1e-9 and ratio_same and got["unused_draws"] == 0
+        and score_diff <= REL_TOL * max(1.0, score_max) and row["selection_equal"] and row["images_within_tol"]
+    )
+    return row
+
+
+register_adapter(PatchAdapter(
+    method="rded", recipe="rded.in1k", origin="LINs-lab/RDED", script="synthesize/utils.py",
+    files=("synthesize/main.py", "synthesize/utils.py", "synthesize/models.py", "validation/utils.py", "argument.py"),
+    # scripts/imagenet-1k_10ipc_resnet-18_to_resnet-18_cr5.sh
+    argv=("--subset", "imagenet-1k", "--arch-name", "resnet18", "--factor", "2", "--num-crop", "5", "--mipc", "300",
+          "--ipc", "10", "--stud-name", "resnet18", "--re-epochs", "300"),
+    hparams={}, run=lambda adapter, case, folder: None, check=check_rded,
+    deliberate=(
+        {"what": "the set is written rounded to uint8 (to_uint8) as PNG; theirs truncate ((x * 255).astype(uint8)) "
+                 "and save JPEG (PIL's default quality 75)",
+         "where": "synth/writer.py to_uint8, ImageFolderWriter",
+         "size": "{value} uint8 levels max |diff| before their JPEG", "measure": "levels"},
+        {"what": "their JPEG encoding on top of the truncation (ddpipe writes PNG by default; --format jpeg "
+                 "--jpeg-quality 75 to match)",
+         "where": "synth/writer.py", "size": "{value} uint8 levels max |diff| of their files vs their own pixels",
+         "measure": "jpeg"},
+        {"what": "patches are cropped from the real images as ddpipe's data gives them (resized and centre-cropped to "
+                 "the input size); theirs crop the full-resolution JPEG files",
+         "where": "evaluate/recover.py _real_data; synth/rded.py rded_class",
+         "size": "none here: both sides get the same input-size images"},
+        {"what": "the candidate order and crop draw come from ddpipe's seeded per-class generators (the draw is "
+                 "torchvision's get_params, same numbers under the same seed); theirs from the global RNG and "
+                 "random.shuffle of the folder listing", "where": "synth/rded.py class_generator, draw_boxes",
+         "size": "none here: replayed into their code"},
+    ),
+    default_repo=RDED_REPO, repo_env=RDED_ENV, num_classes=1000, image_size=224, ipc=None,
+    requires=("tqdm",),
+))
+
+
 # --- one comparison -------------------------------------------------------------------------------------------
 def _max_abs(a, b) -> float:
     if a.shape != b.shape:
@@ -1439,7 +1722,7 @@ def run(config: Config) -> int:
         work = tempfile.mkdtemp(prefix=f"ddpipe-origin-{name}-")
         try:
             with torch.random.fork_rng(devices=[]):
-                rows.append(check_method(adapter, repo, config, work))
+                rows.append((getattr(adapter, "check", None) or check_method)(adapter, repo, config, work))
         finally:
             shutil.rmtree(work, ignore_errors=True)
     payload = {

@@ -1,7 +1,7 @@
 """ddpipe.synth: recover (synthesis) methods and selection baselines, as configurations of one engine.
 
 ``recover(method, teachers=..., real=RealData(...), num_classes=..., ipc=..., mean=..., std=..., out=...)``
-runs a recipe (``sre2l``, ``cda``, ``lpld``, ``gvbsm``, ``delt``, ``dm``, ``random``, ``herding``,
+runs a recipe (``sre2l``, ``cda``, ``lpld``, ``gvbsm``, ``delt``, ``dm``, ``rded``, ``random``, ``herding``,
 or ``family.tag``) and writes an ImageFolder plus ``manifest.json``. See docs/synth.md.
 """
 
@@ -15,7 +15,7 @@ from .losses import LossTerm, Step, densify_loss, dm_mean_loss
 from .stats import collect_class_bn_stats, collect_conv_stats, module_hash, penultimate_features
 from .select import herding_order
 from .writer import MANIFEST, read_manifest, to_uint8
-from . import sre2l, cda, lpld, gvbsm, delt, dm, select  # noqa: F401  (register the recipes)
+from . import sre2l, cda, lpld, gvbsm, delt, dm, rded, select  # noqa: F401  (register the recipes)
 
 __all__ = [
     "Batch", "Engine", "LossTerm", "MANIFEST", "RealData", "RecoverConfig", "RunStateError", "Step",

@@ -13,10 +13,13 @@ from .errors import SynthConfigError
 
 __all__ = ["RecoverConfig", "BATCHINGS", "INITS", "OPTIMIZERS", "SELECTIONS", "FMNIST_28PX", "FMNIST_STAT_WEIGHT"]
 
+RDED_FIELDS = ("factor", "num_crop", "mipc")
+"""RecoverConfig fields only RDED reads; ``to_dict`` leaves them out of other recipes' records (fingerprints)."""
+
 BATCHINGS = ("mixed", "class", "all")
 INITS = ("noise", "real", "top", "min", "medium")
 OPTIMIZERS = ("adam", "sgd")
-SELECTIONS = ("random", "herding")
+SELECTIONS = ("random", "herding", "rded")
 
 # The one fixed budget of every SRe2L-family ``*.fmnist`` recipe (Fashion-MNIST: 28 px grey images, a
 # 3-layer 32-channel BN ConvNet teacher). Ours, not a paper's, and the same for sre2l, cda, lpld,
@@ -74,8 +77,12 @@ class RecoverConfig:
     stats_batch_size: int = 256  # batch of the one pass over the real data (class BN, conv statistics)
     # --- DM ------------------------------------------------------------------------------------------
     batch_real: int = 256  # real images per class per iteration
+    # --- RDED (synth/rded.py): stitched teacher-scored patches of real images ------------------------
+    factor: int = 2  # each synthetic image is factor x factor patches
+    num_crop: int = 5  # random crops scored per real image
+    mipc: int = 300  # real images per class the patches come from
     # --- selection baselines ---------------------------------------------------------------------------
-    select: str | None = None  # random | herding: pick real images instead of optimising
+    select: str | None = None  # random | herding | rded: real images (rded: patches of them) instead of optimising
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -95,12 +102,17 @@ class RecoverConfig:
         if self.round_iterations is not None and not 0 < self.round_iterations <= max(1, self.iterations):
             raise SynthConfigError(
                 f"round_iterations must lie in (0, iterations={self.iterations}], got {self.round_iterations}")
+        if min(self.factor, self.num_crop, self.mipc) < 1:
+            raise SynthConfigError(f"factor, num_crop and mipc must be >= 1, got {self.factor}, {self.num_crop}, {self.mipc}")
         if not 0.0 < self.min_scale <= 1.0:
             raise SynthConfigError(f"min_scale must lie in (0, 1], got {self.min_scale}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
+        if self.select != "rded":  # RDED's fields only where they matter: other recipes' records stay as they were
+            for name in RDED_FIELDS:
+                del d[name]
         return d
 
     @classmethod

@@ -17,6 +17,7 @@ import torch
 from ._registry import register_method
 from .config import RecoverConfig
 from .errors import SynthConfigError
+from .rded import rded_batch
 from .stats import penultimate_features
 
 if TYPE_CHECKING:
@@ -61,9 +62,12 @@ def class_order(engine: "Engine", c: int) -> np.ndarray:
 
 
 def select_batch(engine: "Engine", batch: "Batch", orders: dict[int, np.ndarray] | None = None) -> np.ndarray:
-    """uint8 [B, H, W, C] real images for the batch's (class, index) pairs. ``orders`` caches each
-    class's :func:`class_order` across the batches of one run (the caller keeps it)."""
+    """uint8 [B, H, W, C] real images for the batch's (class, index) pairs (RDED: its stitched patches,
+    :func:`ddpipe.synth.rded.rded_batch`). ``orders`` caches each class's :func:`class_order` (RDED: its
+    images) across the batches of one run (the caller keeps it)."""
     orders = {} if orders is None else orders
+    if engine.cfg.select == "rded":  # patches of real images, stitched (synth/rded.py); orders keeps each class's set
+        return rded_batch(engine, batch, orders)
     picks = []
     for c, i in zip(batch.classes, batch.indices):
         if c not in orders:

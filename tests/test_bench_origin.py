@@ -46,7 +46,7 @@ def test_registered_behind_ddpipe_bench():
     assert "origin" in list_benchmarks()
     assert load_benchmark("origin") is bo
     assert {"sre2l", "cda", "sre2l.tiny", "cda.tiny", "cda.in21k", "lpld", "lpld.tiny", "gvbsm", "delt",
-            "delt.rounds"} <= set(bo.list_adapters())
+            "delt.rounds", "rded"} <= set(bo.list_adapters())
 
 
 def test_an_unknown_method_is_refused():
@@ -242,3 +242,45 @@ def test_repos_maps_methods_families_and_origins(tmp_path):
         bo.Config(repos="lpld")
     with pytest.raises(DDPipeError, match="multiple of 2"):
         bo.check_method(bo.ADAPTERS["delt"], str(tmp_path), bo.Config(method="delt", batch_size=3), str(tmp_path))
+
+
+# --- RDED: their patch scoring, selection and stitching -------------------------------------------------------
+def _rded(tmp_path, **fields):
+    config = bo.Config(method="rded", batch_size=2, **fields)
+    return bo.check_rded(bo.ADAPTERS["rded"], REPO["rded"], config, str(tmp_path))
+
+
+@needs("rded")
+@pytest.mark.slow
+def test_rded_matches_their_init_images(tmp_path, capsys):
+    """Through ``run`` (the adapter's own check): the same scores for every candidate patch, the same kept
+    patches and stitched images, their published settings equal to rded.in1k's."""
+    rc = bo.run(bo.Config(method="rded", batch_size=2, json=True, results_dir=str(tmp_path / "results")))
+    payload = json.loads(capsys.readouterr().out)
+    (row,) = payload["rows"]
+    assert rc == 0 and payload["ok"] and row["match"]
+    for key in ("method", "repo", "commit", "steps", "loss_abs_diff", "grad_max_abs_diff", "images_max_abs_diff",
+                "deliberate"):
+        assert key in row
+    assert row["hparams"] == "equal" and row["scale_max_abs_diff"] == 0.0 and row["crop_ratio_equal"]
+    assert row["scores_max_abs"] > 0 and row["scores_max_abs_diff"] <= 1e-5 * row["scores_max_abs"]
+    assert row["images_max_abs_diff"] <= bo.IMAGE_TOL and row["selection_equal"] and row["unused_draws"] == 0
+    assert len(row["commit"]) == 40 and set(row["sha256"]) == set(bo.ADAPTERS["rded"].files)
+    (rounding,) = [d for d in row["deliberate"] if "truncate" in d["what"]]
+    assert rounding["measured"] == 1 and "1 uint8 levels" in rounding["size"]  # ddpipe rounds, theirs truncate
+
+
+@needs("rded")
+@pytest.mark.slow
+def test_rded_controls_are_caught(tmp_path, monkeypatch):
+    """Two controls that must fail: a crop scale of ddpipe's own (their code asks for RandomResizedCrop's 0.08),
+    and ddpipe keeping each image's worst crop (same scores, other patches)."""
+    row = _rded(tmp_path / "scale", ddpipe_override="min_scale=0.2")
+    assert not row["match"] and row["scale_max_abs_diff"] == pytest.approx(0.12)
+    import ddpipe.synth.rded as R
+
+    plain = R.select_patches
+    monkeypatch.setattr(R, "select_patches", lambda scores, keep: plain(-scores, keep))
+    row = _rded(tmp_path / "select")
+    assert row["scores_max_abs_diff"] == 0.0 and row["hparams"] == "equal"
+    assert not row["selection_equal"] and row["images_max_abs_diff"] > 0.1 and not row["match"]

@@ -117,7 +117,7 @@ def test_every_recipe_writes_a_readable_image_folder(env, name, tmp_path):
     man = json.loads((tmp_path / "set" / "manifest.json").read_text())
     assert man["config"]["method"] == cfg.method and man["teacher_hashes"] == [S.module_hash(t) for t in teachers]
     assert man["wall_time_s"] > 0 and len(man["batches_done"]) == man["batches_total"]
-    if cfg.select is not None:  # the selected images are real ones, bit for bit
+    if cfg.select in ("random", "herding"):  # the selected images are real ones, bit for bit (rded: below)
         with Image.open(tmp_path / "set" / "new004" / "class004_id001.png") as img:
             got = np.asarray(img).reshape(8, 8, 1).tobytes()
         assert got in {env["real"].images[i].tobytes() for i in np.flatnonzero(env["real"].labels == 4)}
@@ -470,3 +470,117 @@ def test_fashion_mnist_lpld_and_herding(tmp_path):
     with Image.open(tmp_path / "herd" / "new007" / "class007_id001.png") as img:
         assert img.size == (28, 28) and img.mode == "L"
     assert res["counts"] == [2] * 10
+
+
+# --- RDED: stitched, teacher-scored patches of real images ----------------------------------------------------
+def _rded(env, name="rded.test", ipc=IPC, **overrides):
+    ds = env["ds"]
+    return S.Engine(S.create_method(name, **overrides), teachers=[env["teacher"]], real=env["real"], num_classes=10,
+                    ipc=ipc, mean=ds.mean, std=ds.std)
+
+
+def test_rded_draw_is_torchvisions_random_resized_crop():
+    """The seeded crop draw equals torchvision's RandomResizedCrop.get_params (ratio 1) under the same seed."""
+    import torchvision.transforms as T
+
+    from ddpipe.synth.rded import square_crop_box
+
+    for h, w in ((8, 8), (28, 28), (20, 28)):
+        gen = torch.Generator().manual_seed(11)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(11)
+            theirs = [tuple(T.RandomResizedCrop.get_params(torch.zeros(1, h, w), [0.08, 1.0], [1.0, 1.0]))
+                      for _ in range(100)]
+        assert [square_crop_box(gen, h, w, (0.08, 1.0)) for _ in range(100)] == theirs
+
+
+def test_rded_cells_and_stitch_on_an_odd_side():
+    from ddpipe.synth.rded import cell_grid, stitch
+
+    assert cell_grid(9, 2) == [(0, 0, 5, 5), (0, 5, 5, 4), (5, 0, 4, 5), (5, 5, 4, 4)]
+    assert cell_grid(8, 1) == [(0, 0, 8, 8)]
+    patches = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 1, 4, 4).contiguous()
+    out = stitch(patches, 9, 2, ipc=2)  # patch q * ipc + t fills cell q of image t, resized to the cell
+    assert out.shape == (2, 1, 9, 9)
+    for t in range(2):
+        for q, (top, left, h, w) in enumerate(cell_grid(9, 2)):
+            assert torch.all(out[t, 0, top:top + h, left:left + w] == q * 2 + t)
+
+
+def test_rded_images_are_stitched_resized_crops_of_real_images_of_their_class(env):
+    """Every cell of a synthetic image equals torchvision's resized crop (antialias, as RandomResizedCrop) of a
+    real image of its class, normalised; each kept crop is its image's lowest-scoring one and every kept image
+    scores no worse than any image left out; the teacher's score is -log p(class) of the zero-padded patch."""
+    from torchvision.transforms import functional as TF
+
+    ds, teacher = env["ds"], env["teacher"]
+    eng = _rded(env)
+    cfg = eng.cfg
+    for c in (0, 7):
+        r = S.rded.rded_class(eng, c)
+        assert r.images.shape == (IPC, 1, 8, 8) and r.scores.shape == (cfg.num_crop, cfg.mipc)
+        assert len(set(r.sources.tolist())) == cfg.mipc and np.all(ds.train.labels[r.sources] == c)
+        for t in range(IPC):
+            for q, (top, left, h, w) in enumerate(S.rded.cell_grid(8, cfg.factor)):
+                src, box = r.provenance(t, q)
+                assert ds.train.labels[src] == c
+                img = torch.from_numpy(ds.train.images[src]).permute(2, 0, 1).float() / 255
+                crop = TF.resized_crop(img, *box, [8 // cfg.factor] * 2, antialias=True)
+                want = (crop - ds.mean[0]) / ds.std[0]
+                torch.testing.assert_close(r.images[t, :, top:top + h, left:left + w], want, rtol=0, atol=1e-6)
+        best = r.scores.min(dim=0).values
+        kept = np.zeros(cfg.mipc, dtype=bool)
+        kept[r.picked] = True
+        assert torch.equal(r.scores[r.crops, r.picked], best[r.picked])
+        assert best[kept].max() <= best[~kept].min()
+        assert np.all(np.diff(best[r.picked].numpy()) >= 0)  # rank order
+        # one score by hand: the patch padded to 8 px with zeros (2 px each side), the teacher's -log p(c)
+        src, box = r.provenance(0, 0)
+        img = torch.from_numpy(ds.train.images[src]).permute(2, 0, 1).float() / 255
+        patch = (TF.resized_crop(img, *box, [4, 4], antialias=True) - ds.mean[0]) / ds.std[0]
+        padded = torch.zeros(1, 1, 8, 8)
+        padded[0, :, 2:6, 2:6] = patch
+        with torch.no_grad():
+            want = -torch.log_softmax(teacher(padded), dim=1)[0, c]
+        assert float(r.scores[r.crops[0], r.picked[0]]) == pytest.approx(float(want), rel=1e-5, abs=1e-6)
+
+
+def test_rded_is_deterministic_and_the_seed_changes_the_draw(env):
+    a, b = S.rded.rded_class(_rded(env), 4), S.rded.rded_class(_rded(env), 4)
+    assert torch.equal(a.images, b.images) and np.array_equal(a.boxes, b.boxes)
+    c = S.rded.rded_class(_rded(env, seed=1), 4)
+    assert not np.array_equal(a.boxes, c.boxes) and not torch.equal(a.images, c.images)
+    # factor 1 (their 32 px setting): each image is one whole resized crop, the ipc best-scoring ones
+    one = S.rded.rded_class(_rded(env, factor=1), 4)
+    assert one.images.shape == (IPC, 1, 8, 8) and len(one.picked) == IPC
+
+
+def test_rded_recover_writes_its_images_and_refuses_too_few(env, tmp_path):
+    from PIL import Image
+
+    ds = env["ds"]
+    kw = dict(teachers=[env["teacher"]], real=env["real"], num_classes=10, ipc=IPC, mean=ds.mean, std=ds.std,
+              progress=False)
+    res = S.recover("rded.test", out=str(tmp_path / "r"), **kw)
+    assert res["status"] == "complete" and res["counts"] == [IPC] * 10 and res["config"]["select"] == "rded"
+    want = S.to_uint8(S.rded.rded_class(_rded(env), 6).images, ds.mean, ds.std)
+    with Image.open(tmp_path / "r" / "new006" / "class006_id001.png") as img:
+        assert np.array_equal(np.asarray(img).reshape(8, 8, 1), want[1])
+    with pytest.raises(S.SynthConfigError, match="ipc \\* factor"):
+        S.rded.rded_class(_rded(env, ipc=5, mipc=16), 0)  # 5 * 4 patches from 16 images
+    with pytest.raises(S.SynthConfigError, match="teacher"):
+        S.recover("rded.test", out=str(tmp_path / "none"), **{**kw, "teachers": []})
+
+
+def test_rded_through_the_recover_phase(env, tmp_path):
+    """``ddpipe recover --method rded.test``: the teacher file's model scores the patches; --min-scale reaches it."""
+    from ddpipe.evaluate import recover as phase
+    from ddpipe.evaluate.squeeze import write_teacher
+
+    ds = env["ds"]
+    path = str(tmp_path / "teacher.pt")
+    write_teacher(env["teacher"], path, ds, {"top1": 0.0})
+    res = phase.run(phase.RecoverRunConfig(out=str(tmp_path / "rded"), method="rded.test", teacher=(path,), ipc=2,
+                                           min_scale=0.5, progress=False))
+    assert res.status == "complete" and res.counts == [2] * 10 and res.method_config["select"] == "rded"
+    assert res.method_config["min_scale"] == 0.5 and res.method_config["factor"] == 2

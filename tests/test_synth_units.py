@@ -10,7 +10,7 @@ import ddpipe.synth as S
 from ddpipe.errors import DDPipeError
 from ddpipe.synth.augment import DSA, cda_min_scale, sre2l_augment
 
-FAMILIES = ["cda", "delt", "dm", "gvbsm", "herding", "lpld", "random", "sre2l"]
+FAMILIES = ["cda", "delt", "dm", "gvbsm", "herding", "lpld", "random", "rded", "sre2l"]
 
 
 def test_every_family_is_registered_with_a_test_recipe():
