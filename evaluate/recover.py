@@ -5,8 +5,11 @@ The library call is ``run(RecoverRunConfig(...)) -> RecoverResult``. It opens th
 dict with ``model`` and ``input_size``) and the real training split
 (:func:`ddpipe.evaluate.datasets.load_dataset`), then calls :func:`ddpipe.synth.recover`, which writes
 ``out`` as an ImageFolder plus ``manifest.json`` and resumes a killed run from its last finished
-batch; the phase adds ``results.json`` (the result below). DM's random networks are DM's ConvNet
-from ``ddpipe.evaluate.models`` (``dm_model``). The module imports no torch at import time.
+batch; the phase adds ``results.json`` (the result below). Under ``torchrun`` each rank joins the group
+(:func:`ddpipe.pipeline.distributed.init_distributed`, its own GPU ``cuda:LOCAL_RANK`` or the CPU) and
+optimises every ``world_size``-th batch into the same ``out``; rank 0 keeps the manifest and writes
+``results.json``, and the images are those of one process with the same seed. DM's random networks are
+DM's ConvNet from ``ddpipe.evaluate.models`` (``dm_model``). The module imports no torch at import time.
 
 Why two config classes: :class:`ddpipe.synth.RecoverConfig` is the *method* (a recipe's loss
 weights, optimiser, iterations ...: what ``synth`` runs); :class:`RecoverRunConfig` is this *phase*
@@ -95,7 +98,8 @@ class RecoverRunConfig(TeacherOptions, RunOptions):
                              changes_result=False)
     seed: int | None = option(None, group="run", help="seed of initialisation and augmentation (default: recipe, 0)")
     stop_after_batches: int | None = option(None, metavar="N", group="run", changes_result=False,
-                                            help="stop after N batches as if killed; for testing resume")
+                                            help="stop after N batches (per rank under torchrun) as if killed; "
+                                                 "for testing resume")
 
     def validate(self) -> None:
         super().validate()
@@ -228,16 +232,18 @@ def run(config: RecoverRunConfig) -> RecoverResult:
 
 
 def _run(config: RecoverRunConfig) -> RecoverResult:
-    from ._phase import RESULTS, resolve_device, versions
+    from ._phase import RESULTS, versions
     from .checkpoint import write_json_atomic
+    from .distributed import init_distributed
     from .datasets import load_dataset
     from .models import create_model
     from .teacher import open_teachers
     from ..synth import create_method, recover
 
-    device = resolve_device(config.device)
     out = os.path.abspath(os.path.expanduser(config.out))
     check_continuation(config, out)  # before any teacher or data is loaded
+    dist = init_distributed(config.device, announce=config.progress)  # one process: config.device as given
+    device = dist.device
     teachers = []
     if config.teacher:
         teachers = open_teachers(list(config.teacher), device=device, **config.teacher_facts())
@@ -277,6 +283,7 @@ def _run(config: RecoverRunConfig) -> RecoverResult:
         teacher_ids=[t.teacher_hash for t in teachers] or None, device=device, image_format=config.image_format,
         jpeg_quality=config.jpeg_quality, overwrite=config.overwrite, progress=config.progress,
         stop_after_batches=config.stop_after_batches, stats_cache=config.stats_cache,
+        rank=dist.rank, world_size=dist.world_size,
         extra={"dataset": dataset.name, "classes": list(dataset.classes), "teachers": [t.source for t in teachers],
                "dm_model": config.dm_model if cfg.method == "dm" else None, RUN_OPTIONS: _options(config)},
     )
@@ -295,7 +302,8 @@ def _run(config: RecoverRunConfig) -> RecoverResult:
         versions=versions(),
         manifest=os.path.join(manifest["out"], MANIFEST),
         extra={k: v for k, v in manifest.get("extra", {}).items() if k != RUN_OPTIONS})
-    write_json_atomic(res.to_dict(), os.path.join(manifest["out"], RESULTS))
+    if dist.rank == 0:
+        write_json_atomic(res.to_dict(), os.path.join(manifest["out"], RESULTS))
     return res
 
 

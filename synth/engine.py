@@ -6,7 +6,7 @@ with momentum for DM), per-iteration augmentation (random resized crop, flip, ro
 crop-scale curriculum, DM's DSA), clamping to the valid pixel range, batch composition, DELT's
 early-late iteration budgets, and the loss as a weighted sum of registered terms fed by hooks on
 the teacher(s) (round-robin when there are several, as G-VBSM). :func:`recover` adds the output
-folder, the manifest, resume and progress bars.
+folder, the manifest, resume, progress bars and, under torchrun, the batches dealt round-robin to the ranks.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from ddpipe._progress import progress_bar
 from ._registry import create_loss, create_method
 from .augment import DSA, cda_min_scale, sre2l_augment
 from .config import RecoverConfig
-from .errors import SynthConfigError
+from .errors import RunStateError, SynthConfigError
 from .losses import Step
 from .stats import (Recorder, class_buffers, collect_class_bn_stats, collect_conv_stats, has_class_buffers,
                                 module_hash)
-from .writer import FORMAT, ImageFolderWriter, to_uint8
+from .writer import FORMAT, ImageFolderWriter, read_manifest, to_uint8
 
 __all__ = ["RealData", "Batch", "Engine", "recover", "delt_schedule", "delt_start_rounds", "rank_order",
            "medium_order"]
@@ -155,6 +155,7 @@ class Engine:
             raise SynthConfigError(f"ipc must be >= 1, got {ipc}")
         self.model_fn = model_fn
         self.stats_cache = stats_cache
+        self.save_stats_cache = True  # False: read stats_cache, never write it (torchrun ranks other than 0)
         for t in self.teachers:  # teachers are used in place: moved to the device, eval mode, frozen
             t.to(self.device).eval()
             for p in t.parameters():
@@ -227,7 +228,7 @@ class Engine:
             store = torch.load(self.stats_cache, map_location="cpu", weights_only=True)
         if key not in store:
             store[key] = collect_conv_stats(self.teachers[t], self.real_batches(), len(self.real), self.cfg.patch_size)
-            if self.stats_cache:
+            if self.stats_cache and self.save_stats_cache:
                 os.makedirs(os.path.dirname(os.path.abspath(self.stats_cache)), exist_ok=True)
                 tmp = self.stats_cache + ".tmp"
                 torch.save(store, tmp)
@@ -445,24 +446,117 @@ def _summary(history: list[dict]) -> dict:
             for k in history[0]}
 
 
+class _Group:
+    """The torchrun group a :func:`recover` runs in (``world_size`` 1: alone, and every call a no-op)."""
+
+    def __init__(self, rank: int, world_size: int):
+        self.rank, self.world_size = int(rank), int(world_size)
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise SynthConfigError(f"rank must be in 0 .. world_size - 1, got rank {rank} of {world_size}")
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() != self.world_size:
+                raise SynthConfigError(f"recover with world_size {world_size} needs an initialised process group of "
+                                       "that size (torchrun; ddpipe.pipeline.distributed.init_distributed)")
+
+    def from_rank0(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if self.world_size == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def _wait(ready: Callable[[], object], poll_s: float = 0.2):
+    """Poll ``ready()`` until it returns something (torchrun ends every rank if another one fails)."""
+    while True:
+        value = ready()
+        if value is not None:
+            return value
+        time.sleep(poll_s)
+
+
+def _finished_parts(writer: ImageFolderWriter, run: int, world_size: int) -> list[dict] | None:
+    """Every rank's part of run ``run`` once each says it is finished, else None."""
+    parts = [p for p in writer.read_parts() if p.get("run") == run and p.get("status") != "running"]
+    return parts if {p.get("rank") for p in parts} >= set(range(world_size)) else None
+
+
+def _merged_manifest(writer: ImageFolderWriter, run: int) -> dict | None:
+    """The manifest once rank 0 has merged run ``run``'s parts into it, else None."""
+    manifest = read_manifest(writer.out)
+    return manifest if manifest is not None and manifest.get("parts_merged_run", 0) >= run else None
+
+
+def _in_batch_order(manifest: dict, batches: list[Batch]) -> None:
+    """List the finished batches (and their losses) in batch order, whichever rank or run finished them."""
+    order = {b.key: n for n, b in enumerate(batches)}
+    manifest["batches_done"].sort(key=lambda k: order.get(k, len(order)))
+    manifest["losses"] = dict(sorted(manifest["losses"].items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+def _merge_parts(manifest: dict, parts: list[dict], batches: list[Batch]) -> None:
+    """Fold the ranks' records of one run (``manifest.rank{r}.json``) into ``manifest``: their finished batches
+    (in batch order), the counts, losses and notes, and the run's wall time (its slowest rank's). Parts of a run
+    merged before (a kill between saving the manifest and deleting them) are left out."""
+    fresh = [p for p in parts if int(p.get("run", 0)) > int(manifest.get("parts_merged_run", 0))]
+    if not fresh:
+        return
+    by_key = {b.key: b for b in batches}
+    done = set(manifest["batches_done"])
+    for part in fresh:
+        for key in part.get("batches_done", []):
+            if key not in by_key:
+                raise RunStateError(f"{manifest.get('out', 'the output folder')}: rank {part.get('rank')}'s part "
+                                    f"lists batch {key!r}, which this run does not have; pass overwrite to start "
+                                    "afresh")
+            if key in done:
+                continue
+            done.add(key)
+            manifest["batches_done"].append(key)
+            for c in by_key[key].classes:
+                manifest["counts"][c] += 1
+            if key in (part.get("losses") or {}):
+                manifest["losses"][key] = part["losses"][key]
+        manifest.setdefault("notes", {}).update(part.get("notes") or {})
+    _in_batch_order(manifest, batches)
+    manifest["wall_time_s"] = round(manifest["wall_time_s"] + max(float(p.get("wall_time_s", 0.0)) for p in fresh), 3)
+    manifest["parts_merged_run"] = max(int(p.get("run", 0)) for p in fresh)
+
+
 def recover(method: str | RecoverConfig, *, teachers: Sequence[nn.Module] = (), real: RealData | None = None,
             num_classes: int, ipc: int, mean: Sequence[float], std: Sequence[float], out: str,
             input_size: int | None = None, in_chans: int | None = None, model_fn: Callable[[], nn.Module] | None = None,
             teacher_ids: Sequence[str] | None = None, device: str = "cpu", image_format: str = "png",
             jpeg_quality: int = 95, overwrite: bool = False, progress: bool = True,
             stop_after_batches: int | None = None, stats_cache: str | None = None, extra: dict | None = None,
-            **overrides) -> dict:
+            rank: int = 0, world_size: int = 1, **overrides) -> dict:
     """Run a recover method (or selection baseline) and write the set to ``out``; returns the manifest.
 
     ``method`` is a recipe name (``sre2l``, ``cda.in1k``, ``lpld.test`` ...) with ``overrides`` applied
     (None values ignored), or a ready :class:`RecoverConfig`. ``teachers`` are modules taking normalised
     ``[B, C, H, W]`` input (they are moved to ``device``, put in eval mode and frozen, in place);
     ``real`` the real training images; ``model_fn`` builds DM's random network. A rerun with the same config
-    skips the batches the manifest lists as done; ``stop_after_batches`` stops early (for tests).
+    skips the batches the manifest lists as done; ``stop_after_batches`` stops early (for tests; per rank).
+
+    ``rank`` / ``world_size`` (an initialised torchrun process group): rank r optimises the batches
+    n with ``n % world_size == r`` on its own ``device``, into the same ``out``. Rank 0 prepares the folder and
+    manifest before the others start (the one collective, a broadcast); each rank records its finished
+    batches in ``manifest.rank{r}.json``; when every rank's part says it has finished, rank 0 merges them into
+    ``manifest.json`` (as the start of the next run does after a kill), and every rank returns that manifest
+    (the ranks wait for each other by polling the folder, so no collective timeout limits a batch's length).
+    Only rank 0 writes ``stats_cache``. Every batch's randomness comes from its number
+    (:meth:`Engine.batch_generator`), so the images equal a single process's whatever the world size, and a
+    run resumes under any world size.
     """
     cfg = method if isinstance(method, RecoverConfig) else create_method(method, **overrides)
     if isinstance(method, RecoverConfig) and overrides:
         cfg = RecoverConfig.from_dict({**cfg.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
+    group = _Group(rank, world_size)
     engine = Engine(cfg, teachers=teachers, real=real, num_classes=num_classes, ipc=ipc, mean=mean, std=std,
                     input_size=input_size, in_chans=in_chans, model_fn=model_fn, device=device,
                     stats_cache=stats_cache or (os.path.join(out, "gvbsm_stats.pt") if "conv_stats" in cfg.loss else None),
@@ -474,30 +568,60 @@ def recover(method: str | RecoverConfig, *, teachers: Sequence[nn.Module] = (), 
         "std": [float(v) for v in std], "image_format": image_format,
         "jpeg_quality": jpeg_quality if image_format == "jpeg" else None, "real_size": len(real) if real is not None else 0,
     }
-    manifest = writer.start(fingerprint, overwrite=overwrite)
     batches = engine.batches()
-    if manifest is None:
-        manifest = {
-            "format": FORMAT, "method": cfg.method, "recipe": cfg.recipe, "fingerprint": fingerprint,
-            "config": cfg.to_dict(), "teacher_hashes": engine.teacher_ids, "num_classes": engine.num_classes,
-            "ipc": engine.ipc, "input_size": engine.input_size, "in_chans": engine.in_chans,
-            "mean": fingerprint["mean"], "std": fingerprint["std"], "image_format": image_format,
-            "layout": "new{class}/class{class}_id{index}", "batches_total": len(batches), "batches_done": [],
-            "counts": [0] * engine.num_classes, "losses": {}, "wall_time_s": 0.0, "status": "running",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch_version": str(torch.__version__),
-            "runs": 0, **({"extra": extra} if extra else {}),
-        }
-    writer.save_manifest(manifest)  # the folder is ours from now on, even if killed before the first batch
+    manifest, failure = None, None
+    if group.rank == 0:  # rank 0 alone prepares the folder; the others wait for its manifest (or its error)
+        try:
+            manifest = writer.start(fingerprint, overwrite=overwrite)
+            if manifest is None:
+                manifest = {
+                    "format": FORMAT, "method": cfg.method, "recipe": cfg.recipe, "fingerprint": fingerprint,
+                    "config": cfg.to_dict(), "teacher_hashes": engine.teacher_ids, "num_classes": engine.num_classes,
+                    "ipc": engine.ipc, "input_size": engine.input_size, "in_chans": engine.in_chans,
+                    "mean": fingerprint["mean"], "std": fingerprint["std"], "image_format": image_format,
+                    "layout": "new{class}/class{class}_id{index}", "batches_total": len(batches), "batches_done": [],
+                    "counts": [0] * engine.num_classes, "losses": {}, "wall_time_s": 0.0, "status": "running",
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "torch_version": str(torch.__version__), "runs": 0, **({"extra": extra} if extra else {}),
+                }
+            parts = writer.read_parts()  # a killed torchrun run's finished batches
+            _merge_parts(manifest, parts, batches)
+            if group.world_size > 1:
+                manifest["runs"] = manifest.get("runs", 0) + 1
+            if group.world_size > 1 or "world_size" in manifest:  # the latest run's (a plain run records none)
+                manifest["world_size"] = group.world_size
+            writer.save_manifest(manifest)  # the folder is ours from now on, even if killed before the first batch
+            if parts:
+                writer.remove_parts()
+        except Exception as e:  # noqa: BLE001 - every rank raises it
+            if group.world_size == 1:
+                raise
+            failure = e
+    shared = group.from_rank0((manifest, None if failure is None else f"{type(failure).__name__}: {failure}"))
+    if failure is not None:
+        raise failure
+    if shared[1] is not None:
+        raise RunStateError(f"rank 0 could not start the recover run in {writer.out}: {shared[1]}")
+    manifest = shared[0]
     done = set(manifest["batches_done"])
-    todo = [(n, b) for n, b in enumerate(batches) if b.key not in done]
-    manifest["runs"] = manifest.get("runs", 0) + 1
+    todo = [(n, b) for n, b in enumerate(batches) if b.key not in done and n % group.world_size == group.rank]
+    if group.world_size == 1:
+        manifest["runs"] = manifest.get("runs", 0) + 1
     manifest["resumed_batches"] = len(done)
+    part = {"rank": group.rank, "world_size": group.world_size, "run": manifest["runs"], "batches_done": [],
+            "losses": {}, "notes": {}, "wall_time_s": 0.0, "status": "running"}
     t0 = time.time()
+    # G-VBSM's statistics cache is one file: only rank 0 writes it (the others compute the same statistics
+    # alongside, rather than wait at a barrier that a long first pass over the real data would time out)
+    engine.save_stats_cache = group.rank == 0
     if todo:
         engine.prepare()
+    if todo:
         manifest.setdefault("notes", {}).update(engine.notes)
+        part["notes"] = dict(engine.notes)
     iters_each = engine.batch_iterations() if cfg.select is None else 1
-    bar = progress_bar(total=len(todo) * max(1, iters_each), desc=f"recover {cfg.recipe}", unit="it", enabled=progress)
+    bar = progress_bar(total=len(todo) * max(1, iters_each), desc=f"recover {cfg.recipe}", unit="it",
+                       enabled=progress and group.rank == 0)
     stopped = False
     orders: dict[int, np.ndarray] = {}  # selection baselines: each class's order, computed once per run
     try:
@@ -519,6 +643,14 @@ def recover(method: str | RecoverConfig, *, teachers: Sequence[nn.Module] = (), 
                 x, history = engine.optimise(batch, n, on_step)
                 images = to_uint8(x, mean, std)
             writer.write(images, batch.classes, batch.indices)
+            if group.world_size > 1:  # this rank's own record; rank 0 merges the parts
+                part["batches_done"].append(batch.key)
+                if history:
+                    part["losses"][batch.key] = _summary(history)
+                part["wall_time_s"] = round(time.time() - t0, 3)
+                part["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                writer.save_part(group.rank, part)
+                continue
             manifest["batches_done"].append(batch.key)
             for c in batch.classes:
                 manifest["counts"][c] += 1
@@ -530,8 +662,26 @@ def recover(method: str | RecoverConfig, *, teachers: Sequence[nn.Module] = (), 
             writer.save_manifest(manifest)
     finally:
         bar.close()
+    if group.world_size > 1:
+        part["wall_time_s"] = round(time.time() - t0, 3)
+        part["status"] = "stopped" if stopped else "complete"
+        writer.save_part(group.rank, part)
+        # the ranks meet through the folder, not at a barrier: one rank may finish a batch (minutes at
+        # ImageNet scale) after the others, longer than a collective's timeout (NCCL's is 10 minutes)
+        run = manifest["runs"]
+        if group.rank == 0:
+            parts = _wait(lambda: _finished_parts(writer, run, group.world_size))
+            _merge_parts(manifest, parts, batches)
+            manifest["status"] = "complete" if len(manifest["batches_done"]) == len(batches) else "stopped"
+            manifest["out"] = writer.out
+            manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            writer.save_manifest(manifest)
+            writer.remove_parts()
+            return manifest
+        return _wait(lambda: _merged_manifest(writer, run))
     manifest["wall_time_s"] = round(manifest["wall_time_s"] + time.time() - t0, 3)
     manifest["status"] = "stopped" if stopped else "complete"
     manifest["out"] = writer.out
+    _in_batch_order(manifest, batches)  # a run resumed from a torchrun run's parts may have finished them out of order
     writer.save_manifest(manifest)
     return manifest

@@ -4,13 +4,17 @@ Layout (SRe2L's): ``OUT/new{class:03d}/class{class:03d}_id{index:03d}.png`` (or 
 folders and files sorted by name, so sample id = class * ipc + index. Images are de-normalised,
 clamped to [0, 1] and rounded to uint8; one-channel sets are written as grayscale (mode ``L``).
 ``manifest.json`` is replaced atomically after every finished batch; it records which batches are
-done, so a rerun with the same config skips them (resume).
+done, so a rerun with the same config skips them (resume). Under torchrun only rank 0 writes
+``manifest.json`` (at the start and at the end); meanwhile each rank records its own finished batches in
+``manifest.rank{r}.json`` (:meth:`ImageFolderWriter.save_part`), which rank 0 merges into the manifest
+and removes, at the end of the run or at the start of the next one when the run was killed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -18,9 +22,10 @@ import torch
 
 from .errors import RunStateError, SynthConfigError
 
-__all__ = ["MANIFEST", "FORMAT", "ImageFolderWriter", "to_uint8", "read_manifest"]
+__all__ = ["MANIFEST", "FORMAT", "ImageFolderWriter", "to_uint8", "read_manifest", "part_name"]
 
 MANIFEST = "manifest.json"
+_PART = re.compile(r"manifest\.rank(\d+)\.json")
 FORMAT = "ddpipe-synth-v1"
 _EXT = {"png": ".png", "jpeg": ".jpg"}
 
@@ -39,15 +44,24 @@ def _write_json_atomic(obj: dict, path: str) -> None:
     replace_atomically(path, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=True).encode()))
 
 
-def read_manifest(out: str) -> dict | None:
-    path = os.path.join(out, MANIFEST)
-    if not os.path.exists(path):
-        return None
+def part_name(rank: int) -> str:
+    """The file in which rank ``rank`` of a torchrun group records its finished batches."""
+    return f"manifest.rank{int(rank)}.json"
+
+
+def _read_json(path: str) -> dict:
     try:
         with open(path) as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise RunStateError(f"{path} is unreadable ({e}); delete it or pass overwrite to start afresh") from None
+
+
+def read_manifest(out: str) -> dict | None:
+    path = os.path.join(out, MANIFEST)
+    if not os.path.exists(path):
+        return None
+    return _read_json(path)
 
 
 def fingerprint_changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
@@ -94,14 +108,14 @@ class ImageFolderWriter:
 
         A manifest from another config is :class:`RunStateError` (one line naming each differing entry
         of the fingerprint with its old and new value) unless ``overwrite`` (which deletes
-        the earlier run's class folders and manifest, nothing else). A non-empty folder without a
+        the earlier run's class folders, manifest and rank parts, nothing else). A non-empty folder without a
         manifest is refused too.
         """
         old = read_manifest(self.out) if os.path.isdir(self.out) else None
         if old is not None and overwrite:
             for name in os.listdir(self.out):
                 p = os.path.join(self.out, name)
-                if name == MANIFEST or (name.startswith("new") and os.path.isdir(p)):
+                if name == MANIFEST or _PART.fullmatch(name) or (name.startswith("new") and os.path.isdir(p)):
                     shutil.rmtree(p) if os.path.isdir(p) else os.unlink(p)
             old = None
         if old is not None:
@@ -140,3 +154,23 @@ class ImageFolderWriter:
 
     def save_manifest(self, manifest: dict) -> None:
         _write_json_atomic(manifest, os.path.join(self.out, MANIFEST))
+
+    def save_part(self, rank: int, part: dict) -> None:
+        """Replace rank ``rank``'s record of its finished batches (``manifest.rank{rank}.json``) atomically."""
+        _write_json_atomic(part, os.path.join(self.out, part_name(rank)))
+
+    def part_files(self) -> list[str]:
+        """The rank parts in ``out``, by rank."""
+        if not os.path.isdir(self.out):
+            return []
+        found = [(int(m.group(1)), n) for n in os.listdir(self.out) if (m := _PART.fullmatch(n))]
+        return [os.path.join(self.out, n) for _, n in sorted(found)]
+
+    def read_parts(self) -> list[dict]:
+        """Every rank part in ``out`` (of a finished or a killed torchrun run), by rank."""
+        return [_read_json(p) for p in self.part_files()]
+
+    def remove_parts(self) -> None:
+        """Delete the rank parts (after :meth:`save_manifest` has stored what they held)."""
+        for p in self.part_files():
+            os.unlink(p)
