@@ -39,8 +39,10 @@ environment for both systems, and the same clocks installed before anything runs
   ``loss.backward()`` calls) and the optimizer's step (torch's global step pre/post hooks);
 * **wall time**: from just before SRe2L's script / ddpipe's ``run(config)`` starts to its end, inside the
   child. Interpreter start-up and the libraries the phase imports (``STARTUP_IMPORTS``: torch,
-  torchvision, and for ddpipe its own modules, zarr, and tensorstore for training) are imported
-  before the clock starts and reported apart as ``import_s``;
+  torchvision, PIL with the image plugins its first open loads, and for ddpipe its own modules,
+  zarr, and for training tensorstore and the torchvision transforms its dataset loader builds;
+  measured as the modules new in ``sys.modules`` after a run) are imported before the clock starts
+  and reported apart as ``import_s``;
 * **time outside the models per sample**: (wall - model time) / samples. With no workers everything
   is on one timeline, so this is all of the system's own overhead (decode, crop, mix, labels, files);
 * **samples**: relabel: images shown to the teacher (SRe2L: rows of its forwards; ddpipe:
@@ -103,10 +105,11 @@ class Config:
 
     sre2l_repo: str | None = option(
         None, help=f"SRe2L's repository: a clone or a bare git directory (default ${REPO_ENV}, else {DEFAULT_REPO})")
-    classes: int = option(50, help="classes of the image set (default 50)")
+    classes: int = option(60, help="classes of the image set (default 60: with 2 per class and 2 epochs, 240 "
+                                   "samples per row, about 30 minutes for the whole run on 2 shared cores)")
     per_class: int = option(2, help="images per class (default 2)")
     val_images: int = option(10, help="validation images, one per class folder (default 10)")
-    batch_size: int = option(20, help="relabel = training batch size (default 20: 5 batches per epoch, "
+    batch_size: int = option(24, help="relabel = training batch size (default 24: 5 batches per epoch, "
                                       "like SRe2L's 1024 on 5,000 images)")
     grad_accum: int = option(1, help="train_FKD.py's --gradient-accumulation-steps (default 1: both systems pass "
                                      "the same whole batch through the student; their train_FKD.sh uses 2 to fit "
@@ -277,16 +280,22 @@ class ModelClock:
 
 # what each system's code imports for a phase (measured: the modules new in sys.modules after a run),
 # imported before its clock starts (``import_s``, reported apart): start-up, not work per sample
+# (the JPEG plugins PIL loads on its first open are loaded for both systems alike)
+_PIL = ("PIL.Image", "PIL.JpegImagePlugin", "PIL.PngImagePlugin", "PIL.BmpImagePlugin", "PIL.GifImagePlugin",
+        "PIL.PpmImagePlugin")
 _DDPIPE_IMPORTS = ("torchvision.transforms", "ddpipe.evaluate.relabel", "ddpipe.evaluate.student",
                    "ddpipe.evaluate.train", "ddpipe.evaluate.loop", "ddpipe.evaluate.train_batches",
-                   "ddpipe.evaluate.teacher", "ddpipe.pipeline", "ddpipe.pipeline.loader", "ddpipe.pipeline.relabel",
-                   "ddpipe.pipeline.batched", "ddpipe.labelstore", "zarr", "numcodecs")
+                   "ddpipe.evaluate.teacher", "ddpipe.evaluate.checkpoint", "ddpipe.evaluate.models",
+                   "ddpipe.evaluate.datasets", "ddpipe.pipeline", "ddpipe.pipeline.loader", "ddpipe.pipeline.relabel",
+                   "ddpipe.pipeline.batched", "ddpipe.pipeline.cache", "ddpipe.labelstore", "zarr", "numcodecs",
+                   "torch.utils.serialization", "multiprocessing.synchronize") + _PIL
 STARTUP_IMPORTS = {
-    ("sre2l", "relabel"): ("torch.distributed", "torch.multiprocessing", "torchvision.transforms", "tqdm", "PIL.Image"),
-    ("sre2l", "train"): ("torch.distributed", "torch.multiprocessing", "torchvision.transforms", "torchvision.datasets",
-                         "PIL.Image"),
+    ("sre2l", "relabel"): ("torch.distributed", "torch.multiprocessing", "torchvision.transforms", "tqdm") + _PIL,
+    ("sre2l", "train"): ("torch.distributed", "torch.multiprocessing", "torchvision.transforms", "torchvision.datasets")
+                        + _PIL,
     ("ddpipe", "relabel"): _DDPIPE_IMPORTS,
-    ("ddpipe", "train"): _DDPIPE_IMPORTS + ("tensorstore",),  # the store reader's fast backend, when installed
+    # the store reader's fast backend (when installed); the torchvision transforms ddpipe's dataset loader builds
+    ("ddpipe", "train"): _DDPIPE_IMPORTS + ("tensorstore", "torchvision.transforms.v2"),
 }
 
 

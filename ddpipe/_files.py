@@ -17,6 +17,12 @@ def is_url(location: object) -> bool:
 
 def replace_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
     """Call ``write`` on a temporary binary file beside ``path``, fsync it, then rename it into place."""
+    commit_temp(write_temp(path, write), path)
+
+
+def write_temp(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> str:
+    """The first half of :func:`replace_atomically`: call ``write`` on a new temporary binary file beside
+    ``path`` (mode as ``open()`` would give it), close it and return its name; nothing is synced yet."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
@@ -26,14 +32,34 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], obj
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+    except BaseException as e:
+        _discard(tmp, e, path)
+        raise
+    return tmp
+
+
+def commit_temp(tmp: str, path: str | os.PathLike) -> None:
+    """The second half of :func:`replace_atomically`: fsync the file ``tmp`` (from :func:`write_temp`) and
+    rename it to ``path``; ``tmp`` is removed if that fails. Safe to call from another thread."""
+    path = os.fspath(path)
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None and e.errno is not None:  # say which file (ENOSPC ...)
-            raise OSError(e.errno, e.strerror or str(e), path) from e
+        _discard(tmp, e, path)
         raise
+
+
+def _discard(tmp: str, e: BaseException, path: str) -> None:
+    """Remove ``tmp`` after a failed write; an ``OSError`` without a file name is given ``path``'s."""
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    if isinstance(e, OSError) and e.filename is None and e.errno is not None:  # say which file (ENOSPC ...)
+        raise OSError(e.errno, e.strerror or str(e), path) from e
 
 
 def _umask() -> int:

@@ -2,6 +2,8 @@
 
 A training checkpoint holds the unwrapped model, optimizer, scheduler, epoch, the full config and
 the RNG states, so ``--resume`` continues at ``epoch + 1`` exactly where the run stopped.
+:class:`Commits` writes such files the same way, with the fsync and rename moved off the training
+loop's timeline (one background thread, in the order written).
 """
 
 from __future__ import annotations
@@ -12,12 +14,21 @@ import random
 import numpy as np
 import torch
 
-from ddpipe._files import replace_atomically
+from ddpipe._files import commit_temp, replace_atomically, write_temp
 from .errors import CheckpointError
-from ..synth.stats import state_dict_hash  # noqa: F401  (re-exported: teacher files use it)
 
-__all__ = ["resume_checkpoint", "save_atomic", "write_json_atomic", "load_checkpoint", "unwrap_model", "rng_state", "set_rng_state",
+__all__ = ["resume_checkpoint", "save_atomic", "Commits", "write_json_atomic", "load_checkpoint", "unwrap_model", "rng_state", "set_rng_state",
            "state_dict_hash", "extract_state_dict"]
+
+
+def __getattr__(name: str):
+    """``state_dict_hash`` (:func:`ddpipe.synth.stats.state_dict_hash`, re-exported: teacher files use it),
+    imported when first asked for: importing ``ddpipe.synth`` costs a training run that never hashes."""
+    if name == "state_dict_hash":
+        from ..synth.stats import state_dict_hash
+
+        return state_dict_hash
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Namespace:
@@ -34,6 +45,103 @@ _Namespace.__module__, _Namespace.__name__, _Namespace.__qualname__ = "argparse"
 def save_atomic(obj, path: str) -> None:
     """``torch.save(obj, path)`` so that ``path`` is either the old file or the complete new one."""
     replace_atomically(path, lambda f: torch.save(obj, f))
+
+
+class _EarlyWriteback:
+    """A binary file for ``torch.save`` that asks the kernel to start writing every ``step`` bytes to disk
+    as soon as they are written (``posix_fadvise(DONTNEED)`` starts the writeback without waiting for
+    it), so the fsync that follows waits for the tail only. The bytes written are the same."""
+
+    def __init__(self, f, step: int = 16 << 20):
+        self.f, self.step = f, step
+        self.written = self.started = 0
+        self.fd = f.fileno() if hasattr(os, "posix_fadvise") else None
+
+    def write(self, data) -> int:
+        n = self.f.write(data)
+        self.written += len(memoryview(data))
+        if self.fd is not None and self.written - self.started >= self.step:
+            self.f.flush()
+            try:
+                os.posix_fadvise(self.fd, self.started, self.written - self.started, os.POSIX_FADV_DONTNEED)
+            except OSError:  # advice only
+                self.fd = None
+            self.started = self.written
+        return n
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+class Commits:
+    """Files replaced atomically like :func:`save_atomic`, made durable off the caller's timeline.
+
+    :meth:`save` serialises a checkpoint into a temporary file beside its path in the calling thread (so
+    it holds the tensors as they are now); one background thread then fsyncs it and renames it into
+    place. :meth:`write_json` hands a copy of a small JSON document to the same thread. The thread takes
+    the files in the order they were given, and after a failure it drops the rest (removing their
+    temporaries): a ``results.json`` given after a checkpoint never reaches its path before that
+    checkpoint does, and a process killed at any moment leaves each path holding its old or its new
+    complete file, as :func:`save_atomic` does. The fsync (waiting on the disk) overlaps the next
+    epoch's work instead of delaying it. :meth:`wait` returns once every file given so far is in place,
+    raising the first failure (a full disk ...); :meth:`close` also stops the thread.
+    """
+
+    def __init__(self) -> None:
+        self._pool = None
+        self._pending: list = []
+        self._failed = False
+
+    def _submit(self, fn, args: tuple, tmp: str | None = None) -> None:
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddpipe-commit")
+        self._pending.append(self._pool.submit(self._run, fn, args, tmp))
+
+    def _run(self, fn, args: tuple, tmp: str | None) -> None:
+        if self._failed:  # an earlier file failed: nothing after it reaches its path
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+            return
+        try:
+            fn(*args)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def save(self, obj, path: str) -> None:
+        """``torch.save(obj)`` into ``path`` (see the class doc); the disk starts writing while it is serialised."""
+        tmp = write_temp(path, lambda f: torch.save(obj, _EarlyWriteback(f)))
+        self._submit(commit_temp, (tmp, path), tmp)
+
+    def write_json(self, obj, path: str) -> None:
+        """``obj`` (a dict or a typed result, copied now) into ``path`` as :func:`write_json_atomic` writes it."""
+        import copy
+
+        self._submit(write_json_atomic, (copy.deepcopy(obj.to_dict() if hasattr(obj, "to_dict") else obj), path))
+
+    def wait(self) -> None:
+        """Block until every file given so far is in place; the first failure is raised here."""
+        pending, self._pending = self._pending, []
+        error = None
+        for fut in pending:
+            try:
+                fut.result()
+            except BaseException as e:  # noqa: BLE001 - the first one is raised once all have finished
+                error = error or e
+        self._failed = False
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """:meth:`wait`, then stop the thread."""
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
 
 def write_json_atomic(obj, path: str) -> None:

@@ -10,7 +10,9 @@
 3. :meth:`TrainingRun.fit`: the epoch loop: one epoch of training, the schedule's step, validation
    every ``val_every`` epochs and after the last, a progress line, the checkpoint (one dict, replaced
    atomically) and ``results.json`` (status ``running``) after every epoch, and ``stop_after_epoch``
-   (stop as if killed, for testing resume).
+   (stop as if killed, for testing resume). Both files are serialised when the epoch ends and made
+   durable (fsync, rename) by :class:`~ddpipe.evaluate.checkpoint.Commits`' thread while the next
+   epoch runs; ``fit`` returns once they are in place (or leaves that to :meth:`TrainingRun.finish`).
 
 A phase supplies only what differs: how an epoch's batches are made (squeeze reseeds its real-data
 loader, train replays a store or labels live), the criterion, and its typed result. Every epoch's
@@ -73,6 +75,7 @@ class TrainingRun:
         self.device = torch.device(self.dist.device)
         self.start_epoch, self.history, self.elapsed_before = 0, [], 0.0
         self.model = self.model_without_ddp = self.optimizer = self.scheduler = None
+        self._commits = None
 
     # --- helpers -------------------------------------------------------------------------------------
     def log(self, text: str) -> None:
@@ -87,12 +90,40 @@ class TrainingRun:
     def resumed(self) -> bool:
         return self.ckpt is not None
 
-    def write_results(self, result: Any) -> None:
-        """``result`` (a :class:`ddpipe.config.Result` or a dict) to ``out/results.json``, from the main rank."""
-        if self.main:
-            from .checkpoint import write_json_atomic
+    def write_results(self, result: Any, defer: bool = False) -> None:
+        """``result`` (a :class:`ddpipe.config.Result` or a dict) to ``out/results.json``, from the main rank;
+        ``defer``: after the files :meth:`save` was given, by their thread (in place after :meth:`finish`)."""
+        if not self.main:
+            return
+        if defer:
+            self.commits.write_json(result, self.results_path)
+            return
+        from .checkpoint import write_json_atomic
 
-            write_json_atomic(result.to_dict() if hasattr(result, "to_dict") else result, self.results_path)
+        self.finish()  # never ahead of a file still being committed
+        write_json_atomic(result.to_dict() if hasattr(result, "to_dict") else result, self.results_path)
+
+    @property
+    def commits(self):
+        """The run's :class:`~ddpipe.evaluate.checkpoint.Commits` (files made durable off the loop's timeline)."""
+        if self._commits is None:
+            from .checkpoint import Commits
+
+            self._commits = Commits()
+        return self._commits
+
+    def save(self, obj: Any, path: str) -> None:
+        """``torch.save(obj)`` to ``path`` from the main rank: serialised now, replaced atomically by the
+        commit thread (in place after :meth:`finish`)."""
+        if self.main:
+            self.commits.save(obj, path)
+
+    def finish(self) -> None:
+        """Wait until every file given to :meth:`save` / ``write_results(defer=True)`` is in place (raising
+        the first failure)."""
+        if self._commits is not None:
+            self._commits.close()
+            self._commits = None
 
     # --- model and optimiser ---------------------------------------------------------------------
     def attach(self, model, optimizer, scheduler):
@@ -121,16 +152,35 @@ class TrainingRun:
     # --- the epoch loop ------------------------------------------------------------------------------
     def fit(self, epochs: int, batches: Callable[[int], Iterable], criterion: Callable, val_loader: Iterable, *,
             val_every: int, deterministic: bool, results: Callable[[str], Any], stop_after_epoch: int | None = None,
-            after_epoch: Callable[[int], None] | None = None, extra_state: dict | None = None) -> str:
+            after_epoch: Callable[[int], None] | None = None, extra_state: dict | None = None,
+            wait: bool = True) -> str:
         """Train epochs ``start_epoch .. epochs - 1``; returns ``"complete"`` or ``"stopped"``.
 
         ``batches(epoch)`` is called once before each epoch and returns its iterable of
         ``(images, targets[, meta])``; ``after_epoch(epoch)`` runs after the schedule's step;
         ``results(status)`` builds the phase's result (written to results.json after every epoch);
-        ``extra_state`` is stored in every checkpoint beside the weights.
+        ``extra_state`` is stored in every checkpoint beside the weights. The files of the last epoch are in
+        place when ``fit`` returns, unless ``wait=False``: then :meth:`finish` waits for them (a phase that
+        writes its final file next lets the last checkpoint's fsync overlap that write).
         """
+        try:
+            status = self._fit(epochs, batches, criterion, val_loader, val_every=val_every, deterministic=deterministic,
+                               results=results, stop_after_epoch=stop_after_epoch, after_epoch=after_epoch,
+                               extra_state=extra_state)
+        except BaseException:
+            try:  # the last complete epoch's checkpoint still reaches its path (a resume starts there)
+                self.finish()
+            except Exception:  # noqa: BLE001 - the error that stopped the run is the one to raise
+                pass
+            raise
+        if wait or status != "complete":
+            self.finish()
+        return status
+
+    def _fit(self, epochs, batches, criterion, val_loader, *, val_every, deterministic, results, stop_after_epoch,
+             after_epoch, extra_state) -> str:
         from .checkpoint import rng_state
-        from .distributed import barrier, save_on_main
+        from .distributed import barrier
         from .train import deterministic as deterministic_mode
         from .train import train_one_epoch, validate
 
@@ -149,12 +199,12 @@ class TrainingRun:
                 self.log(f"epoch {epoch + 1}/{epochs}: loss {stats['train_loss']:.4f}  train {stats['train_top1']:.2f}%"
                          + (f"  val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}%" if val else "")
                          + f"  ({stats['time_s']:.1f} s)")
-                save_on_main({
+                self.save({
                     "model": self.model_without_ddp.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "lr_scheduler": self.scheduler.state_dict(), "epoch": epoch, "config": self.config,
                     "history": self.history, "rng": rng_state(), "elapsed_s": self.elapsed(), **(extra_state or {}),
                 }, self.ckpt_path)
-                self.write_results(results("running"))
+                self.write_results(results("running"), defer=True)
                 barrier()
                 if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch + 1 < epochs:
                     self.write_results(results("stopped"))

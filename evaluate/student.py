@@ -248,20 +248,20 @@ def _run(config: TrainConfig) -> TrainResult:
         # 4. the epoch loop (shared with squeeze)
         status = tr.fit(batches.epochs, batches.epoch, criterion, val_loader, val_every=config.val_every,
                         deterministic=config.deterministic, results=results, stop_after_epoch=config.stop_after_epoch,
-                        after_epoch=label_bytes.add_epoch if label_bytes is not None else None)
+                        after_epoch=label_bytes.add_epoch if label_bytes is not None else None, wait=False)
     finally:
         batches.close()
-    if status == "stopped":
-        return results("stopped")
-    if not tr.history:
-        raise TrainError(f"nothing to train: epochs {batches.epochs}")
-    res = results("complete")
-    if tr.main:
-        from .checkpoint import save_atomic
-
-        save_atomic({"model": tr.model_without_ddp.state_dict(), "model_cfg": unwrap_model(model).model_cfg},
-                    tr.final_path)
-    tr.write_results(res)
+    try:
+        if status == "stopped":
+            return results("stopped")
+        if not tr.history:
+            raise TrainError(f"nothing to train: epochs {batches.epochs}")
+        res = results("complete")
+        # student.pt is serialised while the last checkpoint is synced; results.json follows both
+        tr.save({"model": tr.model_without_ddp.state_dict(), "model_cfg": unwrap_model(model).model_cfg}, tr.final_path)
+        tr.write_results(res, defer=True)
+    finally:
+        tr.finish()
     return res
 
 

@@ -27,7 +27,10 @@ input_size=32`` is the same as ``--input-size 32``). Rules:
   channels and must be given otherwise.
 
 Every teacher is probed with one blank batch of its stated size when it is opened, so a wrong
-input size or class count is one error, never a traceback in the middle of a run.
+input size or class count is one error, never a traceback in the middle of a run. A registered
+(non-timm) architecture is built without the random initialisation its weights replace (the
+weights are the same; torch's global generator is not drawn from), which was most of the time
+opening a file took.
 
 ``teacher_hash`` is :func:`ddpipe.synth.stats.state_dict_hash` of the model's state dict (the one
 hash primitive; it lives in ``synth`` because synth records the hashes of its teachers and cannot
@@ -65,7 +68,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from ddpipe.config import check_int, check_range, option
 
@@ -453,6 +456,73 @@ def _infer_from_state_dict(sd: Mapping) -> dict:
     return out
 
 
+def _with_weights(name: str, sd: Mapping, make: Callable[[], Any], load: Callable[[Any], Any]):
+    """``make()`` with the weights ``sd`` loaded by ``load(model)``, without the random initialisation that
+    ``sd`` replaces anyway (most of the time it takes to open a teacher).
+
+    A registered (non-timm) model is built with torch's initialisers (``nn.init.*``, and the in-place fills
+    and draws ``normal_``, ``uniform_``, ``fill_``, ``zero_`` ...) skipped, which leaves its tensors as allocated; it is kept only when every
+    parameter and buffer is an entry of its state dict that ``sd`` holds with the same shape and dtype, so
+    the (strict) load writes every one of them: the weights, hence every output, are ``load(make())``'s.
+    What changes is that torch's global generator is not drawn from. Any other case builds the model as usual.
+    """
+    import torch
+
+    if not name.startswith("timm:"):
+        try:
+            with _SkipInit():
+                model = make()
+        except Exception:  # noqa: BLE001 - built again below, where a real error is raised as usual
+            model = None
+        if model is not None:
+            target = model.state_dict(keep_vars=True)
+            ids = {id(t) for t in target.values()}
+            fits = (all(k in sd and isinstance(sd[k], torch.Tensor) and sd[k].shape == t.shape and sd[k].dtype == t.dtype
+                        for k, t in target.items())
+                    and all(id(t) in ids for t in (*model.parameters(), *model.buffers())))
+            if fits:
+                load(model)
+                return model
+    model = make()
+    load(model)
+    return model
+
+
+def _skip_init_mode():
+    """A torch function mode in which torch's in-place initialisers of a tensor leave it as it is."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    T, init = torch.Tensor, torch.nn.init
+    # the initialisers (nn.init.* are skipped whole) and the in-place fills and draws they use; arithmetic runs
+    skip = {T.normal_, T.uniform_, T.fill_, T.zero_, T.bernoulli_, T.exponential_, T.random_, T.geometric_,
+            T.cauchy_, T.log_normal_}
+    skip.update(getattr(init, n) for n in dir(init) if n.endswith("_") and not n.startswith("_"))  # kaiming_normal_ ...
+
+    class SkipInit(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in skip:
+                first = args[0] if args else kwargs.get("tensor", kwargs.get("self"))  # init.* take tensor=
+                if isinstance(first, T):
+                    return first
+            return func(*args, **kwargs)
+
+    return SkipInit()
+
+
+class _SkipInit:
+    """``with _SkipInit(): make()`` builds a model whose initialisers did nothing (see :func:`_with_weights`)."""
+
+    def __enter__(self):
+        self._mode = _skip_init_mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+
 def _from_teacher_file(obj: dict, path: str, facts: dict, device) -> Teacher:
     from .errors import CheckpointError, TeacherError
     from .models import convert_to_classwise_bn, create_model
@@ -469,10 +539,13 @@ def _from_teacher_file(obj: dict, path: str, facts: dict, device) -> Teacher:
         raise TeacherError(f"teacher {path} records model arguments {cfg['kwargs']}, not "
                            f"{', '.join(f'{k}={v!r}' for k, v in wrong.items())} (--model-arg); drop them")
     _agree(facts, obj, path)
-    model = create_model(cfg["name"], cfg["num_classes"], cfg["in_chans"], cfg["input_size"], **cfg["kwargs"])
-    if obj.get("classwise_bn"):
-        convert_to_classwise_bn(model, cfg["num_classes"], obj.get("class_momentum", 0.1))
-    model.load_state_dict(sd)
+    def make():
+        model = create_model(cfg["name"], cfg["num_classes"], cfg["in_chans"], cfg["input_size"], **cfg["kwargs"])
+        if obj.get("classwise_bn"):
+            convert_to_classwise_bn(model, cfg["num_classes"], obj.get("class_momentum", 0.1))
+        return model
+
+    model = _with_weights(cfg["name"], sd, make, lambda m: m.load_state_dict(sd))
     meta = {k: v for k, v in obj.items() if k != "model"}
     return _finish(model, num_classes=obj["num_classes"], in_chans=obj["in_chans"], input_size=obj["input_size"],
                    mean=obj["mean"], std=obj["std"], source=path, kind="teacher-file", meta=meta, device=device,
@@ -510,8 +583,10 @@ def _from_state_dict(sd: dict, path: str, facts: dict, device, kind: str, record
         if merged[key] is None:
             raise TeacherError(f"teacher {path}: give its {key.replace('_', ' ')} ({flag} N, {key}=N in Python); "
                                "it is not recorded in a plain state dict")
-    model = build_model(name, merged["num_classes"], merged["in_chans"], merged["input_size"], model_args)
-    load_init_weights(model, path, merged["num_classes"], what=f"--num-classes {merged['num_classes']}", state_dict=sd)
+    model = _with_weights(
+        name, sd, lambda: build_model(name, merged["num_classes"], merged["in_chans"], merged["input_size"], model_args),
+        lambda m: load_init_weights(m, path, merged["num_classes"], what=f"--num-classes {merged['num_classes']}",
+                                    state_dict=sd))
     mean = facts.get("mean") if facts.get("mean") is not None else recorded.get("mean")
     std = facts.get("std") if facts.get("std") is not None else recorded.get("std")
     return _finish(model, **merged, mean=mean, std=std, source=path, kind=kind, meta={}, device=device)
