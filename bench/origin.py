@@ -692,14 +692,23 @@ def run_get_images(adapter: Adapter, case: Case, src: str) -> Side:
             mod.get_images(args, teacher, None, 0)
         except _Stop:
             pass
-    if "inputs" not in got or not record.get("losses"):
-        raise DDPipeError(f"their {adapter.script} did not reach the compared steps")
-    if len(got["scales"]) < case.steps:
-        raise DDPipeError(f"their {adapter.script} stopped after {len(got['scales'])} of {case.steps} steps")
+    return _their_side(adapter, case, got, record, args, printed)
+
+
+def _their_side(adapter, case, got: dict, record: dict, args, printed, *, check: bool = True,
+                stdout_tail: int | None = None, **extra) -> "Side":
+    """Their run as a :class:`Side`: what the shims recorded (``got``, ``record``), their parsed ``args`` and
+    printed output; ``check``: refuse a run that did not reach the compared steps."""
+    if check:
+        if "inputs" not in got or not record.get("losses"):
+            raise DDPipeError(f"their {adapter.script} did not reach the compared steps")
+        if len(got["scales"]) < case.steps:
+            raise DDPipeError(f"their {adapter.script} stopped after {len(got['scales'])} of {case.steps} steps")
+    out = printed.getvalue()
     return Side(loss=record["losses"][0], grad=got["grad"], teacher_input=got["input"],
                 images=got["inputs"].detach().clone(), losses=record["losses"], snapshots=got["snapshots"],
                 scales=got["scales"], jitter_bounds=got["jitter_bounds"], hparams=dict(vars(args)),
-                stdout=printed.getvalue())
+                stdout=out[-stdout_tail:] if stdout_tail else out, **extra)
 
 
 # --- the families ------------------------------------------------------------------------------------------
@@ -910,14 +919,7 @@ def run_class_images(adapter: Adapter, case: Case, src: str) -> Side:
             mod.get_images(args, teacher, None, case.batch_size, case.labels[0])
         except _Stop:
             pass
-    if "inputs" not in got or not record.get("losses"):
-        raise DDPipeError(f"their {adapter.script} did not reach the compared steps")
-    if len(got["scales"]) < case.steps:
-        raise DDPipeError(f"their {adapter.script} stopped after {len(got['scales'])} of {case.steps} steps")
-    return Side(loss=record["losses"][0], grad=got["grad"], teacher_input=got["input"],
-                images=got["inputs"].detach().clone(), losses=record["losses"], snapshots=got["snapshots"],
-                scales=got["scales"], jitter_bounds=got["jitter_bounds"], hparams=dict(vars(args)),
-                stdout=printed.getvalue())
+    return _their_side(adapter, case, got, record, args, printed)
 
 
 LPLD_REPO = "/work/.mirror/he-y+soft-label-pruning-for-dataset-distillation/repo"
@@ -1049,14 +1051,7 @@ def run_gvbsm(adapter: Adapter, case: Case, src: str) -> Side:
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()
-    if "inputs" not in got or not record.get("losses"):
-        raise DDPipeError(f"their {adapter.script} did not reach the compared steps")
-    if len(got["scales"]) < case.steps:
-        raise DDPipeError(f"their {adapter.script} stopped after {len(got['scales'])} of {case.steps} steps")
-    return Side(loss=record["losses"][0], grad=got["grad"], teacher_input=got["input"],
-                images=got["inputs"].detach().clone(), losses=record["losses"], snapshots=got["snapshots"],
-                scales=got["scales"], jitter_bounds=got["jitter_bounds"], hparams=dict(vars(args)),
-                stdout=printed.getvalue()[-4000:], stats=stats, notes=notes)
+    return _their_side(adapter, case, got, record, args, printed, stdout_tail=4000, stats=stats, notes=notes)
 
 
 GVBSM_REPO = "/work/.mirror/shaoshitong+G_VBSM_Dataset_Condensation/repo"
@@ -1190,10 +1185,7 @@ def run_delt(adapter: Adapter, case: Case, src: str) -> Side:
     if len(got["scales"]) < case.steps:
         raise DDPipeError(f"their {adapter.script} stopped after {len(got['scales'])} of {case.steps} steps")
     selection = their_selection(src, case, sorted(set(case.labels))) if case.real is not None else None
-    return Side(loss=record["losses"][0], grad=got["grad"], teacher_input=got["input"],
-                images=got["inputs"].detach().clone(), losses=record["losses"], snapshots=got["snapshots"],
-                scales=got["scales"], jitter_bounds=got["jitter_bounds"], hparams=dict(vars(args)),
-                stdout=printed.getvalue()[-4000:], selection=selection)
+    return _their_side(adapter, case, got, record, args, printed, check=False, stdout_tail=4000, selection=selection)
 
 
 DELT_REPO = "/work/.mirror/VILA-Lab+DELT/repo"
